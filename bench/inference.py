@@ -1,0 +1,185 @@
+"""Inference throughput on real full-resolution JPEGs, in one run.
+
+    python bench/inference.py [--model export.pkl] [--rounds 3] [--batch-size 64]
+
+Rows:
+1. the seed's way: a learner built as the seed built it (ImageBlock, Resize, resnet18),
+   ``load_learner`` + ``learn.predict`` per file;
+2. fastai batched: ``test_dl`` + ``get_preds`` with this project's learner;
+3. ``xray-worker predict``'s path (``worker.inference.Predictor``);
+4. the bounds: decode-only (the pipeline's decoder and item transforms, all cores),
+   model-only (ready tensors), and 1 / (1/decode + 1/model) for cores that do both.
+
+Prints a Markdown table (median images/s over the rounds, and ratios) for BENCHMARKS.md.
+Without --model, the shipped model is used if present, else a throwaway 128 px learner is
+trained for one epoch (throughput does not depend on the weights).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+warnings.filterwarnings("ignore", category=FutureWarning)
+warnings.filterwarnings("ignore", message=".*insecure pickle")
+ROOT = Path(__file__).resolve().parent.parent
+DATA = Path(os.environ.get("XRAY_SCREEN_DATA", ROOT.parent / "shared" / "data"))
+
+
+def small_dataset(workdir: Path) -> Path:
+    src = DATA / "chest_xray_224" / "train"
+    rng = random.Random(0)
+    for label in ("NORMAL", "PNEUMONIA"):
+        (workdir / "data" / label).mkdir(parents=True)
+        for f in rng.sample(sorted((src / label).iterdir()), 40):
+            shutil.copy(f, workdir / "data" / label / f.name)
+    return workdir / "data"
+
+
+def throwaway_model(data: Path, out: Path, size: int) -> Path:
+    from training.recipe import Recipe, train
+
+    train(data, out, Recipe(size=size, epochs=1, batch_size=16))
+    return out
+
+
+def seed_learner(data: Path, out: Path, size: int) -> Path:
+    """The seed's recipe, as it was: fastai's ImageBlock opens every file as RGB."""
+    import fastai.callback.all  # noqa: F401
+    from fastai.data.all import CategoryBlock, DataBlock, RandomSplitter, parent_label
+    from fastai.metrics import error_rate
+    from fastai.vision.all import ImageBlock, Resize, get_image_files, vision_learner
+    from torchvision.models import resnet18
+
+    dls = DataBlock(
+        blocks=(ImageBlock, CategoryBlock),
+        get_items=get_image_files,
+        get_y=parent_label,
+        splitter=RandomSplitter(valid_pct=0.2, seed=42),
+        item_tfms=Resize(size),
+    ).dataloaders(data, bs=16, num_workers=0)
+    learn = vision_learner(dls, resnet18, pretrained=False, metrics=error_rate)
+    with learn.no_bar(), learn.no_logging():
+        learn.fit_one_cycle(1)
+    learn.export(out)
+    return out
+
+
+def timed(label: str, n: int, func, rounds: int) -> dict:
+    rates = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        func()
+        rates.append(n / (time.perf_counter() - start))
+    print(f"  {label}: {', '.join(f'{r:.1f}' for r in rates)} images/s", file=sys.stderr, flush=True)
+    return {"label": label, "n": n, "median": statistics.median(rates), "rates": rates}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", type=Path)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seed-files", type=int, default=100, help="files for the slow per-file way")
+    parser.add_argument("--batch-size", type=int, default=64)
+    args = parser.parse_args()
+
+    import torch
+    from fastai.learner import load_learner
+
+    from worker.config import DEFAULT_MODEL, InferenceSettings
+    from worker.inference import Predictor
+    from worker.learner import load_model
+
+    files = sorted((DATA / "chest_xray_full").rglob("*.jpeg"))
+    workdir = Path(tempfile.mkdtemp(prefix="xray-bench-"))
+    data = small_dataset(workdir)
+    model_path = args.model or (DEFAULT_MODEL if DEFAULT_MODEL.exists() else None)
+    model_path = model_path or throwaway_model(data, workdir / "export.pkl", 128)
+    model = load_model(model_path, trust=True)
+    size = model.preprocessing.resize[0] if model.preprocessing.resize else 128
+    seed_path = seed_learner(data, workdir / "seed.pkl", size)
+    print(f"model {model_path}, {len(files)} files, torch threads {torch.get_num_threads()}", file=sys.stderr)
+
+    seed = load_learner(seed_path)
+    seed_files = files[: args.seed_files]
+
+    def seed_way():
+        for f in seed_files:
+            with seed.no_bar():
+                seed.predict(f)
+
+    learn = load_learner(model_path)
+
+    def fastai_batched():
+        with learn.no_bar():
+            learn.get_preds(dl=learn.dls.test_dl(files, bs=args.batch_size))
+
+    predictor = Predictor(model, InferenceSettings(batch_size=args.batch_size, device="cpu"))
+
+    def ours():
+        for _ in predictor.predict(files):
+            pass
+
+    items: list = []
+
+    def decode_only():
+        with ThreadPoolExecutor(os.cpu_count()) as pool:
+            items[:] = [item for item, _ in pool.map(model.decode_and_prepare, files)]
+
+    def model_only():
+        for i in range(0, len(items), args.batch_size):
+            predictor.infer(items[i : i + args.batch_size])
+
+    results = [
+        timed(
+            "seed's way: seed learner, load_learner + learn.predict per file",
+            len(seed_files),
+            seed_way,
+            args.rounds,
+        ),
+        timed(
+            f"fastai batched: test_dl + get_preds (bs {args.batch_size})",
+            len(files),
+            fastai_batched,
+            args.rounds,
+        ),
+        timed(f"xray-worker predict path (bs {args.batch_size})", len(files), ours, args.rounds),
+        timed(
+            f"bound: decode + item transforms only ({os.cpu_count()} threads)",
+            len(files),
+            decode_only,
+            args.rounds,
+        ),
+        timed(
+            f"bound: model only on ready tensors (bs {args.batch_size})", len(files), model_only, args.rounds
+        ),
+    ]
+    decode, model_rate = results[3]["median"], results[4]["median"]
+    combined = 1 / (1 / decode + 1 / model_rate)
+    base = results[0]["median"]
+    print(
+        f"\n{os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+        f"{len(files)} real JPEGs (chest_xray_full), model input `{model.preprocessing.version}`\n"
+    )
+    print("| path | files | median images/s | rounds | vs seed's way |")
+    print("|---|---|---|---|---|")
+    for r in results:
+        rounds = ", ".join(f"{x:.1f}" for x in r["rates"])
+        print(f"| {r['label']} | {r['n']} | {r['median']:.1f} | {rounds} | {r['median'] / base:.1f}x |")
+    print(f"| combined bound 1/(1/decode + 1/model) | | {combined:.1f} | | {combined / base:.1f}x |")
+    print(f"\nxray-worker predict path / combined bound: {results[2]['median'] / combined:.2f}")
+
+
+if __name__ == "__main__":
+    main()

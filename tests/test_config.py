@@ -1,0 +1,77 @@
+"""Settings: layered file < environment < flags, and errors that name key and source."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from worker.config import ROOT_CONFIG, load_settings
+from worker.errors import ConfigError
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_without_a_file():
+    s = load_settings(None, environ={})
+    assert s.inference.device == "auto"
+    assert s.inference.batch_size == 64
+    assert s.model.trust is False
+
+
+def test_shipped_config_toml_loads():
+    s = load_settings(ROOT_CONFIG, environ={})
+    assert s.source == ROOT_CONFIG
+
+
+def test_layers_file_then_environment_then_flags(tmp_path: Path):
+    path = write(tmp_path, "[inference]\nbatch_size = 8\ndevice = 'cpu'\n")
+    assert load_settings(path, environ={}).inference.batch_size == 8
+    env = {"XRAY_SCREEN_INFERENCE_BATCH_SIZE": "16"}
+    assert load_settings(path, environ=env).inference.batch_size == 16
+    flags = {"inference.batch_size": 64, "inference.device": None}
+    s = load_settings(path, environ=env, overrides=flags)
+    assert s.inference.batch_size == 64
+    assert s.inference.device == "cpu"  # a None flag leaves the lower layer alone
+
+
+def test_config_file_from_environment(tmp_path: Path):
+    path = write(tmp_path, "[inference]\nbatch_size = 3\n")
+    assert load_settings(None, environ={"XRAY_SCREEN_CONFIG": str(path)}).inference.batch_size == 3
+
+
+def test_relative_model_path_is_relative_to_the_file(tmp_path: Path):
+    path = write(tmp_path, "[model]\npath = 'models/x.pkl'\n")
+    assert load_settings(path, environ={}).model.path == tmp_path.resolve() / "models" / "x.pkl"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[inference]\nbatch_size = 0\n", r"config.toml: \[inference\] batch_size = 0: must be at least 1"),
+        ("[inference]\nbatch_size = 'many'\n", r"\[inference\] batch_size = 'many': must be a whole number"),
+        ("[inference]\ndevice = 'tpu'\n", r"\[inference\] device = 'tpu': must be one of auto, cpu, cuda"),
+        ("[inference]\nbatchsize = 4\n", r"config.toml: unknown key \[inference\] batchsize"),
+        ("[infer]\nx = 1\n", r"config.toml: unknown section \[infer\]"),
+        ("[model]\nsha256 = 'abc'\n", r"\[model\] sha256 = 'abc': must be 64 hex digits"),
+        ("[model]\ntrust = 'maybe'\n", r"\[model\] trust = 'maybe': must be true or false"),
+        ("[inference\n", r"config.toml: not valid TOML"),
+    ],
+)
+def test_bad_values_name_the_key_and_the_file(tmp_path: Path, text: str, message: str):
+    with pytest.raises(ConfigError, match=message):
+        load_settings(write(tmp_path, text), environ={})
+
+
+def test_bad_environment_value_names_the_variable():
+    with pytest.raises(ConfigError, match="environment variable XRAY_SCREEN_INFERENCE_BATCH_SIZE"):
+        load_settings(None, environ={"XRAY_SCREEN_INFERENCE_BATCH_SIZE": "-1"})
+
+
+def test_missing_file_is_reported(tmp_path: Path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_settings(tmp_path / "nope.toml", environ={})

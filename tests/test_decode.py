@@ -1,0 +1,299 @@
+"""The decoder over a table of reference files: real DICOMs, generated files, broken files."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from dicom_factory import BASIC_TEXT_SR, gradient, make_dicom
+from PIL import Image
+from pydicom.uid import ImplicitVRLittleEndian, RLELossless
+
+from worker.decode import Limits, decode_file
+from worker.decode.sniff import FileKind, sniff
+from worker.errors import DecodeError, ReadError
+
+# name, transfer syntax, photometric, (rows, cols) -- from ../shared/data/dicom/manifest.csv
+REAL_DICOMS = [
+    ("0004cfab-14fd-4e49-80ba-63a80b6bddd6.dcm", "JPEG Baseline (Process 1)", "MONOCHROME2", (1024, 1024)),
+    ("00569f44-917d-4c86-a842-81832af98c30.dcm", "JPEG Baseline (Process 1)", "MONOCHROME2", (1024, 1024)),
+    ("CR-MONO1-10-chest.dcm", "Implicit VR Little Endian", "MONOCHROME1", (440, 440)),
+    ("WG04_RG1_J2KI.dcm", "JPEG 2000 Image Compression", "MONOCHROME1", (1955, 1841)),
+    ("WG04_RG1_JLSN.dcm", "JPEG-LS Lossy (Near-Lossless) Image Compression", "MONOCHROME1", (1955, 1841)),
+]
+
+
+@pytest.mark.parametrize(("name", "syntax", "photometric", "shape"), REAL_DICOMS)
+def test_real_dicoms_decode_to_full_range_grey(dicom_dir: Path, name, syntax, photometric, shape):
+    decoded = decode_file(dicom_dir / name)
+    assert decoded.format == "DICOM"
+    assert decoded.pixels.dtype == np.uint8
+    assert decoded.pixels.shape == shape
+    assert (decoded.height, decoded.width) == shape
+    assert decoded.dicom.transfer_syntax == syntax
+    assert decoded.dicom.photometric == photometric
+    assert decoded.dicom.modality == "CR"
+    assert decoded.pixels.max() - decoded.pixels.min() > 150  # a real picture, not a flat field
+
+
+def test_every_real_dicom_decodes(dicom_dir: Path):
+    files = sorted(dicom_dir.glob("*.dcm"))
+    assert len(files) == 19
+    for f in files:
+        assert decode_file(f).pixels.ndim == 2
+
+
+def test_monochrome1_real_file_is_displayed_with_bone_bright(dicom_dir: Path):
+    """CR-MONO1 stores bone as low values; after inversion the spine (centre) is brighter than lungs."""
+    px = decode_file(dicom_dir / "CR-MONO1-10-chest.dcm").pixels.astype(float)
+    h, w = px.shape
+    spine = px[h // 3 : 2 * h // 3, w // 2 - 10 : w // 2 + 10].mean()
+    lung = px[h // 3 : 2 * h // 3, w // 5 : w // 5 + 20].mean()
+    assert spine > lung + 20
+
+
+def test_jpeg2000_and_jpegls_of_same_radiograph_agree(dicom_dir: Path):
+    a = decode_file(dicom_dir / "WG04_RG1_J2KI.dcm").pixels.astype(int)
+    b = decode_file(dicom_dir / "WG04_RG1_JLSN.dcm").pixels.astype(int)
+    assert np.abs(a - b).mean() < 2.0
+
+
+def test_monochrome1_and_monochrome2_of_same_image_decode_identically(tmp_path: Path):
+    img = gradient(bits=12)
+    top = 2**12 - 1
+    mono2 = make_dicom(tmp_path / "m2.dcm", img, window=(1500, 2000))
+    mono1 = make_dicom(
+        tmp_path / "m1.dcm",
+        (top - img).astype(np.uint16),
+        photometric="MONOCHROME1",
+        window=(top - 1500, 2000),
+    )
+    a, b = decode_file(mono2).pixels, decode_file(mono1).pixels
+    assert np.abs(a.astype(int) - b.astype(int)).max() <= 1  # rounding at the window's half-step
+    assert a.min() == 0 and a.max() == 255
+
+
+def test_rescale_is_applied_before_the_window(tmp_path: Path):
+    img = gradient(bits=12)
+    # slope 2, intercept -1000: modality values -1000..7190. Window in modality units.
+    plain = make_dicom(tmp_path / "a.dcm", img, window=(2095, 4095))
+    rescaled = make_dicom(
+        tmp_path / "b.dcm", img, slope=2.0, intercept=-1000, window=(2 * 2095 - 1000, 2 * 4095)
+    )
+    a, b = decode_file(plain).pixels.astype(int), decode_file(rescaled).pixels.astype(int)
+    assert np.abs(a - b).max() <= 1
+
+
+def test_window_clips_outside_values(tmp_path: Path):
+    img = gradient(bits=12)
+    narrow = decode_file(make_dicom(tmp_path / "w.dcm", img, window=(2048, 400))).pixels
+    assert (narrow == 0).mean() > 0.2 and (narrow == 255).mean() > 0.2
+
+
+def test_no_window_uses_full_range_and_16_bit_values(tmp_path: Path):
+    img = gradient(bits=16)
+    decoded = decode_file(make_dicom(tmp_path / "f.dcm", img, bits_stored=16)).pixels
+    assert decoded.min() == 0 and decoded.max() == 255
+    expected = np.rint((img - img.min()) / (img.max() - img.min()) * 255)
+    assert np.abs(decoded.astype(int) - expected).max() <= 1
+
+
+def test_rle_and_bare_implicit_files(tmp_path: Path):
+    img = gradient()
+    reference = decode_file(make_dicom(tmp_path / "ref.dcm", img)).pixels
+    rle = decode_file(make_dicom(tmp_path / "rle.dcm", img, syntax=RLELossless))
+    bare = decode_file(make_dicom(tmp_path / "bare.dcm", img, syntax=ImplicitVRLittleEndian, file_meta=False))
+    assert rle.dicom.transfer_syntax == "RLE Lossless"
+    assert bare.dicom.transfer_syntax == "Implicit VR Little Endian"
+    np.testing.assert_array_equal(rle.pixels, reference)
+    np.testing.assert_array_equal(bare.pixels, reference)
+
+
+def test_dicom_identifiers_are_reported(tmp_path: Path):
+    decoded = decode_file(make_dicom(tmp_path / "id.dcm", gradient()))
+    assert decoded.dicom.sop_instance_uid and decoded.dicom.study_instance_uid
+    assert decoded.dicom.sop_class == "Computed Radiography Image Storage"
+    assert decoded.dicom.patient_id == "TEST-ONLY"
+
+
+# --- PNG and JPEG -----------------------------------------------------------------
+
+
+def _save(tmp_path: Path, name: str, img: Image.Image, **kwargs) -> Path:
+    path = tmp_path / name
+    img.save(path, **kwargs)
+    return path
+
+
+def _grey(size=(96, 80)) -> Image.Image:
+    return Image.fromarray(np.tile(np.linspace(0, 255, size[0], dtype=np.uint8), (size[1], 1)))
+
+
+@pytest.mark.parametrize(
+    ("name", "make"),
+    [
+        ("grey.png", lambda: _grey()),
+        ("rgb.png", lambda: _grey().convert("RGB")),
+        ("rgba.png", lambda: _grey().convert("RGBA")),
+        ("palette.png", lambda: _grey().convert("P")),
+        ("bilevel.png", lambda: _grey().convert("1")),
+        ("grey.jpg", lambda: _grey()),
+        ("rgb.jpg", lambda: _grey().convert("RGB")),
+        ("cmyk.jpg", lambda: _grey().convert("CMYK")),
+    ],
+)
+def test_raster_modes_become_8_bit_grey(tmp_path: Path, name: str, make: Callable[[], Image.Image]):
+    decoded = decode_file(_save(tmp_path, name, make()))
+    assert decoded.pixels.dtype == np.uint8 and decoded.pixels.shape == (80, 96)
+    assert decoded.format == ("PNG" if name.endswith("png") else "JPEG")
+    row = decoded.pixels[40].astype(int)
+    assert row[0] < 40 and row[-1] > 215  # the dark-to-light ramp survives
+
+
+def test_16_bit_png_uses_its_full_range(tmp_path: Path):
+    ramp = np.tile(np.linspace(0, 65535, 100).astype(np.uint16), (50, 1))
+    path = tmp_path / "deep.png"
+    Image.fromarray(ramp).save(path)
+    decoded = decode_file(path).pixels
+    np.testing.assert_array_equal(decoded, np.rint(ramp / 65535 * 255).astype(np.uint8))
+
+
+def test_exif_orientation_is_applied(tmp_path: Path):
+    img = _grey((120, 60))  # landscape ramp
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise on display
+    decoded = decode_file(_save(tmp_path, "rot.jpg", img, exif=exif))
+    assert decoded.pixels.shape == (120, 60)
+
+
+def test_large_jpeg_is_decoded_at_reduced_size(full_res_dir: Path):
+    path = max((full_res_dir / "train" / "NORMAL").glob("*.jpeg"), key=lambda p: p.stat().st_size)
+    full = decode_file(path)
+    reduced = decode_file(path, min_side=256)
+    assert min(reduced.pixels.shape) >= 256
+    assert reduced.pixels.size * 4 <= full.pixels.size
+    assert (reduced.width, reduced.height) == (full.width, full.height)  # facts of the stored image
+
+
+# --- broken and hostile files -----------------------------------------------------
+
+
+def _jpeg_bytes() -> bytes:
+    buf = io.BytesIO()
+    _grey((256, 256)).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+def _png_bytes() -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (256, 256), dtype=np.uint8)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _png_claiming(width: int, height: int) -> bytes:
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    idat = zlib.compress(bytes(width + 1) * 64, 9)  # a few rows of zeros: a tiny file, a huge image
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def _jpeg_claiming(width: int, height: int) -> bytes:
+    data = bytearray(_jpeg_bytes())
+    sof = data.find(b"\xff\xc0")
+    data[sof + 5 : sof + 9] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
+    return bytes(data)
+
+
+BROKEN = [
+    ("empty.png", lambda: b"", "empty file (0 bytes)"),
+    ("notes.png", lambda: b"patient notes, not an image\n", "not an image: the file is text"),
+    ("truncated.jpg", lambda: _jpeg_bytes()[:400], "truncated JPEG"),
+    ("truncated.png", lambda: _png_bytes()[:3000], "truncated PNG"),
+    ("huge.jpg", lambda: _jpeg_claiming(65000, 65000), "image too large: 65000x65000"),
+    ("bomb.png", lambda: _png_claiming(40000, 40000), "image too large: 40000x40000"),
+    ("random.bin", lambda: bytes(range(256)) * 4, "not an image: unknown file format"),
+    ("scan.gif", lambda: b"GIF89a" + bytes(100), "unsupported file format: GIF"),
+    ("scan.tif", lambda: b"II*\x00" + bytes(100), "unsupported file format: TIFF"),
+]
+
+
+@pytest.mark.parametrize(("name", "content", "reason"), BROKEN)
+def test_broken_files_raise_a_clear_decode_error(tmp_path: Path, name: str, content, reason: str):
+    path = tmp_path / name
+    path.write_bytes(content())
+    with pytest.raises(DecodeError) as err:
+        decode_file(path)
+    assert str(err.value).startswith(reason)
+
+
+def test_jpeg_named_png_is_decoded_by_content(tmp_path: Path):
+    path = tmp_path / "actually-a-jpeg.png"
+    path.write_bytes(_jpeg_bytes())
+    assert decode_file(path).format == "JPEG"
+
+
+def test_tiny_images_are_refused(tmp_path: Path):
+    with pytest.raises(DecodeError, match="image too small: 8x8"):
+        decode_file(_save(tmp_path, "icon.png", _grey((8, 8))))
+
+
+def test_blank_dicom_is_refused(tmp_path: Path):
+    flat = np.full((64, 64), 700, dtype=np.uint16)
+    with pytest.raises(DecodeError, match="blank"):
+        decode_file(make_dicom(tmp_path / "flat.dcm", flat))
+
+
+def test_non_image_and_multiframe_dicoms_are_refused(tmp_path: Path):
+    sr = make_dicom(tmp_path / "sr.dcm", None, sop_class=BASIC_TEXT_SR)
+    multi = make_dicom(tmp_path / "multi.dcm", gradient(), frames=4)
+    with pytest.raises(DecodeError, match=r"DICOM has no pixel data \(Basic Text SR Storage\)"):
+        decode_file(sr)
+    with pytest.raises(DecodeError, match=r"multi-frame DICOM \(4 frames\)"):
+        decode_file(multi)
+
+
+@pytest.mark.filterwarnings("ignore:End of file reached")
+@pytest.mark.parametrize("name", ["00569f44-917d-4c86-a842-81832af98c30.dcm", "CR-MONO1-10-chest.dcm"])
+def test_truncated_dicom_is_refused(tmp_path: Path, dicom_dir: Path, name: str):
+    data = (dicom_dir / name).read_bytes()
+    path = tmp_path / "cut.dcm"
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(DecodeError, match=r"^truncated DICOM"):
+        decode_file(path)
+
+
+def test_dimension_limits_come_from_the_caller(tmp_path: Path):
+    path = _save(tmp_path, "g.png", _grey((200, 100)))
+    with pytest.raises(DecodeError, match="image too large: 200x100"):
+        decode_file(path, limits=Limits(max_pixels=10_000))
+
+
+def test_directory_and_missing_file(tmp_path: Path):
+    folder = tmp_path / "x.png"
+    folder.mkdir()
+    with pytest.raises(DecodeError, match="directory"):
+        decode_file(folder)
+    with pytest.raises(ReadError, match="No such file"):
+        decode_file(tmp_path / "gone.png")
+
+
+@pytest.mark.parametrize(
+    ("head", "kind"),
+    [
+        (b"\x89PNG\r\n\x1a\n" + bytes(20), FileKind.PNG),
+        (b"\xff\xd8\xff\xe0" + bytes(20), FileKind.JPEG),
+        (bytes(128) + b"DICM" + bytes(4), FileKind.DICOM),
+        (b"\x08\x00\x05\x00CS\x0a\x00ISO_IR 100", FileKind.DICOM),  # bare, explicit VR
+        (b"\x08\x00\x16\x00\x1a\x00\x00\x001.2.840", FileKind.DICOM),  # bare, implicit VR
+    ],
+)
+def test_sniff_by_magic_bytes(head: bytes, kind: FileKind):
+    assert sniff(head) is kind

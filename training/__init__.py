@@ -1,0 +1,1 @@
+"""xray-screen training: the classic fastai recipe as a command-line tool."""

@@ -1,0 +1,192 @@
+"""``xray-worker``: screen chest X-rays with an exported fastai learner."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import click
+
+from worker import __version__, exitcodes
+from worker.config import Settings, load_settings
+from worker.errors import ConfigError, ModelError
+
+log = logging.getLogger("worker")
+
+
+class ExitError(click.ClickException):
+    """A mistake the operator can fix, with the process exit code it deserves."""
+
+    def __init__(self, message: str, exit_code: int = exitcodes.CONFIG):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Settings file (default: $XRAY_SCREEN_CONFIG, else built-in defaults).",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+    default="WARNING",
+    show_default=True,
+)
+@click.version_option(__version__, prog_name="xray-worker")
+@click.pass_context
+def cli(ctx: click.Context, config_path: Path | None, log_level: str) -> None:
+    """Screen chest X-rays (PNG, JPEG, DICOM) for pneumonia with a fastai model.
+
+    \b
+    Example:
+      xray-worker predict scans/             # every image below scans/
+      xray-worker predict --json a.dcm b.png  # one JSON object per line
+    """
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    ctx.obj = {"config_path": config_path}
+
+
+def settings_for(ctx: click.Context, **overrides: Any) -> Settings:
+    """Load the settings once, with this command's flags as the top layer."""
+    try:
+        return load_settings(ctx.obj["config_path"], overrides=overrides)
+    except ConfigError as exc:
+        raise ExitError(str(exc)) from None
+
+
+def model_options(func: Any) -> Any:
+    """The flags every command that runs the model shares."""
+    options = [
+        click.option(
+            "--model",
+            "model_path",
+            type=click.Path(dir_okay=False, path_type=Path),
+            help="Exported learner (export.pkl). Default: [model] path.",
+        ),
+        click.option("--sha256", "model_sha256", help="Expected SHA-256 of the model file."),
+        click.option(
+            "--trust-model",
+            is_flag=True,
+            default=None,
+            help="Load the model without checking its SHA-256 (only for files you made).",
+        ),
+        click.option(
+            "--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Default: [inference] device."
+        ),
+        click.option(
+            "--batch-size", type=int, help="Images per model call. Default: [inference] batch_size."
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def open_predictor(settings: Settings) -> Any:
+    """Load the model (checked) and build the batched predictor."""
+    from worker.decode import Limits
+    from worker.inference import Predictor
+    from worker.learner import load_model
+
+    m = settings.model
+    try:
+        model = load_model(m.path, sha256=m.sha256, trust=m.trust, positive_class=m.positive_class)
+        limits = Limits(settings.decode.max_pixels, settings.decode.max_side, settings.decode.min_side)
+        return Predictor(model, settings.inference, limits)
+    except (ModelError, ConfigError) as exc:
+        raise ExitError(str(exc)) from None
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@model_options
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line, errors included.")
+@click.pass_context
+def predict(ctx: click.Context, paths: tuple[Path, ...], as_json: bool, **flags: Any) -> None:
+    """Print the predicted label and every class probability for each file.
+
+    Folders are searched recursively. A file that cannot be screened gets an error
+    line; the others are still predicted, and the exit status is then 1.
+
+    \b
+    Example:
+      xray-worker predict chest.jpeg
+      chest.jpeg  PNEUMONIA  NORMAL=0.0269 PNEUMONIA=0.9731
+    """
+    from worker.discover import expand_paths
+    from worker.inference import Failure
+
+    settings = settings_for(
+        ctx,
+        **{
+            "model.path": flags["model_path"],
+            "model.sha256": flags["model_sha256"],
+            "model.trust": flags["trust_model"],
+            "inference.device": flags["device"],
+            "inference.batch_size": flags["batch_size"],
+        },
+    )
+    predictor = open_predictor(settings)
+    counts: Counter[str] = Counter()
+    start = time.perf_counter()
+    for outcome in predictor.predict(expand_paths(paths)):
+        if isinstance(outcome, Failure):
+            counts["failed"] += 1
+            if as_json:
+                click.echo(json.dumps({"path": str(outcome.path), "error": outcome.reason}))
+            else:
+                click.echo(f"{outcome.path}  ERROR  {outcome.reason}", err=True)
+            continue
+        counts[outcome.label] += 1
+        if as_json:
+            click.echo(json.dumps(_prediction_record(outcome, predictor)))
+        else:
+            probs = " ".join(f"{name}={p:.4f}" for name, p in outcome.probabilities.items())
+            click.echo(f"{outcome.path}  {outcome.label}  {probs}")
+    seconds = time.perf_counter() - start
+    total = sum(counts.values())
+    summary = ", ".join(f"{n} {label}" for label, n in sorted(counts.items()))
+    rate = f" ({total / seconds:.1f} images/s)" if seconds > 0 and total else ""
+    click.echo(
+        f"{total} files in {seconds:.1f} s{rate} on {predictor.device_name}: {summary or 'none'}", err=True
+    )
+    if total == 0:
+        raise ExitError("no files found under the given paths", exitcodes.SOME_FILES_FAILED)
+    if counts["failed"]:
+        sys.exit(exitcodes.SOME_FILES_FAILED)
+
+
+def _prediction_record(outcome: Any, predictor: Any) -> dict[str, Any]:
+    decoded = outcome.decoded
+    record: dict[str, Any] = {
+        "path": str(outcome.path),
+        "label": outcome.label,
+        "probabilities": outcome.probabilities,
+        "positive_class": predictor.model.positive_class,
+        "positive_probability": outcome.positive_probability,
+        "format": decoded.format,
+        "width": decoded.width,
+        "height": decoded.height,
+        "model_sha256": predictor.model.sha256,
+        "preprocessing": predictor.model.preprocessing.version,
+    }
+    if decoded.dicom is not None:
+        record["sop_instance_uid"] = decoded.dicom.sop_instance_uid
+        record["modality"] = decoded.dicom.modality
+    return record
+
+
+def main() -> None:
+    import warnings
+
+    # fastai's import touches torch.jit.script, deprecated in recent torch: not the user's concern.
+    warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
+    cli(prog_name="xray-worker")

@@ -1,0 +1,218 @@
+"""Settings: loaded once into a typed, validated object.
+
+Layers, lowest first: built-in defaults < config.toml < environment variables
+``XRAY_SCREEN_<SECTION>_<KEY>`` < command-line flags. Every error names the key and the
+place the bad value came from, so an operator can fix it without reading code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from worker.errors import ConfigError
+
+ENV_PREFIX = "XRAY_SCREEN_"
+CONFIG_ENV = "XRAY_SCREEN_CONFIG"
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+ROOT_CONFIG = PROJECT_ROOT / "config.toml"
+DEFAULT_MODEL = PROJECT_ROOT / "models" / "pneumonia-resnet18" / "export.pkl"
+
+Device = Literal["auto", "cpu", "cuda"]
+
+
+def _check(*, minimum: int | None = None, maximum: int | None = None) -> dict[str, Any]:
+    return {"minimum": minimum, "maximum": maximum}
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    # The exported fastai learner (export.pkl).
+    path: Path = DEFAULT_MODEL
+    # SHA-256 of that file; the worker refuses to unpickle anything else.
+    sha256: str = field(default="", metadata={"pattern": r"([0-9a-fA-F]{64})?", "hint": "64 hex digits"})
+    # Load the file without a hash check (only for a path you control).
+    trust: bool = False
+    # The class a positive screen means; empty: the learner's last class.
+    positive_class: str = ""
+
+
+@dataclass(frozen=True)
+class InferenceSettings:
+    device: Device = "auto"
+    batch_size: int = field(default=64, metadata=_check(minimum=1, maximum=4096))
+    # Threads decoding files while the model runs; 0 picks one per CPU core.
+    decode_workers: int = field(default=0, metadata=_check(minimum=0, maximum=256))
+    # Torch intra-op threads on CPU; 0 leaves torch's default.
+    torch_threads: int = field(default=0, metadata=_check(minimum=0, maximum=256))
+
+
+@dataclass(frozen=True)
+class DecodeSettings:
+    # Refuse images larger than this many pixels (decompression-bomb guard).
+    max_pixels: int = field(default=80_000_000, metadata=_check(minimum=1))
+    # Refuse images wider or taller than this.
+    max_side: int = field(default=20_000, metadata=_check(minimum=16))
+    # Refuse images narrower or shorter than this (icons, thumbnails, junk).
+    min_side: int = field(default=32, metadata=_check(minimum=1))
+
+
+@dataclass(frozen=True)
+class Settings:
+    model: ModelSettings = field(default_factory=ModelSettings)
+    inference: InferenceSettings = field(default_factory=InferenceSettings)
+    decode: DecodeSettings = field(default_factory=DecodeSettings)
+    # The file the settings came from, if any (for messages).
+    source: Path | None = None
+
+
+SECTIONS: dict[str, type] = {
+    f.name: f.default_factory  # type: ignore[misc]
+    for f in dataclasses.fields(Settings)
+    if f.default_factory is not dataclasses.MISSING
+}
+
+
+def load_settings(
+    config_path: Path | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Build the settings from defaults, a TOML file, the environment and flag overrides.
+
+    ``overrides`` maps dotted keys (``"inference.batch_size"``) to values; ``None`` values
+    are ignored so click options can be passed straight through.
+    """
+    environ = os.environ if environ is None else environ
+    if config_path is None and environ.get(CONFIG_ENV):
+        config_path = Path(environ[CONFIG_ENV])
+    raw: dict[str, dict[str, tuple[Any, str]]] = {name: {} for name in SECTIONS}
+
+    if config_path is not None:
+        _layer_file(raw, config_path)
+    _layer_env(raw, environ)
+    for dotted, value in (overrides or {}).items():
+        if value is None:
+            continue
+        section, _, key = dotted.partition(".")
+        _known(section, key, f"command-line option for {dotted}")
+        raw[section][key] = (value, "the command line")
+
+    sections = {name: _build(cls, name, raw[name]) for name, cls in SECTIONS.items()}
+    return Settings(**sections, source=config_path)
+
+
+def _layer_file(raw: dict[str, dict[str, tuple[Any, str]]], path: Path) -> None:
+    where = str(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    for section, table in data.items():
+        if section not in SECTIONS:
+            raise ConfigError(f"{where}: unknown section [{section}]; known: {', '.join(SECTIONS)}")
+        if not isinstance(table, dict):
+            raise ConfigError(f"{where}: [{section}] must be a table")
+        for key, value in table.items():
+            _known(section, key, where)
+            if isinstance(value, str) and _field(section, key).type in ("Path", Path):
+                value = _relative_to(path.parent, value)
+            raw[section][key] = (value, where)
+
+
+def _relative_to(base: Path, value: str) -> str:
+    """Relative paths in a config file are relative to the file's own folder."""
+    candidate = Path(value).expanduser()
+    return str(candidate if candidate.is_absolute() else base.resolve() / candidate)
+
+
+def _layer_env(raw: dict[str, dict[str, tuple[Any, str]]], environ: Mapping[str, str]) -> None:
+    for section, cls in SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            name = f"{ENV_PREFIX}{section}_{f.name}".upper()
+            if name in environ:
+                raw[section][f.name] = (environ[name], f"environment variable {name}")
+
+
+def _field(section: str, key: str) -> dataclasses.Field[Any]:
+    for f in dataclasses.fields(SECTIONS[section]):
+        if f.name == key:
+            return f
+    raise KeyError(key)
+
+
+def _known(section: str, key: str, where: str) -> None:
+    if section not in SECTIONS:
+        raise ConfigError(f"{where}: unknown section [{section}]")
+    names = [f.name for f in dataclasses.fields(SECTIONS[section])]
+    if key not in names:
+        raise ConfigError(f"{where}: unknown key [{section}] {key}; known: {', '.join(names)}")
+
+
+def _build(cls: type, section: str, values: Mapping[str, tuple[Any, str]]) -> Any:
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in values:
+            continue
+        value, where = values[f.name]
+        label = f"{where}: [{section}] {f.name} = {value!r}"
+        kwargs[f.name] = _coerce(hints[f.name], value, label)
+        _check_range(f, kwargs[f.name], label)
+    return cls(**kwargs)
+
+
+def _coerce(hint: Any, value: Any, label: str) -> Any:
+    if typing.get_origin(hint) is Literal:
+        choices = typing.get_args(hint)
+        if value not in choices:
+            raise ConfigError(f"{label}: must be one of {', '.join(map(str, choices))}")
+        return value
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{label}: must be true or false")
+    if hint is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{label}: must be a whole number")
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{label}: must be a whole number") from None
+    if hint is Path:
+        if not isinstance(value, (str, Path)) or not str(value):
+            raise ConfigError(f"{label}: must be a file path")
+        return Path(value).expanduser()
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{label}: must be a string")
+        return value
+    raise ConfigError(f"{label}: unsupported setting type {hint}")  # pragma: no cover
+
+
+def _check_range(f: dataclasses.Field[Any], value: Any, label: str) -> None:
+    minimum, maximum = f.metadata.get("minimum"), f.metadata.get("maximum")
+    if minimum is not None and value < minimum:
+        raise ConfigError(f"{label}: must be at least {minimum}")
+    if maximum is not None and value > maximum:
+        raise ConfigError(f"{label}: must be at most {maximum}")
+    pattern = f.metadata.get("pattern")
+    if pattern is not None and not re.fullmatch(pattern, value):
+        raise ConfigError(f"{label}: must be {f.metadata['hint']}")

@@ -1,0 +1,40 @@
+"""The error hierarchy: each class says what happens next to the file or the process.
+
+- PermanentError: this file can never succeed; it goes to failed/ with its reason.
+- TransientError: the world is temporarily wrong (database down, share gone); retry later.
+- ConfigError / ModelError: the process cannot start; exit with a clear message.
+"""
+
+from __future__ import annotations
+
+
+class XrayScreenError(Exception):
+    """Base class of every error this project raises on purpose."""
+
+
+class PermanentError(XrayScreenError):
+    """Retrying will not help: the file itself is the problem."""
+
+    @property
+    def reason(self) -> str:
+        return str(self)
+
+
+class DecodeError(PermanentError):
+    """The file is not a readable PNG, JPEG or DICOM chest X-ray."""
+
+
+class TransientError(XrayScreenError):
+    """Retrying later may succeed (I/O hiccup, database restarting, share reconnecting)."""
+
+
+class ReadError(TransientError):
+    """The file could not be read (permission denied, vanished, I/O error on a share)."""
+
+
+class ConfigError(XrayScreenError):
+    """A setting is missing or invalid; the message names the key and where it came from."""
+
+
+class ModelError(XrayScreenError):
+    """The model file cannot be used: missing, untrusted, tampered with, or not a learner."""

@@ -1,0 +1,6 @@
+"""Process exit codes (sysexits.h where one fits; systemd and shells understand them)."""
+
+OK = 0
+SOME_FILES_FAILED = 1  # predict: at least one file could not be screened
+USAGE = 2  # click's own code for a bad command line
+CONFIG = 78  # EX_CONFIG: bad settings, or a model that cannot be loaded

@@ -1,0 +1,198 @@
+"""Batched inference: decode in a thread pool while the model runs, keep input order.
+
+The stages are the learner's own: ``decode_file`` (through ``LoadedModel.decode_and_prepare``)
+and the learner's item transforms in worker threads, then the learner's batch transforms
+and model on the chosen device. Nothing about the preprocessing is restated here.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from worker.config import InferenceSettings
+from worker.decode import DEFAULT_LIMITS, DecodedImage, Limits
+from worker.errors import ConfigError, DecodeError, XrayScreenError
+from worker.fusion import fold_batchnorm
+from worker.learner import LoadedModel
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    path: Path
+    label: str
+    probabilities: dict[str, float]
+    positive_probability: float
+    decoded: DecodedImage = field(repr=False)
+    decode_ms: float
+    infer_ms: float  # the batch's model time divided by its size
+
+
+@dataclass(frozen=True)
+class Failure:
+    path: Path
+    error: XrayScreenError
+
+    @property
+    def reason(self) -> str:
+        return str(self.error)
+
+
+Outcome = Prediction | Failure
+
+
+def resolve_device(requested: str) -> torch.device:
+    """``auto`` picks CUDA when a GPU is visible, else the CPU."""
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("[inference] device = cuda, but no CUDA GPU is available (use auto or cpu)")
+    return torch.device(requested)
+
+
+class Predictor:
+    """Screens files in batches with a loaded model.
+
+    ``predict(paths)`` yields one ``Prediction`` or ``Failure`` per path, in input order.
+    Decoding of the next batch overlaps the model's work on the current one.
+    """
+
+    def __init__(
+        self,
+        model: LoadedModel,
+        settings: InferenceSettings | None = None,
+        limits: Limits = DEFAULT_LIMITS,
+    ):
+        settings = settings or InferenceSettings()
+        self.model = model
+        self.limits = limits
+        self.batch_size = settings.batch_size
+        self.device = resolve_device(settings.device)
+        if settings.torch_threads:
+            torch.set_num_threads(settings.torch_threads)
+        self.workers = settings.decode_workers or os.cpu_count() or 1
+        self.threshold = float(model.metadata.get("threshold", 0.0) or 0.0)
+        self.activation = getattr(model.learner.loss_func, "activation", None) or (
+            lambda x: torch.softmax(x, dim=1)
+        )
+        # channels_last is faster for convolutions on current CPUs and on GPUs alike.
+        net, folded = fold_batchnorm(model.learner.model)
+        log.debug("folded %d BatchNorm layers into the convolutions before them", folded)
+        self.net = net.to(self.device, memory_format=torch.channels_last)
+        cuda = self.device.type == "cuda"
+        if cuda:
+            _move_parameters(model.batch_pipeline, self.device)
+        self._autocast = (lambda: torch.autocast("cuda", dtype=torch.float16)) if cuda else nullcontext
+
+    @property
+    def device_name(self) -> str:
+        if self.device.type == "cuda":
+            return f"cuda:{torch.cuda.get_device_name(self.device)}"
+        return "cpu"
+
+    def predict(self, paths: Iterable[Path | str]) -> Iterator[Outcome]:
+        with ThreadPoolExecutor(self.workers, thread_name_prefix="decode") as pool:
+            yield from self._pipeline(pool, (Path(p) for p in paths))
+
+    def _pipeline(self, pool: ThreadPoolExecutor, paths: Iterator[Path]) -> Iterator[Outcome]:
+        lookahead = 2 * self.batch_size
+        pending: deque[tuple[Path, Future[tuple[Any, DecodedImage, float]]]] = deque()
+
+        def refill() -> None:
+            while len(pending) < lookahead:
+                path = next(paths, None)
+                if path is None:
+                    return
+                pending.append((path, pool.submit(self._prepare, path)))
+
+        refill()
+        while pending:
+            batch: list[tuple[Path, Any]] = []
+            ready = 0
+            while pending and ready < self.batch_size:
+                path, future = pending.popleft()
+                refill()
+                try:
+                    batch.append((path, future.result()))
+                    ready += 1
+                except XrayScreenError as exc:
+                    batch.append((path, exc))
+            yield from self._run(batch)
+
+    def _prepare(self, path: Path) -> tuple[Any, DecodedImage, float]:
+        start = time.perf_counter()
+        try:
+            item, decoded = self.model.decode_and_prepare(path, self.limits)
+        except XrayScreenError:
+            raise
+        except Exception as exc:  # a decoder bug must fail this file, not the batch
+            log.exception("unexpected error decoding %s", path)
+            raise DecodeError(f"unexpected decoder error: {type(exc).__name__}: {exc}") from exc
+        return item, decoded, (time.perf_counter() - start) * 1000
+
+    def _run(self, batch: list[tuple[Path, Any]]) -> Iterator[Outcome]:
+        good = [(path, value) for path, value in batch if not isinstance(value, XrayScreenError)]
+        probs = np.empty((0, len(self.model.vocab)))
+        infer_ms = 0.0
+        if good:
+            start = time.perf_counter()
+            probs = self.infer([value[0] for _, value in good])
+            infer_ms = (time.perf_counter() - start) * 1000 / len(good)
+        rows = iter(probs)
+        for path, value in batch:
+            if isinstance(value, XrayScreenError):
+                yield Failure(path, value)
+                continue
+            _, decoded, decode_ms = value
+            yield self._prediction(path, next(rows), decoded, decode_ms, infer_ms)
+
+    def infer(self, items: list[Any]) -> np.ndarray:
+        """Item tensors (uint8, C x H x W, all one size) -> class probabilities (N x classes)."""
+        x = items[0].__class__(torch.stack(items))  # keep fastai's tensor type for dispatch
+        if self.device.type == "cuda":
+            x = x.pin_memory().to(self.device, non_blocking=True)
+        with torch.inference_mode(), self._autocast():
+            x = self.model.batch_pipeline(x).contiguous(memory_format=torch.channels_last)
+            out = self.activation(self.net(x).float())
+        return out.cpu().numpy().astype(np.float64)
+
+    def _prediction(
+        self, path: Path, probs: np.ndarray, decoded: DecodedImage, decode_ms: float, infer_ms: float
+    ) -> Prediction:
+        vocab = self.model.vocab
+        positive = float(probs[self.model.positive_index])
+        if self.threshold and len(vocab) == 2:
+            index = self.model.positive_index if positive >= self.threshold else 1 - self.model.positive_index
+        else:
+            index = int(np.argmax(probs))
+        return Prediction(
+            path=path,
+            label=vocab[index],
+            probabilities={name: float(p) for name, p in zip(vocab, probs, strict=True)},
+            positive_probability=positive,
+            decoded=decoded,
+            decode_ms=decode_ms,
+            infer_ms=infer_ms,
+        )
+
+
+def _move_parameters(pipeline: Any, device: torch.device) -> None:
+    """Put transform statistics (Normalize's mean and std) on the model's device."""
+    for tfm in pipeline.fs:
+        for name in getattr(tfm, "parameters", ()) or ():
+            value = getattr(tfm, name, None)
+            if isinstance(value, torch.Tensor):
+                setattr(tfm, name, value.to(device))
