@@ -75,3 +75,15 @@ def test_bad_environment_value_names_the_variable():
 def test_missing_file_is_reported(tmp_path: Path):
     with pytest.raises(ConfigError, match="config file not found"):
         load_settings(tmp_path / "nope.toml", environ={})
+
+
+def test_shipped_model_hash_is_pinned_only_for_the_shipped_path(tmp_path: Path):
+    from worker.config import DEFAULT_MODEL, SHIPPED_MODEL_SHA256
+
+    assert load_settings(None, environ={}).model.path == DEFAULT_MODEL
+    assert load_settings(None, environ={}).model.expected_sha256() == SHIPPED_MODEL_SHA256
+    assert load_settings(ROOT_CONFIG, environ={}).model.expected_sha256() == SHIPPED_MODEL_SHA256
+    other = load_settings(None, environ={}, overrides={"model.path": str(tmp_path / "mine.pkl")})
+    assert other.model.expected_sha256() == ""
+    explicit = load_settings(None, environ={}, overrides={"model.sha256": "AB" * 32})
+    assert explicit.model.expected_sha256() == "ab" * 32

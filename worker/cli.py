@@ -98,7 +98,7 @@ def open_predictor(settings: Settings) -> Any:
 
     m = settings.model
     try:
-        model = load_model(m.path, sha256=m.sha256, trust=m.trust, positive_class=m.positive_class)
+        model = load_model(m.path, sha256=m.expected_sha256(), trust=m.trust, positive_class=m.positive_class)
         limits = Limits(settings.decode.max_pixels, settings.decode.max_side, settings.decode.min_side)
         return Predictor(model, settings.inference, limits)
     except (ModelError, ConfigError) as exc:
@@ -182,6 +182,12 @@ def _prediction_record(outcome: Any, predictor: Any) -> dict[str, Any]:
         record["sop_instance_uid"] = decoded.dicom.sop_instance_uid
         record["modality"] = decoded.dicom.modality
     return record
+
+
+from worker.cli_db import db, report  # noqa: E402  (the commands need ExitError and settings_for)
+
+cli.add_command(db)
+cli.add_command(report)
 
 
 def main() -> None:

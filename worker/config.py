@@ -24,6 +24,10 @@ CONFIG_ENV = "XRAY_SCREEN_CONFIG"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 ROOT_CONFIG = PROJECT_ROOT / "config.toml"
 DEFAULT_MODEL = PROJECT_ROOT / "models" / "pneumonia-resnet18" / "export.pkl"
+DEFAULT_DATABASE = PROJECT_ROOT / "var" / "xray-screen.db"
+# The shipped model's hash, pinned here so that the default model loads with no settings at
+# all, and a swapped file is refused. Update it only together with models/pneumonia-resnet18/.
+SHIPPED_MODEL_SHA256 = ""
 
 Device = Literal["auto", "cpu", "cuda"]
 
@@ -42,6 +46,12 @@ class ModelSettings:
     trust: bool = False
     # The class a positive screen means; empty: the learner's last class.
     positive_class: str = ""
+
+    def expected_sha256(self) -> str:
+        """The configured hash, or the pinned one when the shipped model is used."""
+        if not self.sha256 and self.path.resolve() == DEFAULT_MODEL:
+            return SHIPPED_MODEL_SHA256
+        return self.sha256.lower()
 
 
 @dataclass(frozen=True)
@@ -65,10 +75,20 @@ class DecodeSettings:
 
 
 @dataclass(frozen=True)
+class DatabaseSettings:
+    # SQLAlchemy URL of the results database: sqlite:///FILE or postgresql+psycopg://user@host/db.
+    # A relative SQLite file in a config file is relative to that file's folder.
+    url: str = field(default=f"sqlite:///{DEFAULT_DATABASE}", metadata={"sqlite_url": True})
+    # Also store DICOM Accession Number and Patient ID, to link results back to the PACS.
+    store_patient_ids: bool = False
+
+
+@dataclass(frozen=True)
 class Settings:
     model: ModelSettings = field(default_factory=ModelSettings)
     inference: InferenceSettings = field(default_factory=InferenceSettings)
     decode: DecodeSettings = field(default_factory=DecodeSettings)
+    database: DatabaseSettings = field(default_factory=DatabaseSettings)
     # The file the settings came from, if any (for messages).
     source: Path | None = None
 
@@ -129,6 +149,8 @@ def _layer_file(raw: dict[str, dict[str, tuple[Any, str]]], path: Path) -> None:
             _known(section, key, where)
             if isinstance(value, str) and _field(section, key).type in ("Path", Path):
                 value = _relative_to(path.parent, value)
+            elif isinstance(value, str) and _field(section, key).metadata.get("sqlite_url"):
+                value = _sqlite_url_relative_to(path.parent, value)
             raw[section][key] = (value, where)
 
 
@@ -136,6 +158,14 @@ def _relative_to(base: Path, value: str) -> str:
     """Relative paths in a config file are relative to the file's own folder."""
     candidate = Path(value).expanduser()
     return str(candidate if candidate.is_absolute() else base.resolve() / candidate)
+
+
+def _sqlite_url_relative_to(base: Path, url: str) -> str:
+    """``sqlite:///results.db`` in a config file names a file beside it, like other paths."""
+    match = re.fullmatch(r"(sqlite(?:\+\w+)?:///)([^?]+)(\?.*)?", url)
+    if match is None or match[2] == ":memory:":
+        return url
+    return f"{match[1]}{_relative_to(base, match[2])}{match[3] or ''}"
 
 
 def _layer_env(raw: dict[str, dict[str, tuple[Any, str]]], environ: Mapping[str, str]) -> None:

@@ -1,0 +1,66 @@
+"""Fixtures for the results-database tests: every test runs on SQLite, and on Postgres when asked.
+
+Postgres runs when ``XRAY_SCREEN_TEST_POSTGRES_URL`` is set (``.ci/run`` sets it): the
+session creates its own database ``xray_test_<random>`` on that server and drops it at
+the end, and each test gets a fresh schema in it, so parallel runs never collide.
+Test modules load this file with ``pytest_plugins = ["db_fixtures"]``.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from db_support import ENGINES, POSTGRES_URL
+from sqlalchemy import URL, Engine, create_engine, make_url
+
+from worker.db import migrate
+from worker.db.engine import make_engine
+from worker.db.store import Store
+
+
+@pytest.fixture(scope="session")
+def postgres_database() -> Iterator[URL]:
+    """A database of its own on the test server, dropped at the end of the session."""
+    admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+    name = f"xray_test_{secrets.token_hex(4)}"
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    try:
+        yield make_url(POSTGRES_URL).set(database=name)
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
+
+
+@pytest.fixture(params=ENGINES)
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The URL of an empty database: a SQLite file not yet created, or a fresh Postgres schema."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'results.db'}"
+    base: URL = request.getfixturevalue("postgres_database")
+    schema = f"t_{secrets.token_hex(6)}"
+    admin = create_engine(base, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
+    admin.dispose()
+    return base.update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(
+        hide_password=False
+    )
+
+
+@pytest.fixture
+def engine(db_url: str) -> Iterator[Engine]:
+    """A database built by the migrations, at head."""
+    engine = make_engine(db_url, create=True)
+    migrate.upgrade(engine)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def store(engine: Engine) -> Store:
+    return Store(engine)

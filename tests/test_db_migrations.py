@@ -1,0 +1,81 @@
+"""The migrations build exactly the models' schema, on SQLite and Postgres, and undo it."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, inspect, literal_column, select, table, text
+
+from worker.db import migrate
+from worker.db.engine import make_engine
+from worker.db.schema import Base
+from worker.errors import ConfigError
+
+pytest_plugins = ["db_fixtures"]
+
+VIEWS = {
+    "report_daily_counts",
+    "report_flagged",
+    "report_failures",
+    "report_hourly_throughput",
+    "report_models",
+}
+
+
+def test_the_migrated_database_matches_the_models_and_downgrades_to_nothing(db_url: str):
+    engine = make_engine(db_url, create=True)
+    try:
+        migrate.upgrade(engine)
+        with engine.connect() as conn:
+            assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
+        schema = inspect(engine)
+        assert set(schema.get_table_names()) == {"alembic_version", "results", "audit_events"}
+        assert set(schema.get_view_names()) == VIEWS
+        with engine.connect() as conn:  # every view runs on this backend
+            for view in VIEWS:
+                conn.execute(select(literal_column("*")).select_from(table(view))).all()
+
+        migrate.downgrade(engine, "base")
+        schema = inspect(engine)
+        assert set(schema.get_table_names()) <= {"alembic_version"} and schema.get_view_names() == []
+        assert migrate.current_revision(engine) is None
+    finally:
+        engine.dispose()
+
+
+def test_upgrading_twice_changes_nothing(engine: Engine):
+    migrate.upgrade(engine)
+    assert migrate.current_revision(engine) == migrate.head_revision()
+    migrate.require_head(engine)
+
+
+def test_the_worker_refuses_a_database_not_at_head(db_url: str):
+    engine = make_engine(db_url, create=True)
+    try:
+        with pytest.raises(ConfigError) as caught:
+            migrate.require_head(engine)
+        head = migrate.head_revision()
+        assert f"at revision none (empty), expected {head}: run `xray-worker db upgrade`" in str(caught.value)
+    finally:
+        engine.dispose()
+
+
+def test_a_database_from_a_newer_release_is_named_as_such(engine: Engine):
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = '9999'"))
+    with pytest.raises(ConfigError, match="revision 9999, which this version of xray-screen does not know"):
+        migrate.require_head(engine)
+
+
+def test_revisions_form_one_numbered_line():
+    scripts = ScriptDirectory.from_config(migrate.alembic_config())
+    revisions = list(scripts.walk_revisions())
+    assert len(scripts.get_heads()) == 1
+    for script in revisions:
+        assert re.fullmatch(r"\d{4}", script.revision)
+        assert Path(script.path).name.startswith(f"{script.revision}_")

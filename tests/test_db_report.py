@@ -1,0 +1,155 @@
+"""The report's numbers, and the SQL views analysts query, on a database with known contents."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from db_support import MODEL_A, MODEL_B, populate
+from sqlalchemy import Engine, literal_column, select, table
+
+from worker.db.render import render
+from worker.db.report import flagged, parse_since, summary
+from worker.db.store import Store
+
+pytest_plugins = ["db_fixtures"]
+
+NOW = datetime.now(UTC)
+WEEK = NOW - timedelta(days=7)
+
+
+def section(report, name: str) -> list[tuple]:
+    return next(s.rows for s in report.sections if s.name == name)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("7d", NOW - timedelta(days=7)),
+        ("12h", NOW - timedelta(hours=12)),
+        ("30m", NOW - timedelta(minutes=30)),
+        ("2w", NOW - timedelta(weeks=2)),
+        ("2025-11-01", datetime(2025, 11, 1, tzinfo=UTC)),
+        ("2025-11-01T08:30+01:00", datetime(2025, 11, 1, 7, 30, tzinfo=UTC)),
+        ("all", None),
+    ],
+)
+def test_since_accepts_durations_dates_and_all(text: str, expected: datetime | None):
+    assert parse_since(text, NOW) == expected
+
+
+def test_since_refuses_what_it_cannot_read():
+    with pytest.raises(ValueError, match="not a duration"):
+        parse_since("last tuesday", NOW)
+
+
+def test_an_empty_database_gives_zeros(engine: Engine):
+    report = summary(engine, WEEK, now=NOW)
+    assert report.totals["files"] == report.totals["results"] == 0 and report.totals["positive_rate"] is None
+    assert all(not s.rows for s in report.sections)
+    text = render(report, "table")
+    assert "Files handled          0" in text and "(none)" in text and "n/a" in text
+    assert json.loads(render(report, "json"))["totals"]["files"] == 0
+    assert flagged(engine, WEEK, now=NOW).sections[0].rows == []
+
+
+def test_the_summary_of_a_known_week(store: Store):
+    hours = populate(store, NOW)
+    report = summary(store.engine, WEEK, now=NOW)
+    t = report.totals
+    assert (t["files"], t["screened"], t["duplicates"], t["failed"]) == (8, 4, 1, 3)
+    assert (t["results"], t["positives"], t["positive_rate"]) == (4, 2, 0.5)
+    assert section(report, "labels") == [("NORMAL", 2, 0.5), ("PNEUMONIA", 2, 0.5)]
+    assert [row[:2] for row in section(report, "failures")] == [
+        ("truncated JPEG", 2),
+        ("not an image: the file is text", 1),
+    ]
+    assert section(report, "slowest_hours") == [(hours["h2"], 6, 45.0), (hours["h1"], 2, 20.0)]
+    assert section(report, "fastest_hours") == [(hours["h1"], 2, 20.0), (hours["h2"], 6, 45.0)]
+    assert [row[:5] for row in section(report, "models")] == [
+        ("pneumonia-resnet18", "B", MODEL_B[:12], 2, 1),
+        ("pneumonia-resnet18", "A", MODEL_A[:12], 2, 1),
+    ]
+
+
+def test_flagged_lists_every_positive_file_most_probable_first(store: Store):
+    populate(store, NOW)
+    rows = flagged(store.engine, WEEK, now=NOW).sections[0].rows
+    assert [(r[1], r[9]) for r in rows] == [
+        (0.95, "/inbox/b.dcm"),
+        (0.95, "/inbox/b-copy.dcm"),
+        (0.7, "/inbox/c.dcm"),
+    ]
+    everything = flagged(store.engine, None, now=NOW).sections[0].rows
+    assert [r[1] for r in everything] == [0.99, 0.95, 0.95, 0.7]
+
+
+def test_the_views_agree_with_the_data(store: Store):
+    populate(store, NOW)
+
+    def view(name: str, *columns: str) -> list[tuple]:
+        cols = [literal_column(c) for c in columns] or [literal_column("*")]
+        with store.engine.connect() as conn:
+            return [tuple(row) for row in conn.execute(select(*cols).select_from(table(name)))]
+
+    daily = view("report_daily_counts", "outcome", "label", "files")
+    totals: dict[tuple, int] = {}
+    for outcome, label, files in daily:
+        totals[(outcome, label)] = totals.get((outcome, label), 0) + files
+    assert totals == {
+        ("screened", "NORMAL"): 2,
+        ("screened", "PNEUMONIA"): 3,
+        ("duplicate", "PNEUMONIA"): 1,
+        ("failed", None): 3,
+    }
+    failures = view("report_failures", "reason", "files")
+    assert sorted(failures) == [("not an image: the file is text", 1), ("truncated JPEG", 2)]
+    hourly = view(
+        "report_hourly_throughput", "files", "screened", "duplicates", "failed", "mean_inference_ms"
+    )
+    assert sorted(hourly) == [(1, 1, 0, 0, 20.0), (2, 2, 0, 0, 20.0), (6, 2, 1, 3, 45.0)]
+    models = view("report_models", "model_version", "results", "positives")
+    assert sorted(models) == [("A", 3, 2), ("B", 2, 1)]
+    assert sorted(r[0] for r in view("report_flagged", "positive_probability")) == [0.7, 0.95, 0.95, 0.99]
+
+
+def test_csv_and_json_carry_the_same_numbers(store: Store):
+    populate(store, NOW)
+    report = summary(store.engine, WEEK, now=NOW)
+    rows = list(csv.DictReader(io.StringIO(render(report, "csv"))))
+    assert {"section": "totals", "key": "", "metric": "files", "value": "8"} in rows
+    assert {"section": "failures", "key": "truncated JPEG", "metric": "files", "value": "2"} in rows
+    data = json.loads(render(report, "json"))
+    assert data["totals"]["positive_rate"] == 0.5
+    assert data["failures"][0]["reason"] == "truncated JPEG" and data["since"].startswith(
+        WEEK.date().isoformat()
+    )
+    flagged_rows = list(csv.DictReader(io.StringIO(render(flagged(store.engine, WEEK, now=NOW), "csv"))))
+    assert [r["source_path"] for r in flagged_rows] == ["/inbox/b.dcm", "/inbox/b-copy.dcm", "/inbox/c.dcm"]
+
+
+def doc_queries() -> list[tuple[str | None, str]]:
+    """The ```sql blocks of docs/reporting.md, each with the one shell it is for (None: both)."""
+    text = (Path(__file__).resolve().parent.parent / "docs" / "reporting.md").read_text(encoding="utf-8")
+    queries = []
+    for block in re.findall(r"```sql\n(.*?)```", text, flags=re.DOTALL):
+        first = block.splitlines()[0].strip()
+        only = {"-- sqlite3": "sqlite", "-- psql": "postgresql"}.get(first)
+        queries.append((only, block))
+    return queries
+
+
+def test_every_query_in_the_reporting_guide_runs(store: Store):
+    populate(store, NOW)
+    ran = 0
+    with store.engine.connect() as conn:
+        for only, query in doc_queries():
+            if only in (None, store.engine.dialect.name):
+                conn.exec_driver_sql(query).all()
+                ran += 1
+    assert ran >= 10

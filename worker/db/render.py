@@ -1,0 +1,94 @@
+"""A report as an aligned text table, as CSV, or as JSON."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from datetime import datetime
+from typing import Any
+
+from worker.db.report import Report
+
+FORMATS = ("table", "csv", "json")
+
+
+def render(report: Report, fmt: str) -> str:
+    if fmt == "json":
+        return render_json(report)
+    if fmt == "csv":
+        return render_csv(report)
+    return render_table(report)
+
+
+def render_json(report: Report) -> str:
+    data: dict[str, Any] = {"since": report.since, "until": report.until}
+    if report.totals:
+        data["totals"] = report.totals
+    for section in report.sections:
+        data[section.name] = [dict(zip(section.columns, row, strict=True)) for row in section.rows]
+    return json.dumps(data, indent=2, default=_json_value)
+
+
+def render_csv(report: Report) -> str:
+    """One section: a plain table. Several: long form ``section,key,metric,value``."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    if not report.totals and len(report.sections) == 1:
+        section = report.sections[0]
+        writer.writerow(section.columns)
+        writer.writerows([[_text(v, iso=True) for v in row] for row in section.rows])
+        return out.getvalue()
+    writer.writerow(["section", "key", "metric", "value"])
+    for metric, value in report.totals.items():
+        writer.writerow(["totals", "", metric, _text(value, iso=True)])
+    for section in report.sections:
+        for row in section.rows:
+            for metric, value in zip(section.columns[1:], row[1:], strict=True):
+                writer.writerow([section.name, _text(row[0], iso=True), metric, _text(value, iso=True)])
+    return out.getvalue()
+
+
+def render_table(report: Report) -> str:
+    window = f"since {_text(report.since)}" if report.since else "all time"
+    lines = [f"{report.title}, {window} (until {_text(report.until)}, times in UTC)"]
+    if report.totals:
+        t = report.totals
+        rate = f"{t['positive_rate']:.1%}" if t["positive_rate"] is not None else "n/a"
+        lines += [
+            "",
+            f"Files handled   {t['files']:>8}   screened {t['screened']}, duplicates {t['duplicates']}, "
+            f"failed {t['failed']}",
+            f"New results     {t['results']:>8}   positive {t['positives']} ({rate})",
+        ]
+        if t["first_file_at"] is not None:
+            lines.append(f"Activity        {_text(t['first_file_at'])} .. {_text(t['last_file_at'])}")
+    for section in report.sections:
+        lines += ["", f"{section.title}:"]
+        lines += _aligned(section) if section.rows else ["  (none)"]
+    return "\n".join(lines)
+
+
+def _aligned(section: Any) -> list[str]:
+    cells = [list(section.columns), *[[_text(v) for v in row] for row in section.rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(section.columns))]
+    return [
+        "  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in cells
+    ]
+
+
+def _text(value: Any, *, iso: bool = False) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, datetime):
+        return value.isoformat() if iso else value.strftime("%Y-%m-%d %H:%M")
+    if isinstance(value, float):
+        return f"{value:.4g}" if not iso else repr(value)
+    return str(value)
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

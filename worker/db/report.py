@@ -1,0 +1,199 @@
+"""Questions operators ask of the results database, answered for a time window.
+
+``summary`` gives counts, the positive rate, failures by reason, the slowest and fastest
+hours and the model versions; ``flagged`` lists the files whose content was screened
+positive (from the ``report_flagged`` view). Both only read: on SQLite they never take
+the write lock, so a report cannot stall a worker.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import ColumnElement, Double, Engine, String, case, column, func, select, table, true
+
+from worker.db.engine import reader
+from worker.db.errors import database_errors
+from worker.db.schema import UTCDateTime, audit_events, results
+
+HOURS_SHOWN = 3
+_SINCE = re.compile(r"(\d+)\s*([mhdw])")
+_UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+flagged_view = table(
+    "report_flagged",
+    column("result_id"),
+    column("handled_at", UTCDateTime()),
+    column("finished_at", UTCDateTime()),
+    column("positive_probability", Double()),
+    column("threshold", Double()),
+    column("label", String()),
+    column("model_name", String()),
+    column("model_version", String()),
+    column("modality", String()),
+    column("study_instance_uid", String()),
+    column("sop_instance_uid", String()),
+    column("accession_number", String()),
+    column("source_path", String()),
+    column("destination_path", String()),
+)
+
+
+@dataclass(frozen=True)
+class Section:
+    """A titled table: ``name`` keys it in JSON and CSV."""
+
+    name: str
+    title: str
+    columns: tuple[str, ...]
+    rows: list[tuple[Any, ...]]
+
+
+@dataclass(frozen=True)
+class Report:
+    title: str
+    since: datetime | None
+    until: datetime
+    totals: dict[str, Any] = field(default_factory=dict)
+    sections: list[Section] = field(default_factory=list)
+
+
+def parse_since(text: str, now: datetime | None = None) -> datetime | None:
+    """``7d``, ``12h``, ``30m``, ``2w``, an ISO date or time (UTC unless it says otherwise), or ``all``."""
+    now = now or datetime.now(UTC)
+    text = text.strip().lower()
+    if text == "all":
+        return None
+    if match := _SINCE.fullmatch(text):
+        return now - timedelta(**{_UNITS[match[2]]: int(match[1])})
+    try:
+        moment = datetime.fromisoformat(text.upper())
+    except ValueError:
+        raise ValueError(f"{text!r} is not a duration (7d, 12h, 30m, 2w), an ISO date, or 'all'") from None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def summary(engine: Engine, since: datetime | None, *, now: datetime | None = None) -> Report:
+    """Counts, positive rate, failures by reason, slowest and fastest hours, model versions."""
+    a, r = audit_events.c, results.c
+    in_window_a = a.at >= since if since else true()
+    in_window_r = r.finished_at >= since if since else true()
+    positives = func.sum(case((r.positive.is_(True), 1), else_=0))
+    with database_errors(), reader(engine).connect() as conn:
+        outcomes = dict(
+            conn.execute(select(a.outcome, func.count()).where(in_window_a).group_by(a.outcome)).all()
+        )
+        first, last = conn.execute(select(func.min(a.at), func.max(a.at)).where(in_window_a)).one()
+        n_results, n_positive = conn.execute(select(func.count(), positives).where(in_window_r)).one()
+        labels = conn.execute(
+            select(r.label, func.count().label("n"))
+            .where(in_window_r)
+            .group_by(r.label)
+            .order_by(func.count().desc(), r.label)
+        ).all()
+        failures = conn.execute(
+            select(a.reason, func.count(), func.max(a.at))
+            .where(in_window_a, a.outcome == "failed")
+            .group_by(a.reason)
+            .order_by(func.count().desc(), a.reason)
+        ).all()
+        hour = hour_bucket(a.at, engine.dialect.name)
+        hours = conn.execute(
+            select(hour, func.count(), func.avg(case((a.outcome == "screened", r.inference_ms))))
+            .select_from(audit_events.outerjoin(results, r.id == a.result_id))
+            .where(in_window_a)
+            .group_by(hour)
+        ).all()
+        models = conn.execute(
+            select(
+                r.model_name,
+                r.model_version,
+                r.model_sha256,
+                func.count(),
+                positives,
+                func.max(r.finished_at),
+            )
+            .where(in_window_r)
+            .group_by(r.model_name, r.model_version, r.model_sha256)
+            .order_by(func.max(r.finished_at).desc())
+        ).all()
+
+    files = sum(outcomes.values())
+    report = Report("xray-screen summary", since, now or datetime.now(UTC))
+    report.totals.update(
+        files=files,
+        screened=outcomes.get("screened", 0),
+        duplicates=outcomes.get("duplicate", 0),
+        failed=outcomes.get("failed", 0),
+        results=n_results,
+        positives=n_positive or 0,
+        positive_rate=round((n_positive or 0) / n_results, 4) if n_results else None,
+        first_file_at=first,
+        last_file_at=last,
+    )
+    report.sections.append(
+        Section(
+            "labels",
+            "Results by label",
+            ("label", "results", "share"),
+            [(label, n, round(n / n_results, 4)) for label, n in labels],
+        )
+    )
+    report.sections.append(
+        Section(
+            "failures", "Failures by reason", ("reason", "files", "last_at"), [tuple(row) for row in failures]
+        )
+    )
+    timed = sorted((row for row in hours if row[2] is not None), key=lambda row: (row[2], row[0]))
+    columns = ("hour", "files", "mean_inference_ms")
+    shown = [(h, n, round(ms, 1)) for h, n, ms in timed]
+    slowest, fastest = shown[::-1][:HOURS_SHOWN], shown[:HOURS_SHOWN]
+    report.sections.append(Section("slowest_hours", "Slowest hours (model ms per image)", columns, slowest))
+    report.sections.append(Section("fastest_hours", "Fastest hours (model ms per image)", columns, fastest))
+    report.sections.append(
+        Section(
+            "models",
+            "Model versions",
+            ("model_name", "model_version", "model_sha256", "results", "positives", "last_result_at"),
+            [(name, version, sha[:12], n, p or 0, at) for name, version, sha, n, p, at in models],
+        )
+    )
+    return report
+
+
+def flagged(engine: Engine, since: datetime | None, *, now: datetime | None = None) -> Report:
+    """Every file screened positive in the window, most probable first."""
+    v = flagged_view.c
+    when = func.coalesce(v.handled_at, v.finished_at)
+    columns = (
+        "handled_at",
+        "positive_probability",
+        "threshold",
+        "label",
+        "model_version",
+        "modality",
+        "study_instance_uid",
+        "sop_instance_uid",
+        "accession_number",
+        "source_path",
+        "destination_path",
+    )
+    query = select(when.label("handled_at"), *(v[name] for name in columns[1:]))
+    if since is not None:
+        query = query.where(when >= since)
+    query = query.order_by(v.positive_probability.desc(), when, v.source_path)
+    with database_errors(), reader(engine).connect() as conn:
+        rows = [tuple(row) for row in conn.execute(query)]
+    report = Report("xray-screen flagged files", since, now or datetime.now(UTC))
+    report.sections.append(Section("flagged", "Flagged (positive) files", columns, rows))
+    return report
+
+
+def hour_bucket(col: ColumnElement[Any], dialect: str) -> ColumnElement[str]:
+    """``YYYY-MM-DD HH:00`` in UTC, on either backend."""
+    if dialect == "sqlite":
+        return func.strftime("%Y-%m-%d %H:00", col)
+    return func.to_char(func.timezone("UTC", col), "YYYY-MM-DD HH24:00")

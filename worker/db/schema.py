@@ -1,0 +1,162 @@
+"""The results database's tables: one row per screened image content and model, one per file handled.
+
+Results are immutable facts keyed by what was screened (the content's SHA-256) and by what
+screened it (the model file's SHA-256), so the model's name and version sit on each row
+rather than in a table of their own: nothing is ever updated, and an analyst needs no join.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    Dialect,
+    Double,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    Uuid,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+OUTCOMES = ("screened", "duplicate", "failed")
+
+# Deterministic constraint and index names, so that migrations can name what they drop.
+NAMING = {
+    "pk": "pk_%(table_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+}
+
+# BIGINT identities on Postgres; SQLite needs INTEGER PRIMARY KEY for its rowid alias.
+RowId = BigInteger().with_variant(Integer(), "sqlite")
+Json = JSON().with_variant(JSONB(), "postgresql")
+Sha256 = String(64)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC in Python; ``timestamptz`` on Postgres, ISO-like UTC text on SQLite."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value.isoformat()}: use a timezone-aware UTC time")
+        value = value.astimezone(UTC)
+        # SQLite has no time zones: store UTC without an offset, so that text order is time order.
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map: ClassVar[dict[Any, Any]] = {
+        datetime: UTCDateTime(),
+        str: String(),
+        uuid.UUID: Uuid(),
+    }
+
+
+class Result(Base):
+    """One screening result per distinct image content and model."""
+
+    __tablename__ = "results"
+
+    id: Mapped[int] = mapped_column(RowId, primary_key=True)
+    content_sha256: Mapped[str] = mapped_column(Sha256)
+    model_sha256: Mapped[str] = mapped_column(Sha256)
+    model_name: Mapped[str]
+    model_version: Mapped[str]
+    preprocessing: Mapped[str]
+    label: Mapped[str]
+    positive_class: Mapped[str]
+    # label == positive_class: the image was flagged for a human to look at first.
+    positive: Mapped[bool]
+    positive_probability: Mapped[float] = mapped_column(Double())
+    # Every class's probability, {"NORMAL": 0.03, "PNEUMONIA": 0.97}.
+    probabilities: Mapped[dict[str, float]] = mapped_column(Json)
+    # NULL: the label is simply the most probable class.
+    threshold: Mapped[float | None] = mapped_column(Double())
+    device: Mapped[str]
+    queued_at: Mapped[datetime | None]
+    started_at: Mapped[datetime]
+    finished_at: Mapped[datetime]
+    inference_ms: Mapped[float] = mapped_column(Double())
+    image_format: Mapped[str] = mapped_column(String(16))
+    width: Mapped[int]
+    height: Mapped[int]
+    # DICOM only. Strings from the file are unbounded: a malformed UID must not fail a batch.
+    sop_instance_uid: Mapped[str | None]
+    study_instance_uid: Mapped[str | None]
+    series_instance_uid: Mapped[str | None]
+    modality: Mapped[str | None]
+    # Stored only when [database] store_patient_ids = true.
+    accession_number: Mapped[str | None]
+    patient_id: Mapped[str | None]
+
+    __table_args__ = (
+        UniqueConstraint("content_sha256", "model_sha256"),
+        CheckConstraint("length(content_sha256) = 64 AND length(model_sha256) = 64", name="sha256"),
+        CheckConstraint("width > 0 AND height > 0", name="size"),
+        Index(None, "finished_at"),
+        Index(None, "positive", "finished_at"),
+        Index(None, "study_instance_uid"),
+    )
+
+
+class AuditEvent(Base):
+    """One row per file the worker or a scan handled, whatever became of it."""
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(RowId, primary_key=True)
+    # Chosen by the worker: retrying a batch whose commit was in doubt cannot log a file twice.
+    event_id: Mapped[uuid.UUID]
+    at: Mapped[datetime]
+    source_path: Mapped[str] = mapped_column(Text)
+    file_size: Mapped[int | None] = mapped_column(BigInteger())
+    # NULL when the file could not be read.
+    content_sha256: Mapped[str | None] = mapped_column(Sha256)
+    outcome: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str | None] = mapped_column(Text)
+    destination_path: Mapped[str | None] = mapped_column(Text)
+    worker_host: Mapped[str]
+    worker_id: Mapped[str]
+    model_sha256: Mapped[str | None] = mapped_column(Sha256)
+    result_id: Mapped[int | None] = mapped_column(RowId, ForeignKey("results.id"))
+
+    __table_args__ = (
+        UniqueConstraint("event_id"),
+        CheckConstraint("outcome IN ('screened', 'duplicate', 'failed')", name="outcome"),
+        CheckConstraint("outcome <> 'failed' OR reason IS NOT NULL", name="failed_has_reason"),
+        CheckConstraint("outcome = 'failed' OR content_sha256 IS NOT NULL", name="screened_has_sha256"),
+        Index(None, "at"),
+        Index(None, "outcome", "at"),
+        Index(None, "result_id"),
+        Index(None, "content_sha256"),
+    )
+
+
+results = Result.__table__
+audit_events = AuditEvent.__table__

@@ -1,0 +1,217 @@
+"""Writing results and audit rows, and asking which content is already screened.
+
+``Store.record_batch`` is where a batch is committed: its results and its audit rows in
+one transaction, idempotently. A result whose content was already screened by the same
+model is kept as it is (``INSERT ... ON CONFLICT DO NOTHING``), and an audit row whose
+``event_id`` is already stored is skipped, so retrying a batch after a dropped connection
+cannot duplicate anything.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from sqlalchemy import Connection, Engine, Insert, Table, select, tuple_
+from sqlalchemy.dialects import postgresql, sqlite
+
+from worker.db.engine import make_engine, reader
+from worker.db.errors import database_errors
+from worker.db.migrate import require_head
+from worker.db.schema import audit_events
+from worker.db.schema import results as results_table
+
+Outcome = Literal["screened", "duplicate", "failed"]
+# Keeps IN (...) lists and multi-row inserts well under every backend's parameter limit.
+CHUNK = 500
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class ResultRecord:
+    """What one model said about one image content."""
+
+    content_sha256: str
+    label: str
+    positive_class: str
+    positive_probability: float
+    probabilities: dict[str, float]
+    threshold: float | None  # None: the label is the most probable class
+    model_name: str
+    model_version: str
+    model_sha256: str
+    preprocessing: str
+    device: str
+    queued_at: datetime | None
+    started_at: datetime
+    finished_at: datetime
+    inference_ms: float
+    image_format: str
+    width: int
+    height: int
+    sop_instance_uid: str | None = None
+    study_instance_uid: str | None = None
+    series_instance_uid: str | None = None
+    modality: str | None = None
+    accession_number: str | None = None  # stored only with store_patient_ids
+    patient_id: str | None = None  # stored only with store_patient_ids
+
+    @property
+    def positive(self) -> bool:
+        return self.label == self.positive_class
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    """One file handled: where it was, what became of it, who handled it.
+
+    The row is linked to the result for (``content_sha256``, ``model_sha256``) when one is
+    stored, whether this batch or an earlier one wrote it.
+    """
+
+    source_path: str
+    file_size: int | None
+    content_sha256: str | None  # None: the file could not be read
+    outcome: Outcome
+    worker_host: str
+    worker_id: str
+    reason: str | None = None  # required when outcome is "failed"
+    destination_path: str | None = None
+    model_sha256: str | None = None
+    at: datetime = field(default_factory=utcnow)
+    event_id: uuid.UUID = field(default_factory=uuid.uuid4)
+
+
+@dataclass(frozen=True)
+class StoredResult:
+    """An earlier result, enough to file a duplicate without running the model again."""
+
+    id: int
+    content_sha256: str
+    label: str
+    positive: bool
+    positive_probability: float
+    finished_at: datetime
+
+
+@dataclass(frozen=True)
+class BatchSummary:
+    results_inserted: int
+    results_existing: int
+    audits_inserted: int
+
+
+class Store:
+    """The results database, for the worker and for bulk scans."""
+
+    def __init__(self, engine_or_url: Engine | str, *, store_patient_ids: bool = False):
+        self.engine = make_engine(engine_or_url) if isinstance(engine_or_url, str) else engine_or_url
+        self.store_patient_ids = store_patient_ids
+
+    def require_head(self) -> None:
+        """Refuse a database whose schema is not the one this code writes (``ConfigError``)."""
+        require_head(self.engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def record_batch(self, results: Sequence[ResultRecord], audits: Sequence[AuditRecord]) -> BatchSummary:
+        """Commit results and their audit rows together, or nothing (``TransientError`` to retry)."""
+        # One lock order for every writer, so two Postgres transactions never deadlock.
+        rows = sorted(
+            {(r.model_sha256, r.content_sha256): self._result_row(r) for r in results}.values(),
+            key=lambda row: (row["model_sha256"], row["content_sha256"]),
+        )
+        with database_errors(), self.engine.begin() as conn:
+            inserted = 0
+            for chunk in chunks(rows, CHUNK):
+                stmt = _insert_ignoring_duplicates(conn, results_table, ["content_sha256", "model_sha256"])
+                inserted += len(conn.execute(stmt.returning(results_table.c.id), chunk).all())
+            ids = _result_ids(conn, {key for a in audits if (key := _result_key(a))})
+            audit_rows = [self._audit_row(a, ids.get(k) if (k := _result_key(a)) else None) for a in audits]
+            audits_inserted = 0
+            for chunk in chunks(audit_rows, CHUNK):
+                stmt = _insert_ignoring_duplicates(conn, audit_events, ["event_id"])
+                audits_inserted += len(conn.execute(stmt.returning(audit_events.c.id), chunk).all())
+        return BatchSummary(inserted, len(rows) - inserted, audits_inserted)
+
+    def known_results(self, content_sha256s: Iterable[str], model_sha256: str) -> dict[str, StoredResult]:
+        """The results this model already has for these contents, by content SHA-256."""
+        columns = [results_table.c[f.name] for f in fields(StoredResult)]
+        found: dict[str, StoredResult] = {}
+        with database_errors(), reader(self.engine).connect() as conn:
+            for chunk in chunks(sorted(set(content_sha256s)), CHUNK):
+                query = select(*columns).where(
+                    results_table.c.model_sha256 == model_sha256, results_table.c.content_sha256.in_(chunk)
+                )
+                for row in conn.execute(query):
+                    found[row.content_sha256] = StoredResult(**row._asdict())
+        return found
+
+    def destinations_of(self, event_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, str]:
+        """Where already-committed audit rows said their files go, by ``event_id``.
+
+        After a crash between the commit and the move, this is how a worker finds the files
+        whose outcome is recorded and only the move is left. Rows without a destination are left out.
+        """
+        found: dict[uuid.UUID, str] = {}
+        with database_errors(), reader(self.engine).connect() as conn:
+            for chunk in chunks(sorted(set(event_ids)), CHUNK):
+                query = select(audit_events.c.event_id, audit_events.c.destination_path).where(
+                    audit_events.c.event_id.in_(chunk), audit_events.c.destination_path.is_not(None)
+                )
+                found.update({row.event_id: row.destination_path for row in conn.execute(query)})
+        return found
+
+    def _result_row(self, record: ResultRecord) -> dict[str, Any]:
+        row = asdict(record)
+        row["positive"] = record.positive
+        if not self.store_patient_ids:
+            row["accession_number"] = row["patient_id"] = None
+        return row
+
+    @staticmethod
+    def _audit_row(record: AuditRecord, result_id: int | None) -> dict[str, Any]:
+        return {**asdict(record), "result_id": result_id}
+
+
+def chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    """``items`` in lists of at most ``size`` (itertools.batched arrives with Python 3.12)."""
+    chunk: list[Any] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _result_key(audit: AuditRecord) -> tuple[str, str] | None:
+    if audit.model_sha256 and audit.content_sha256:
+        return (audit.model_sha256, audit.content_sha256)
+    return None
+
+
+def _insert_ignoring_duplicates(conn: Connection, table: Table, keys: list[str]) -> Insert:
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    return dialect.insert(table).on_conflict_do_nothing(index_elements=keys)
+
+
+def _result_ids(conn: Connection, pairs: set[tuple[str, str]]) -> dict[tuple[str, str], int]:
+    """The ids of the results for these (model_sha256, content_sha256) pairs that exist."""
+    ids: dict[tuple[str, str], int] = {}
+    key = tuple_(results_table.c.model_sha256, results_table.c.content_sha256)
+    for chunk in chunks(sorted(pairs), CHUNK):
+        query = select(
+            results_table.c.id, results_table.c.model_sha256, results_table.c.content_sha256
+        ).where(key.in_(chunk))
+        for row in conn.execute(query):
+            ids[(row.model_sha256, row.content_sha256)] = row.id
+    return ids
