@@ -1,2 +1,233 @@
+"""``xray-train``: train and evaluate the pneumonia screening model."""
+
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+import click
+
+from worker import __version__
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="xray-train")
+def cli() -> None:
+    """Train a resnet18 pneumonia screening model with fastai, and evaluate models.
+
+    \b
+    Example:
+      xray-train fit ../shared/data/chest_xray_224/train --out runs/first --epochs 10
+      xray-train evaluate runs/first/export.pkl data/chest_xray/ --out runs/first/test
+    """
+
+
+@cli.command(name="fit")
+@click.argument("data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("runs/latest"),
+    show_default=True,
+    help="Folder for export.pkl, metrics, plots and the model card.",
+)
+@click.option("--size", default=128, show_default=True, help="Input size (pixels, square).")
+@click.option("--epochs", default=5, show_default=True)
+@click.option("--batch-size", default=64, show_default=True)
+@click.option("--lr", default=2e-3, show_default=True, help="Peak learning rate of the one-cycle schedule.")
+@click.option("--seed", default=42, show_default=True)
+@click.option("--valid-pct", default=0.2, show_default=True)
+@click.option(
+    "--resize", "method", type=click.Choice(["squish", "crop", "pad"]), default="squish", show_default=True
+)
+@click.option(
+    "--split",
+    type=click.Choice(["patient", "random"]),
+    default="patient",
+    show_default=True,
+    help="patient: one patient's images on one side only (Kermany names); random: per image.",
+)
+@click.option("--augment/--no-augment", default=True, show_default=True)
+@click.option(
+    "--class-weights/--no-class-weights",
+    default=True,
+    show_default=True,
+    help="Weight the loss by inverse class frequency.",
+)
+@click.option(
+    "--weights",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="A local torchvision resnet18 state dict to start from (no download).",
+)
+@click.option("--positive-class", default="", help="The class a positive screen means (default: the last).")
+@click.option(
+    "--target-sensitivity",
+    default=0.95,
+    show_default=True,
+    help="The stored threshold is the highest reaching this sensitivity on validation.",
+)
+@click.option("--name", default="pneumonia-resnet18", show_default=True)
+def fit_command(
+    data_dir: Path, out_dir: Path, positive_class: str, target_sensitivity: float, name: str, **options: Any
+) -> None:
+    """Train on DATA_DIR (class subfolders, or the Kaggle train/val/test layout).
+
+    Labels are the parent folder names. Writes export.pkl, metrics.json, MODEL_CARD.md and
+    plots to --out. Progress bars in a terminal, one line per epoch in a log.
+
+    \b
+    Example:
+      xray-train fit ../shared/data/chest_xray_224/train --out models/pneumonia-resnet18 --epochs 20
+    """
+    from training.recipe import Recipe
+    from training.run import run_fit
+
+    recipe = Recipe(**options)
+    facts = run_fit(
+        data_dir,
+        out_dir,
+        recipe,
+        name=name,
+        positive_class=positive_class,
+        target_sensitivity=target_sensitivity,
+        progress=sys.stdout.isatty(),
+        echo=click.echo,
+    )
+    v = facts["validation"]
+    click.echo(
+        f"validation: ROC AUC {v['roc_auc']:.3f}, sensitivity {v['sensitivity']:.3f}, "
+        f"specificity {v['specificity']:.3f} at threshold {v['threshold']:.4f}"
+    )
+    click.echo(f"wrote {out_dir / 'export.pkl'} (SHA-256 {facts['model']['sha256']})")
+
+
+@cli.command(name="evaluate")
+@click.argument("model_path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Folder for metrics.json and the plots.",
+)
+@click.option("--split", default="test", show_default=True, help="Which folder of a Kaggle layout to use.")
+@click.option(
+    "--labels",
+    "labels_csv",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="CSV with columns file,label (class name or 1/0) instead of folder labels.",
+)
+@click.option("--sha256", default="", help="Expected SHA-256 of the model (else it is trusted as yours).")
+@click.option(
+    "--threshold", type=float, help="Decision threshold (default: the model's stored one, else 0.5)."
+)
+@click.option(
+    "--target-sensitivity",
+    type=float,
+    help="Pick the threshold reaching this sensitivity on these files, with the best specificity.",
+)
+@click.option(
+    "--store", is_flag=True, help="With --target-sensitivity: store that threshold in the model file."
+)
+@click.option("--batch-size", default=64, show_default=True)
+@click.option(
+    "--record-in",
+    "record_in",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="A model folder from fit: add these figures to its metrics.json and MODEL_CARD.md.",
+)
+@click.option("--name", "eval_name", help="The row's name in the model card (default: the data folder).")
+def evaluate_command(
+    model_path: Path,
+    data_dir: Path,
+    out_dir: Path,
+    split: str,
+    labels_csv: Path | None,
+    sha256: str,
+    threshold: float | None,
+    target_sensitivity: float | None,
+    store: bool,
+    batch_size: int,
+    record_in: Path | None,
+    eval_name: str | None,
+) -> None:
+    """Evaluate MODEL_PATH on a labelled folder, through the worker's inference path.
+
+    \b
+    Example:
+      xray-train evaluate models/pneumonia-resnet18/export.pkl ../shared/data/chest_xray_full/val --out eval/
+      xray-train evaluate export.pkl ../shared/data/dicom --labels ../shared/data/dicom/labels.csv --out eval/
+    """
+    from training.data import labelled_files
+    from training.evaluation import evaluate_files, pick_threshold, write_report
+    from worker.config import InferenceSettings
+    from worker.errors import ModelError
+    from worker.learner import file_sha256, load_model
+
+    if store and target_sensitivity is None:
+        raise click.UsageError("--store needs --target-sensitivity")
+    try:
+        model = load_model(model_path, sha256=sha256, trust=not sha256)
+    except ModelError as exc:
+        raise click.ClickException(str(exc)) from None
+    try:
+        files = labelled_files(data_dir, split, labels_csv)
+    except (FileNotFoundError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    if not files:
+        raise click.ClickException(f"no labelled images found in {data_dir}")
+    ev = evaluate_files(model, files, InferenceSettings(batch_size=batch_size))
+    extra: dict[str, Any] = {"model": str(model_path), "model_sha256": model.sha256, "data": str(data_dir)}
+    if target_sensitivity is not None:
+        extra["thresholds"] = pick_threshold(ev, target_sensitivity)
+        threshold = extra["thresholds"]["at_target_sensitivity"]
+    if threshold is None:
+        threshold = float(model.metadata.get("threshold") or 0.5)
+    summary = write_report(ev, out_dir, threshold, f"{data_dir.name} ({len(ev.predictions)} images)", extra)
+    click.echo(
+        json.dumps(
+            {
+                k: summary[k]
+                for k in (
+                    "n",
+                    "threshold",
+                    "roc_auc",
+                    "sensitivity",
+                    "specificity",
+                    "balanced_accuracy",
+                    "accuracy",
+                )
+            },
+            indent=2,
+        )
+    )
+    for failure in ev.failures:
+        click.echo(f"{failure.path}  ERROR  {failure.reason}", err=True)
+    if record_in is not None:
+        from training.card import record_evaluation
+
+        record_evaluation(record_in, eval_name or data_dir.name, summary)
+        click.echo(f"recorded in {record_in / 'metrics.json'} and {record_in / 'MODEL_CARD.md'}")
+    if store:
+        learn = model.learner
+        learn.xray_metadata = {
+            **model.metadata,
+            "threshold": threshold,
+            "target_sensitivity": target_sensitivity,
+        }
+        learn.export(model_path.resolve())
+        click.echo(
+            f"stored threshold {threshold:.4f} in {model_path}; new SHA-256 {file_sha256(model_path)} "
+            "(update [model] sha256)"
+        )
+
+
 def main() -> None:
-    raise SystemExit("not yet")
+    warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]  (per-epoch lines reach logs at once)
+    cli(prog_name="xray-train")

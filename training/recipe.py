@@ -1,25 +1,31 @@
-"""The training recipe: build a resnet18 learner over a folder of labelled X-rays and fit it.
+"""The training recipe: a resnet18 learner over a folder of labelled X-rays, and its fit.
 
 From scratch by default (no network for pretrained weights here, nor on many hospital
-machines): the whole network trains from the first step, nothing is frozen, and
-BatchNorm keeps its running statistics, so eval mode sees sane statistics.
+machines): nothing is frozen, so the whole network trains from the first step, and
+BatchNorm keeps learning its running statistics, so eval mode sees sane ones. The class
+imbalance is countered with class weights in the loss.
 """
 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import fastai.callback.all  # noqa: F401  (patches fit_one_cycle, no_bar onto Learner)
 import numpy as np
 import torch
+from fastai.data.transforms import RandomSplitter
 from fastai.learner import Learner
+from fastai.losses import CrossEntropyLossFlat
 from fastai.metrics import error_rate
 from fastai.vision.learner import vision_learner
 from torchvision.models import resnet18
 
-from training.data import xray_datablock
+from training.data import class_root, xray_augmentations, xray_datablock
+from training.split import PatientSplitter
 
 
 @dataclass(frozen=True)
@@ -31,7 +37,13 @@ class Recipe:
     seed: int = 42
     valid_pct: float = 0.2
     method: str = "squish"
+    split: str = "patient"  # or "random" (the seed's image-level split)
+    augment: bool = True
+    class_weights: bool = True
     weights: Path | None = None  # a local torchvision resnet18 state dict
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
 
 
 def seed_everything(seed: int) -> None:
@@ -40,19 +52,37 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_learner(data_dir: Path, recipe: Recipe, *, splitter=None, num_workers: int = 0) -> Learner:
+def build_learner(data_dir: Path, recipe: Recipe, *, num_workers: int = 0) -> Learner:
+    """DataLoaders from ``data_dir`` (plain or Kaggle layout) and a resnet18 learner."""
     seed_everything(recipe.seed)
+    if recipe.split == "patient":
+        splitter = PatientSplitter(recipe.valid_pct, recipe.seed)
+    else:
+        splitter = RandomSplitter(valid_pct=recipe.valid_pct, seed=recipe.seed)
     block = xray_datablock(
         size=recipe.size,
         method=recipe.method,
-        valid_pct=recipe.valid_pct,
-        seed=recipe.seed,
         splitter=splitter,
+        aug_tfms=xray_augmentations() if recipe.augment else (),
     )
-    dls = block.dataloaders(data_dir, bs=recipe.batch_size, num_workers=num_workers)
+    dls = block.dataloaders(class_root(data_dir, "train"), bs=recipe.batch_size, num_workers=num_workers)
+    loss = CrossEntropyLossFlat(weight=class_weights(dls) if recipe.class_weights else None)
     return vision_learner(
-        dls, _arch(recipe.weights), pretrained=recipe.weights is not None, n_in=1, metrics=error_rate
+        dls,
+        _arch(recipe.weights),
+        pretrained=recipe.weights is not None,
+        n_in=1,
+        loss_func=loss,
+        metrics=error_rate,
     )
+
+
+def class_weights(dls) -> torch.Tensor:
+    """Inverse class frequency in the training split, normalised to mean 1."""
+    counts = Counter(int(y) for _, y in dls.train_ds)
+    freq = torch.tensor([counts.get(i, 0) for i in range(len(dls.vocab))], dtype=torch.float)
+    weights = freq.sum() / (len(freq) * freq.clamp(min=1))
+    return weights / weights.mean()
 
 
 def _arch(weights: Path | None):
@@ -67,11 +97,27 @@ def _arch(weights: Path | None):
     return resnet18_local
 
 
-def train(data_dir: Path, out_path: Path, recipe: Recipe) -> Learner:
-    """Fit with the one-cycle policy and export the learner to ``out_path``."""
-    learn = build_learner(data_dir, recipe)
-    with learn.no_bar(), learn.no_logging():
+def fit(learn: Learner, recipe: Recipe, *, progress: bool = True) -> None:
+    """One-cycle training; with a pretrained body, one frozen epoch first (fine_tune)."""
+    if progress:
+        _fit(learn, recipe)
+    else:
+        with learn.no_bar():
+            _fit(learn, recipe)
+
+
+def _fit(learn: Learner, recipe: Recipe) -> None:
+    if recipe.weights is not None:
+        learn.fine_tune(recipe.epochs, recipe.lr)
+    else:
         learn.fit_one_cycle(recipe.epochs, recipe.lr)
+
+
+def train(data_dir: Path, out_path: Path, recipe: Recipe) -> Learner:
+    """Build, fit quietly and export: the short path tests and benchmarks use."""
+    learn = build_learner(data_dir, recipe)
+    with learn.no_logging():
+        fit(learn, recipe, progress=False)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     learn.export(out_path.resolve())
     return learn

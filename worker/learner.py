@@ -8,7 +8,6 @@ path stable.
 
 from __future__ import annotations
 
-import hashlib
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 import numpy as np
 from fastai.data.transforms import IntToFloatTensor, Normalize
 from fastai.learner import Learner, load_learner
+from fastai.torch_core import TensorImageBW
 from fastai.vision.augment import Resize
 from fastai.vision.core import PILImage, PILImageBW
 from fasttransform import Pipeline, Transform
@@ -24,13 +24,23 @@ from PIL import Image
 
 from worker.decode import DEFAULT_LIMITS, DecodedImage, Limits, decode_file
 from worker.errors import ModelError
+from worker.hashing import sha256_file
 
 # Bump when decode_file's output pixels change for the same input file.
 DECODE_VERSION = 1
 
 
+class TensorXray(TensorImageBW):
+    """An X-ray as a tensor; shown white-on-black as radiologists read it."""
+
+    _show_args = {"cmap": "gray"}  # noqa: RUF012  (fastai's class-level convention)
+
+
 class XrayImage(PILImageBW):
     """A chest X-ray decoded by ``worker.decode`` (8-bit grey)."""
+
+    _show_args = {"cmap": "gray"}  # noqa: RUF012
+    _tensor_cls = TensorXray
 
 
 class OpenXray(Transform):
@@ -106,11 +116,7 @@ class LoadedModel:
 
 
 def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return sha256_file(path)[0]
 
 
 def load_model(path: Path, *, sha256: str = "", trust: bool = False, positive_class: str = "") -> LoadedModel:

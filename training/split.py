@@ -1,0 +1,43 @@
+"""Patient-aware validation split.
+
+Kermany file names carry the patient: ``person1000_bacteria_2931.jpeg`` is patient 1000,
+``IM-0115-0001.jpeg`` and ``NORMAL2-IM-0115-0001.jpeg`` are patient 0115. An image-level
+split puts one patient's films on both sides and flatters the validation figures.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+_PATTERNS = (
+    re.compile(r"^(person\d+)_", re.IGNORECASE),
+    re.compile(r"^(?:NORMAL2-)?(IM-\d+)-", re.IGNORECASE),
+)
+
+
+def patient_id(path: Path | str) -> str:
+    """The patient a file belongs to; a file with no recognisable patient is its own."""
+    name = Path(path).name
+    for pattern in _PATTERNS:
+        match = pattern.match(name)
+        if match:
+            return match.group(1).lower()
+    return f"file:{name}"
+
+
+class PatientSplitter:
+    """Split items so that every patient's images land on one side only."""
+
+    def __init__(self, valid_pct: float = 0.2, seed: int = 42):
+        self.valid_pct, self.seed = valid_pct, seed
+
+    def __call__(self, items: Sequence[Path]) -> tuple[list[int], list[int]]:
+        patients = sorted({patient_id(p) for p in items})
+        random.Random(self.seed).shuffle(patients)
+        valid = set(patients[: round(len(patients) * self.valid_pct)])
+        train_idx = [i for i, p in enumerate(items) if patient_id(p) not in valid]
+        valid_idx = [i for i, p in enumerate(items) if patient_id(p) in valid]
+        return train_idx, valid_idx
