@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -88,3 +89,50 @@ def test_installed_console_script_runs(trained_model: Path, dicom_dir: Path):
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith(str(dicom_dir / "WG04_RG1_JLSN.dcm"))
     assert "FutureWarning" not in proc.stderr
+
+
+def test_healthcheck_reports_each_problem(trained_model: Path, tmp_path: Path):
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    folders = [
+        "--inbox",
+        str(tmp_path / "in"),
+        "--processed",
+        str(tmp_path / "out"),
+        "--failed",
+        str(tmp_path / "bad"),
+    ]
+    for name in ("in", "out", "bad"):
+        (tmp_path / name).mkdir()
+    args = ["healthcheck", *folders, "--db", url, "--model", str(trained_model), "--trust-model"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 1
+    assert "FAIL  database" in result.output and "xray-worker db upgrade" in result.output
+    assert result.output.count("ok    ") == 5  # settings, three folders, model
+    assert CliRunner().invoke(cli, ["db", "upgrade", "--db", url]).exit_code == 0
+    (tmp_path / "out").chmod(0o500)
+    try:
+        result = CliRunner().invoke(cli, args)
+        if os.geteuid() != 0:  # root writes anywhere
+            assert f"FAIL  processed {tmp_path / 'out'} writable" in result.output
+    finally:
+        (tmp_path / "out").chmod(0o700)
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert "ok    database" in result.output
+
+
+def test_watch_refuses_a_database_not_at_head(trained_model: Path, tmp_path: Path):
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    args = [
+        "watch",
+        "--inbox",
+        str(tmp_path / "in"),
+        "--db",
+        url,
+        "--model",
+        str(trained_model),
+        "--trust-model",
+    ]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 78
+    assert "xray-worker db upgrade" in result.output

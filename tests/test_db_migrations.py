@@ -34,7 +34,12 @@ def test_the_migrated_database_matches_the_models_and_downgrades_to_nothing(db_u
         with engine.connect() as conn:
             assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
         schema = inspect(engine)
-        assert set(schema.get_table_names()) == {"alembic_version", "results", "audit_events"}
+        assert set(schema.get_table_names()) == {
+            "alembic_version",
+            "results",
+            "audit_events",
+            "scanned_files",
+        }
         assert set(schema.get_view_names()) == VIEWS
         with engine.connect() as conn:  # every view runs on this backend
             for view in VIEWS:

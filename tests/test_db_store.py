@@ -107,11 +107,15 @@ def test_known_results_finds_what_this_model_already_screened(store: Store):
     assert store.known_results([], MODEL_A) == {}
 
 
-def test_destinations_of_committed_audit_rows_are_found_by_event_id(store: Store):
+def test_plans_of_committed_audit_rows_are_found_by_event_id(store: Store):
     done, failed, pending = audit("a"), audit("b", "failed", destination_path=None), audit("c")
     store.record_batch([result("a")], [done, failed])
-    found = store.destinations_of([done.event_id, failed.event_id, pending.event_id])
-    assert found == {done.event_id: "/done/a.dcm"}
+    found = store.plans_of([done.event_id, failed.event_id, pending.event_id])
+    assert list(found) == [done.event_id]
+    assert found[done.event_id].destination_path == "/done/a.dcm"
+    assert found[done.event_id].outcome == done.outcome
+    store.set_destination(done.event_id, "/done/a-1.dcm")
+    assert store.plans_of([done.event_id])[done.event_id].destination_path == "/done/a-1.dcm"
 
 
 def test_a_reader_in_the_middle_of_a_report_does_not_stop_a_writer(db_url: str, store: Store):

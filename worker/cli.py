@@ -13,18 +13,12 @@ from typing import Any
 import click
 
 from worker import __version__, exitcodes
-from worker.config import Settings, load_settings
-from worker.errors import ConfigError, ModelError
+from worker.cli_common import ExitError, model_options, model_overrides, open_predictor, settings_for
+from worker.cli_daemon import healthcheck, watch
+from worker.cli_db import db, report
+from worker.cli_scan import scan
 
 log = logging.getLogger("worker")
-
-
-class ExitError(click.ClickException):
-    """A mistake the operator can fix, with the process exit code it deserves."""
-
-    def __init__(self, message: str, exit_code: int = exitcodes.CONFIG):
-        super().__init__(message)
-        self.exit_code = exit_code
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -37,12 +31,11 @@ class ExitError(click.ClickException):
 @click.option(
     "--log-level",
     type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
-    default="WARNING",
-    show_default=True,
+    help="Default: INFO for watch (one line per file and batch), WARNING otherwise.",
 )
 @click.version_option(__version__, prog_name="xray-worker")
 @click.pass_context
-def cli(ctx: click.Context, config_path: Path | None, log_level: str) -> None:
+def cli(ctx: click.Context, config_path: Path | None, log_level: str | None) -> None:
     """Screen chest X-rays (PNG, JPEG, DICOM) for pneumonia with a fastai model.
 
     \b
@@ -50,59 +43,9 @@ def cli(ctx: click.Context, config_path: Path | None, log_level: str) -> None:
       xray-worker predict scans/             # every image below scans/
       xray-worker predict --json a.dcm b.png  # one JSON object per line
     """
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    level = (log_level or ("INFO" if ctx.invoked_subcommand == "watch" else "WARNING")).upper()
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     ctx.obj = {"config_path": config_path}
-
-
-def settings_for(ctx: click.Context, **overrides: Any) -> Settings:
-    """Load the settings once, with this command's flags as the top layer."""
-    try:
-        return load_settings(ctx.obj["config_path"], overrides=overrides)
-    except ConfigError as exc:
-        raise ExitError(str(exc)) from None
-
-
-def model_options(func: Any) -> Any:
-    """The flags every command that runs the model shares."""
-    options = [
-        click.option(
-            "--model",
-            "model_path",
-            type=click.Path(dir_okay=False, path_type=Path),
-            help="Exported learner (export.pkl). Default: [model] path.",
-        ),
-        click.option("--sha256", "model_sha256", help="Expected SHA-256 of the model file."),
-        click.option(
-            "--trust-model",
-            is_flag=True,
-            default=None,
-            help="Load the model without checking its SHA-256 (only for files you made).",
-        ),
-        click.option(
-            "--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Default: [inference] device."
-        ),
-        click.option(
-            "--batch-size", type=int, help="Images per model call. Default: [inference] batch_size."
-        ),
-    ]
-    for option in reversed(options):
-        func = option(func)
-    return func
-
-
-def open_predictor(settings: Settings) -> Any:
-    """Load the model (checked) and build the batched predictor."""
-    from worker.decode import Limits
-    from worker.inference import Predictor
-    from worker.learner import load_model
-
-    m = settings.model
-    try:
-        model = load_model(m.path, sha256=m.expected_sha256(), trust=m.trust, positive_class=m.positive_class)
-        limits = Limits(settings.decode.max_pixels, settings.decode.max_side, settings.decode.min_side)
-        return Predictor(model, settings.inference, limits)
-    except (ModelError, ConfigError) as exc:
-        raise ExitError(str(exc)) from None
 
 
 @cli.command()
@@ -124,17 +67,15 @@ def predict(ctx: click.Context, paths: tuple[Path, ...], as_json: bool, **flags:
     from worker.discover import expand_paths
     from worker.inference import Failure
 
-    settings = settings_for(
-        ctx,
-        **{
-            "model.path": flags["model_path"],
-            "model.sha256": flags["model_sha256"],
-            "model.trust": flags["trust_model"],
-            "inference.device": flags["device"],
-            "inference.batch_size": flags["batch_size"],
-        },
-    )
+    settings = settings_for(ctx, **model_overrides(flags))
     predictor = open_predictor(settings)
+    model = predictor.model
+    rule = (
+        f"{model.positive_class} when P({model.positive_class}) >= {predictor.threshold:.4f}"
+        if predictor.threshold
+        else "the most probable class"
+    )
+    click.echo(f"model {model.name} {model.version} (SHA-256 {model.sha256[:12]}...): {rule}", err=True)
     counts: Counter[str] = Counter()
     start = time.perf_counter()
     for outcome in predictor.predict(expand_paths(paths)):
@@ -184,10 +125,11 @@ def _prediction_record(outcome: Any, predictor: Any) -> dict[str, Any]:
     return record
 
 
-from worker.cli_db import db, report  # noqa: E402  (the commands need ExitError and settings_for)
-
 cli.add_command(db)
 cli.add_command(report)
+cli.add_command(watch)
+cli.add_command(healthcheck)
+cli.add_command(scan)
 
 
 def main() -> None:

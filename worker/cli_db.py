@@ -11,6 +11,8 @@ from typing import Any
 import click
 from sqlalchemy import Engine
 
+from worker import exitcodes
+from worker.cli_common import ExitError, settings_for
 from worker.db import migrate
 from worker.db.engine import make_engine, safe_url
 from worker.db.errors import database_errors
@@ -59,18 +61,13 @@ def report_options(func: Any) -> Any:
     return db_option(func)
 
 
-def exit_error(message: str) -> click.ClickException:
-    """``worker.cli.ExitError`` (exit status 78); imported on use, as worker.cli imports this module."""
-    from worker.cli import ExitError
-
-    return ExitError(message)
+def exit_error(message: str, code: int = exitcodes.CONFIG) -> click.ClickException:
+    return ExitError(message, code)
 
 
 @contextmanager
 def open_engine(ctx: click.Context, db_url: str | None, *, create: bool = False) -> Iterator[Engine]:
     """The configured database; any database problem becomes a one-line error for the operator."""
-    from worker.cli import settings_for
-
     url = settings_for(ctx, **{"database.url": db_url}).database.url
     engine = None
     try:
@@ -80,7 +77,7 @@ def open_engine(ctx: click.Context, db_url: str | None, *, create: bool = False)
     except ConfigError as exc:
         raise exit_error(str(exc)) from None
     except TransientError as exc:
-        raise exit_error(f"{safe_url(url)}: {exc}") from None
+        raise exit_error(f"{safe_url(url)}: {exc}", exitcodes.TEMPFAIL) from None
     finally:
         if engine is not None:
             engine.dispose()

@@ -27,7 +27,7 @@ DEFAULT_MODEL = PROJECT_ROOT / "models" / "pneumonia-resnet18" / "export.pkl"
 DEFAULT_DATABASE = PROJECT_ROOT / "var" / "xray-screen.db"
 # The shipped model's hash, pinned here so that the default model loads with no settings at
 # all, and a swapped file is refused. Update it only together with models/pneumonia-resnet18/.
-SHIPPED_MODEL_SHA256 = ""
+SHIPPED_MODEL_SHA256 = "9d114c675cec5e5399278de68cf495665b7990e03c40ed961c0961cd474c963b"
 
 Device = Literal["auto", "cpu", "cuda"]
 
@@ -83,12 +83,58 @@ class DatabaseSettings:
     store_patient_ids: bool = False
 
 
+DEFAULT_IGNORE = ("*.part", "*.tmp", "*.filepart", "*.crdownload", ".~*", "~$*")
+
+
+@dataclass(frozen=True)
+class InboxSettings:
+    # The folder radiographers or a PACS export drop X-rays into (often a network share).
+    path: Path = PROJECT_ROOT / "var" / "inbox"
+    # Screened files go to processed/<layout>/<name>; unreadable ones to failed/<date>/<name>.
+    processed: Path = PROJECT_ROOT / "var" / "processed"
+    failed: Path = PROJECT_ROOT / "var" / "failed"
+    # Folders under processed/: {label}, {date} (YYYY-MM-DD), {year}, {month}, {day}.
+    layout: str = "{label}/{date}"
+    # Also take files from subfolders of the inbox.
+    recursive: bool = False
+    # Poll instead of inotify: needed for SMB/NFS shares, which send no events.
+    polling: bool = False
+    poll_interval: float = field(default=2.0, metadata=_check(minimum=0.1))
+    # A full rescan reconciles whatever events missed (seconds).
+    rescan_interval: float = field(default=60.0, metadata=_check(minimum=1))
+    # A file is taken once its size and mtime have not changed for this long (seconds).
+    stability_seconds: float = field(default=2.0, metadata=_check(minimum=0))
+    # Names never taken (shell patterns), besides hidden files.
+    ignore: tuple[str, ...] = DEFAULT_IGNORE
+    # Unique per worker sharing the inbox; empty: the host name.
+    worker_id: str = ""
+    # A batch waits at most this long for more files (milliseconds).
+    max_wait_ms: int = field(default=200, metadata=_check(minimum=0, maximum=60_000))
+    # Claims of a worker silent this long (seconds) are taken over by a live one.
+    lease_seconds: int = field(default=600, metadata=_check(minimum=10))
+
+
+@dataclass(frozen=True)
+class ScanSettings:
+    # Archive folders `xray-worker scan` walks when given none (the nightly timer's list).
+    roots: tuple[str, ...] = field(default=(), metadata={"paths": True})
+    # Only files matching one of these shell patterns (case-insensitive); empty: every file.
+    # A pattern with a / is matched against the path below the root, others against the name.
+    include: tuple[str, ...] = ()
+    # Files and folders never read (same patterns), besides hidden ones.
+    exclude: tuple[str, ...] = DEFAULT_IGNORE
+    # Seconds between progress lines when the output is a log, not a terminal.
+    progress_interval: float = field(default=60.0, metadata=_check(minimum=1))
+
+
 @dataclass(frozen=True)
 class Settings:
     model: ModelSettings = field(default_factory=ModelSettings)
     inference: InferenceSettings = field(default_factory=InferenceSettings)
     decode: DecodeSettings = field(default_factory=DecodeSettings)
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
+    inbox: InboxSettings = field(default_factory=InboxSettings)
+    scan: ScanSettings = field(default_factory=ScanSettings)
     # The file the settings came from, if any (for messages).
     source: Path | None = None
 
@@ -151,6 +197,8 @@ def _layer_file(raw: dict[str, dict[str, tuple[Any, str]]], path: Path) -> None:
                 value = _relative_to(path.parent, value)
             elif isinstance(value, str) and _field(section, key).metadata.get("sqlite_url"):
                 value = _sqlite_url_relative_to(path.parent, value)
+            elif isinstance(value, list) and _field(section, key).metadata.get("paths"):
+                value = [_relative_to(path.parent, v) if isinstance(v, str) else v for v in value]
             raw[section][key] = (value, where)
 
 
@@ -226,6 +274,18 @@ def _coerce(hint: Any, value: Any, label: str) -> Any:
             return int(value)
         except (TypeError, ValueError):
             raise ConfigError(f"{label}: must be a whole number") from None
+    if hint is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{label}: must be a number")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{label}: must be a number") from None
+    if hint == tuple[str, ...]:
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)) or not all(isinstance(i, str) for i in items):
+            raise ConfigError(f"{label}: must be a list of strings")
+        return tuple(i.strip() for i in items if i.strip())
     if hint is Path:
         if not isinstance(value, (str, Path)) or not str(value):
             raise ConfigError(f"{label}: must be a file path")

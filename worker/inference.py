@@ -97,6 +97,12 @@ class Predictor:
             _move_parameters(model.batch_pipeline, self.device)
         self._autocast = (lambda: torch.autocast("cuda", dtype=torch.float16)) if cuda else nullcontext
 
+    def warm_up(self) -> None:
+        """One full-size batch through the model, so the first real file is not slow."""
+        size = self.model.preprocessing.resize or (224, 224)
+        blank = DecodedImage(np.zeros(size, dtype=np.uint8), "PNG", size[1], size[0])
+        self.infer([self.model.to_item(blank)] * min(self.batch_size, 8))
+
     @property
     def device_name(self) -> str:
         if self.device.type == "cuda":

@@ -158,5 +158,30 @@ class AuditEvent(Base):
     )
 
 
+class ScannedFile(Base):
+    """What ``xray-worker scan`` remembers of each archive file a model has handled.
+
+    A file whose size and modification time are those recorded here is skipped without
+    being read. Rows are written in the same transaction as the batch's results and audit
+    rows, so a scan interrupted at any point resumes exactly where its last commit left off.
+    """
+
+    __tablename__ = "scanned_files"
+
+    # The path as the scan found it (absolute, links not resolved).
+    path: Mapped[str] = mapped_column(Text, primary_key=True)
+    model_sha256: Mapped[str] = mapped_column(Sha256, primary_key=True)
+    size: Mapped[int] = mapped_column(BigInteger())
+    mtime_ns: Mapped[int] = mapped_column(BigInteger())
+    # NULL when the file could not be read.
+    content_sha256: Mapped[str | None] = mapped_column(Sha256)
+    outcome: Mapped[str] = mapped_column(String(16))
+    result_id: Mapped[int | None] = mapped_column(RowId, ForeignKey("results.id"))
+    recorded_at: Mapped[datetime]
+
+    __table_args__ = (CheckConstraint("outcome IN ('screened', 'duplicate', 'failed')", name="outcome"),)
+
+
 results = Result.__table__
 audit_events = AuditEvent.__table__
+scanned_files = ScannedFile.__table__

@@ -4,7 +4,8 @@
 one transaction, idempotently. A result whose content was already screened by the same
 model is kept as it is (``INSERT ... ON CONFLICT DO NOTHING``), and an audit row whose
 ``event_id`` is already stored is skipped, so retrying a batch after a dropped connection
-cannot duplicate anything.
+cannot duplicate anything. A scan's batch also updates its skip index (``scanned_files``)
+in that transaction, and ``scan_index`` reads it back.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from worker.db.engine import make_engine, reader
 from worker.db.errors import database_errors
 from worker.db.migrate import require_head
-from worker.db.schema import audit_events
+from worker.db.schema import audit_events, scanned_files
 from worker.db.schema import results as results_table
 
 Outcome = Literal["screened", "duplicate", "failed"]
@@ -97,7 +98,42 @@ class StoredResult:
     label: str
     positive: bool
     positive_probability: float
+    probabilities: dict[str, float]
     finished_at: datetime
+
+
+@dataclass(frozen=True)
+class FilingPlan:
+    """A committed audit row's verdict: where its file goes, and why."""
+
+    destination_path: str
+    outcome: str
+    reason: str | None
+    content_sha256: str | None
+
+
+@dataclass(frozen=True)
+class FileStamp:
+    """What a directory entry says of a file: unchanged size and mtime mean unchanged content."""
+
+    size: int
+    mtime_ns: int
+
+
+@dataclass(frozen=True)
+class ScannedRecord:
+    """An archive file a scan handled, as it was then: one row of the scan's skip index.
+
+    Linked to the result for (``content_sha256``, ``model_sha256``) when one is stored.
+    """
+
+    path: str
+    model_sha256: str
+    size: int
+    mtime_ns: int
+    content_sha256: str | None
+    outcome: Outcome
+    recorded_at: datetime = field(default_factory=utcnow)
 
 
 @dataclass(frozen=True)
@@ -121,8 +157,17 @@ class Store:
     def close(self) -> None:
         self.engine.dispose()
 
-    def record_batch(self, results: Sequence[ResultRecord], audits: Sequence[AuditRecord]) -> BatchSummary:
-        """Commit results and their audit rows together, or nothing (``TransientError`` to retry)."""
+    def record_batch(
+        self,
+        results: Sequence[ResultRecord],
+        audits: Sequence[AuditRecord],
+        scanned: Sequence[ScannedRecord] = (),
+    ) -> BatchSummary:
+        """Commit results, their audit rows and a scan's index rows together, or nothing.
+
+        ``TransientError`` means nothing was committed, or the commit's fate is unknown:
+        retrying the same batch is safe either way.
+        """
         # One lock order for every writer, so two Postgres transactions never deadlock.
         rows = sorted(
             {(r.model_sha256, r.content_sha256): self._result_row(r) for r in results}.values(),
@@ -133,13 +178,33 @@ class Store:
             for chunk in chunks(rows, CHUNK):
                 stmt = _insert_ignoring_duplicates(conn, results_table, ["content_sha256", "model_sha256"])
                 inserted += len(conn.execute(stmt.returning(results_table.c.id), chunk).all())
-            ids = _result_ids(conn, {key for a in audits if (key := _result_key(a))})
+            keys = {key for a in audits if (key := _result_key(a))}
+            keys |= {(s.model_sha256, s.content_sha256) for s in scanned if s.content_sha256}
+            ids = _result_ids(conn, keys)
             audit_rows = [self._audit_row(a, ids.get(k) if (k := _result_key(a)) else None) for a in audits]
             audits_inserted = 0
             for chunk in chunks(audit_rows, CHUNK):
                 stmt = _insert_ignoring_duplicates(conn, audit_events, ["event_id"])
                 audits_inserted += len(conn.execute(stmt.returning(audit_events.c.id), chunk).all())
+            # One row per key (an upsert may not touch a row twice), in one lock order.
+            latest = {(s.path, s.model_sha256): s for s in scanned}
+            scanned_rows = [self._scanned_row(latest[key], ids) for key in sorted(latest)]
+            for chunk in chunks(scanned_rows, CHUNK):
+                conn.execute(_upsert(conn, scanned_files, ["path", "model_sha256"]), chunk)
         return BatchSummary(inserted, len(rows) - inserted, audits_inserted)
+
+    def scan_index(self, paths: Iterable[str], model_sha256: str) -> dict[str, FileStamp]:
+        """Size and mtime of these paths when this model's scans last handled them, by path."""
+        s = scanned_files.c
+        found: dict[str, FileStamp] = {}
+        with database_errors(), reader(self.engine).connect() as conn:
+            for chunk in chunks(sorted(set(paths)), CHUNK):
+                query = select(s.path, s.size, s.mtime_ns).where(
+                    s.model_sha256 == model_sha256, s.path.in_(chunk)
+                )
+                for row in conn.execute(query):
+                    found[row.path] = FileStamp(row.size, row.mtime_ns)
+        return found
 
     def known_results(self, content_sha256s: Iterable[str], model_sha256: str) -> dict[str, StoredResult]:
         """The results this model already has for these contents, by content SHA-256."""
@@ -154,20 +219,33 @@ class Store:
                     found[row.content_sha256] = StoredResult(**row._asdict())
         return found
 
-    def destinations_of(self, event_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, str]:
-        """Where already-committed audit rows said their files go, by ``event_id``.
+    def plans_of(self, event_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, FilingPlan]:
+        """Committed audit rows with a destination, by ``event_id``.
 
         After a crash between the commit and the move, this is how a worker finds the files
-        whose outcome is recorded and only the move is left. Rows without a destination are left out.
+        whose outcome is recorded and only the move is left.
         """
-        found: dict[uuid.UUID, str] = {}
+        found: dict[uuid.UUID, FilingPlan] = {}
+        a = audit_events.c
         with database_errors(), reader(self.engine).connect() as conn:
             for chunk in chunks(sorted(set(event_ids)), CHUNK):
-                query = select(audit_events.c.event_id, audit_events.c.destination_path).where(
-                    audit_events.c.event_id.in_(chunk), audit_events.c.destination_path.is_not(None)
+                query = select(a.event_id, a.destination_path, a.outcome, a.reason, a.content_sha256).where(
+                    a.event_id.in_(chunk), a.destination_path.is_not(None)
                 )
-                found.update({row.event_id: row.destination_path for row in conn.execute(query)})
+                for row in conn.execute(query):
+                    found[row.event_id] = FilingPlan(
+                        row.destination_path, row.outcome, row.reason, row.content_sha256
+                    )
         return found
+
+    def set_destination(self, event_id: uuid.UUID, destination_path: str) -> None:
+        """Correct where a file went (its planned name was taken by the time it moved)."""
+        with database_errors(), self.engine.begin() as conn:
+            conn.execute(
+                audit_events.update()
+                .where(audit_events.c.event_id == event_id)
+                .values(destination_path=destination_path)
+            )
 
     def _result_row(self, record: ResultRecord) -> dict[str, Any]:
         row = asdict(record)
@@ -179,6 +257,11 @@ class Store:
     @staticmethod
     def _audit_row(record: AuditRecord, result_id: int | None) -> dict[str, Any]:
         return {**asdict(record), "result_id": result_id}
+
+    @staticmethod
+    def _scanned_row(record: ScannedRecord, ids: dict[tuple[str, str], int]) -> dict[str, Any]:
+        key = (record.model_sha256, record.content_sha256 or "")
+        return {**asdict(record), "result_id": ids.get(key)}
 
 
 def chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
@@ -202,6 +285,14 @@ def _result_key(audit: AuditRecord) -> tuple[str, str] | None:
 def _insert_ignoring_duplicates(conn: Connection, table: Table, keys: list[str]) -> Insert:
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
     return dialect.insert(table).on_conflict_do_nothing(index_elements=keys)
+
+
+def _upsert(conn: Connection, table: Table, keys: list[str]) -> Insert:
+    """INSERT, or on a key already there, UPDATE every other column to the new values."""
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    stmt = dialect.insert(table)
+    others = {c.name: stmt.excluded[c.name] for c in table.columns if c.name not in keys}
+    return stmt.on_conflict_do_update(index_elements=keys, set_=others)
 
 
 def _result_ids(conn: Connection, pairs: set[tuple[str, str]]) -> dict[tuple[str, str], int]:

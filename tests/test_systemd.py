@@ -1,0 +1,70 @@
+"""The shipped systemd units pass systemd's own checks."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+UNITS = sorted((ROOT / "systemd").glob("*.service"))
+VENV = Path(sys.executable).parent.parent
+
+
+def installed_copy(unit: Path, tmp_path: Path) -> Path:
+    """The unit as installed from this checkout (systemd checks that ExecStart exists)."""
+    copy = tmp_path / unit.name
+    copy.write_text(unit.read_text().replace("/opt/xray-screen/.venv", str(VENV)))
+    for other in (ROOT / "systemd").iterdir():
+        if other != unit:
+            shutil.copy(other, tmp_path / other.name)
+    return copy
+
+
+@pytest.mark.parametrize("unit", UNITS, ids=lambda u: u.name)
+def test_unit_verifies(unit: Path, tmp_path: Path):
+    proc = subprocess.run(
+        ["systemd-analyze", "verify", installed_copy(unit, tmp_path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.strip() == "", proc.stderr
+
+
+@pytest.mark.parametrize("unit", UNITS, ids=lambda u: u.name)
+def test_unit_is_hardened(unit: Path, tmp_path: Path):
+    proc = subprocess.run(
+        ["systemd-analyze", "security", "--offline=yes", installed_copy(unit, tmp_path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    exposure = float(re.search(r"Overall exposure level for \S+: ([\d.]+)", proc.stdout).group(1))
+    assert exposure <= 2.5, proc.stdout[-2000:]
+
+
+def test_daemon_unit_settings():
+    text = (ROOT / "systemd" / "xray-screen.service").read_text()
+    for line in [
+        "Type=notify",
+        "WatchdogSec=",
+        "Restart=on-failure",
+        "ExecStartPre=/opt/xray-screen/.venv/bin/xray-worker db upgrade",
+        "ProtectSystem=strict",
+        "NoNewPrivileges=yes",
+        "PrivateTmp=yes",
+        "ProtectHome=yes",
+        "RestrictAddressFamilies=",
+        "DeviceAllow=char-nvidia-uvm rw",
+        "User=xray-screen",
+        "RequiresMountsFor=/srv/xray",
+        "ReadWritePaths=/srv/xray/inbox",
+    ]:
+        assert line in text, line
+    assert "\nPrivateDevices=" not in text  # it would hide the GPU

@@ -1,0 +1,202 @@
+"""The real daemon, as a subprocess, on real folders and real X-rays.
+
+Files dropped before and while it runs, a file written slowly, a corrupt file, a
+duplicate, SIGTERM in the middle of the work and a restart, polling mode, and two
+workers sharing one inbox and one PostgreSQL database.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from db_support import POSTGRES_URL
+from sqlalchemy import create_engine, func, select
+
+from worker.db import migrate
+from worker.db.engine import make_engine
+from worker.db.schema import audit_events, results
+
+pytest_plugins = ["db_fixtures"]
+pytestmark = pytest.mark.slow
+EXE = Path(sys.executable).with_name("xray-worker")
+
+
+class Site:
+    def __init__(self, root: Path, db_url: str, model: Path):
+        self.root, self.db_url, self.model = root, db_url, model
+        self.inbox, self.processed, self.failed = root / "inbox", root / "processed", root / "failed"
+        self.inbox.mkdir()
+        self.procs: list[subprocess.Popen] = []
+        engine = make_engine(db_url, create=True)
+        migrate.upgrade(engine)
+        engine.dispose()
+
+    def close(self) -> None:
+        """Kill whatever a failed test left running."""
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+
+    def start(self, worker_id: str = "w1", *extra: str) -> subprocess.Popen:
+        args = [
+            EXE,
+            "watch",
+            "--inbox",
+            self.inbox,
+            "--processed",
+            self.processed,
+            "--failed",
+            self.failed,
+            "--db",
+            self.db_url,
+            "--model",
+            self.model,
+            "--trust-model",
+            "--worker-id",
+            worker_id,
+            "--batch-size",
+            "8",
+            "--set",
+            "inbox.stability_seconds=1",
+            "--set",
+            "inbox.max_wait_ms=100",
+            *extra,
+        ]
+        with (self.root / f"{worker_id}.log").open("ab") as log:  # the child keeps its own copy
+            proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+        self.procs.append(proc)
+        wait_for(lambda: "ready: screening" in self.log(worker_id), 120, f"{worker_id} never became ready")
+        return proc
+
+    def log(self, worker_id: str = "w1") -> str:
+        path = self.root / f"{worker_id}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def stop(self, proc: subprocess.Popen) -> int:
+        proc.send_signal(signal.SIGTERM)
+        return proc.wait(timeout=60)
+
+    def waiting(self) -> list[Path]:
+        return [p for p in self.inbox.rglob("*") if p.is_file() and ".xray-screen" not in p.parts]
+
+    def claimed(self) -> list[Path]:
+        return [p for p in (self.inbox / ".xray-screen").rglob("*~*") if p.is_file()]
+
+    def filed(self) -> list[Path]:
+        return [
+            p
+            for base in (self.processed, self.failed)
+            if base.exists()
+            for p in base.rglob("*")
+            if p.is_file() and not p.name.endswith(".error.json")
+        ]
+
+    def count(self, table) -> int:
+        engine = create_engine(self.db_url)
+        with engine.connect() as conn:
+            n = conn.execute(select(func.count()).select_from(table)).scalar_one()
+        engine.dispose()
+        return n
+
+
+@pytest.fixture
+def make_site(tmp_path: Path, trained_model: Path):
+    sites: list[Site] = []
+
+    def make(db_url: str | None = None) -> Site:
+        sites.append(Site(tmp_path, db_url or f"sqlite:///{tmp_path / 'results.db'}", trained_model))
+        return sites[-1]
+
+    yield make
+    for site in sites:
+        site.close()
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, message: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.2)
+    pytest.fail(message)
+
+
+def real_jpegs(full_res_dir: Path, n: int) -> list[Path]:
+    return sorted((full_res_dir / "train").rglob("*.jpeg"))[:n]
+
+
+def test_daemon_screens_what_arrives_before_and_while_it_runs(
+    tmp_path, trained_model, full_res_dir, dicom_dir
+):
+    site = Site(tmp_path, f"sqlite:///{tmp_path / 'results.db'}", trained_model)
+    jpegs = real_jpegs(full_res_dir, 6)
+    for f in jpegs[:3]:
+        shutil.copy(f, site.inbox / f.name)
+    proc = site.start()
+    shutil.copy(dicom_dir / "WG04_RG1_J2KI.dcm", site.inbox / "study 1.dcm")
+    shutil.copy(jpegs[3], site.inbox / jpegs[3].name)
+    shutil.copy(jpegs[0], site.inbox / "again.jpeg")  # same content as an earlier file
+    (site.inbox / "broken.jpeg").write_bytes(jpegs[4].read_bytes()[:5000])
+    data = jpegs[5].read_bytes()
+    with (site.inbox / "slow.jpeg").open("wb") as fh:  # a slow copy over a share
+        for i in range(0, len(data), len(data) // 6 + 1):
+            fh.write(data[i : i + len(data) // 6 + 1])
+            fh.flush()
+            time.sleep(0.3)
+    wait_for(lambda: len(site.filed()) == 8, 60, f"not all filed:\n{site.log()}")
+    assert site.stop(proc) == 0
+    assert site.waiting() == [] and site.claimed() == []
+    failed = sorted(p.name for p in site.failed.rglob("*"))
+    assert failed[-2:] == ["broken.jpeg", "broken.jpeg.error.json"]
+    assert site.count(results) == 6 and site.count(audit_events) == 8
+    assert "again.jpeg: duplicate" in site.log() and "slow.jpeg: " in site.log()
+    assert "truncated JPEG" in site.log()
+
+
+def test_sigterm_mid_run_then_restart_loses_nothing(make_site, full_res_dir):
+    site = make_site()
+    files = real_jpegs(full_res_dir, 60)
+    for f in files:
+        shutil.copy(f, site.inbox / f.name)
+    proc = site.start()
+    wait_for(lambda: "batch:" in site.log(), 60, "no batch finished")
+    assert site.stop(proc) == 0
+    assert "stopped:" in site.log()
+    assert 0 < len(site.filed()) < 60  # stopped in the middle
+    proc = site.start()
+    wait_for(lambda: len(site.filed()) == 60, 120, f"not all filed after restart:\n{site.log()}")
+    assert site.stop(proc) == 0
+    assert sorted(p.name for p in site.filed()) == sorted(f.name for f in files)
+    assert site.count(results) == 60 and site.count(audit_events) == 60
+
+
+@pytest.mark.postgres
+@pytest.mark.skipif(not POSTGRES_URL, reason="XRAY_SCREEN_TEST_POSTGRES_URL is not set")
+def test_two_polling_workers_share_one_inbox(make_site, full_res_dir, postgres_database):
+    url = postgres_database.render_as_string(hide_password=False)
+    site = make_site(url)
+    workers = [site.start("a", "--polling"), site.start("b", "--polling")]
+    files = real_jpegs(full_res_dir, 80)
+    for f in files:
+        shutil.copy(f, site.inbox / f.name)
+    wait_for(lambda: len(site.filed()) == 80, 180, f"not all filed:\n{site.log('a')}\n{site.log('b')}")
+    assert [site.stop(p) for p in workers] == [0, 0]
+    assert sorted(p.name for p in site.filed()) == sorted(f.name for f in files)
+    assert site.count(audit_events) == 80 and site.count(results) == 80
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        per_worker = dict(
+            conn.execute(select(audit_events.c.worker_id, func.count()).group_by("worker_id")).all()
+        )
+    engine.dispose()
+    assert set(per_worker) == {"a", "b"}, per_worker  # both did some of the work
+    assert sum(per_worker.values()) == 80
+    assert (site.inbox / ".xray-screen" / "a").is_dir()

@@ -1,0 +1,153 @@
+"""Claiming: taking a file out of the inbox so that no other worker can take it too.
+
+A claim is one atomic rename into this worker's work area on the same file system
+(``inbox/.xray-screen/<worker-id>/``): of several workers racing for a file, exactly one
+rename succeeds. The work area is the worker's queue: a file stays there until its
+outcome is committed and it has been filed, so a crash at any moment leaves it where a
+restart finds it. A worker that died long ago (its heartbeat file is older than the
+lease) has its claimed files taken over by a live one.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from worker.errors import ConfigError
+from worker.filing import NAME_MAX, fit_name, fsync_dir
+
+log = logging.getLogger(__name__)
+
+WORK_DIR = ".xray-screen"
+HEARTBEAT = ".alive"
+LOCK = ".lock"
+_SEP = "~"
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A file in a work area, and where it was found."""
+
+    path: Path  # where it is now, in the work area
+    source: str  # its path relative to the inbox when it was claimed
+    token: str  # unique id of this claim
+    claimed_at: float
+
+    @property
+    def name(self) -> str:
+        return Path(self.source).name
+
+
+class WorkArea:
+    """One worker's claimed files, under ``inbox/.xray-screen/<worker_id>/``."""
+
+    def __init__(self, inbox: Path, worker_id: str):
+        self.inbox = inbox
+        self.worker_id = worker_id
+        self.root = inbox / WORK_DIR / worker_id
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._lock = self._take_lock()
+        self.heartbeat()
+
+    def _take_lock(self) -> int:
+        """One live worker per work area: a second one with the same id is refused."""
+        fd = os.open(self.root / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise ConfigError(
+                f"another worker with id {self.worker_id!r} is already using {self.inbox}: "
+                "give each worker on this inbox its own [inbox] worker_id"
+            ) from None
+        return fd
+
+    def close(self) -> None:
+        os.close(self._lock)
+
+    def heartbeat(self) -> None:
+        """Tell other workers this one is alive (the file's mtime)."""
+        (self.root / HEARTBEAT).touch()
+
+    def claim(self, path: Path) -> Claimed | None:
+        """Move ``path`` into the work area; None if someone else took (or removed) it first."""
+        token = uuid.uuid4().hex[:16]
+        source = str(path.relative_to(self.inbox))
+        target = self.root / fit_name(f"{token}{_SEP}{path.name}")
+        try:
+            path.rename(target)
+        except FileNotFoundError:
+            return None
+        claimed = Claimed(target, source, token, time.time())
+        self._write_note(claimed)
+        return claimed
+
+    def _write_note(self, claimed: Claimed) -> None:
+        note = self.root / f"{claimed.token}.claim.json"
+        note.write_text(json.dumps({"source": claimed.source, "claimed_at": claimed.claimed_at}))
+        fsync_dir(self.root)
+
+    def release(self, claimed: Claimed) -> None:
+        """Forget a claim whose file has been filed."""
+        (self.root / f"{claimed.token}.claim.json").unlink(missing_ok=True)
+
+    def pending(self) -> list[Claimed]:
+        """Files claimed and not yet filed, oldest claim first."""
+        return sorted(self._scan(self.root), key=lambda c: (c.claimed_at, c.path.name))
+
+    def _scan(self, root: Path) -> Iterator[Claimed]:
+        for entry in os.scandir(root):
+            if entry.name.startswith(".") or entry.name.endswith(".claim.json"):
+                continue
+            if not entry.is_file(follow_symlinks=False):
+                continue
+            token, sep, name = entry.name.partition(_SEP)
+            source, claimed_at = name or entry.name, entry.stat(follow_symlinks=False).st_mtime
+            note = root / f"{token}.claim.json"
+            if sep and note.exists():
+                try:
+                    facts = json.loads(note.read_text())
+                    source, claimed_at = facts["source"], float(facts["claimed_at"])
+                except (OSError, ValueError, KeyError):
+                    log.warning("unreadable claim note %s; using the file name", note)
+            yield Claimed(Path(entry.path), source, token if sep else uuid.uuid4().hex[:16], claimed_at)
+
+    def adopt_abandoned(self, lease_seconds: float) -> int:
+        """Take over the claims of workers whose heartbeat is older than the lease."""
+        adopted = 0
+        now = time.time()
+        for other in (self.inbox / WORK_DIR).iterdir():
+            if other == self.root or not other.is_dir():
+                continue
+            beat = other / HEARTBEAT
+            try:
+                age = now - beat.stat().st_mtime
+            except FileNotFoundError:
+                age = now - other.stat().st_mtime
+            if age < lease_seconds:
+                continue
+            for claimed in self._scan(other):
+                target = self.root / claimed.path.name
+                try:
+                    claimed.path.rename(target)
+                except FileNotFoundError:
+                    continue  # another live worker adopted it first
+                note = other / f"{claimed.token}.claim.json"
+                if note.exists():
+                    note.replace(self.root / note.name)
+                adopted += 1
+            log.info("adopted %d files from worker %s (silent for %.0f s)", adopted, other.name, age)
+        return adopted
+
+
+def default_worker_id() -> str:
+    """The host name: stable across restarts, so a restarted worker finds its own claims."""
+    host = os.uname().nodename.split(".")[0] or "host"
+    return host[: NAME_MAX // 2]

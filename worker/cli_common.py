@@ -1,0 +1,82 @@
+"""What the xray-worker commands share: errors with exit codes, settings, the model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from worker import exitcodes
+from worker.config import Settings, load_settings
+from worker.errors import ConfigError, ModelError
+
+
+class ExitError(click.ClickException):
+    """A mistake the operator can fix, with the process exit code it deserves."""
+
+    def __init__(self, message: str, exit_code: int = exitcodes.CONFIG):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def settings_for(ctx: click.Context, **overrides: Any) -> Settings:
+    """Load the settings once, with this command's flags as the top layer."""
+    try:
+        return load_settings(ctx.obj["config_path"], overrides=overrides)
+    except ConfigError as exc:
+        raise ExitError(str(exc)) from None
+
+
+def model_options(func: Any) -> Any:
+    """The flags every command that runs the model shares."""
+    options = [
+        click.option(
+            "--model",
+            "model_path",
+            type=click.Path(dir_okay=False, path_type=Path),
+            help="Exported learner (export.pkl). Default: [model] path.",
+        ),
+        click.option("--sha256", "model_sha256", help="Expected SHA-256 of the model file."),
+        click.option(
+            "--trust-model",
+            is_flag=True,
+            default=None,
+            help="Load the model without checking its SHA-256 (only for files you made).",
+        ),
+        click.option(
+            "--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Default: [inference] device."
+        ),
+        click.option(
+            "--batch-size", type=int, help="Images per model call. Default: [inference] batch_size."
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def open_predictor(settings: Settings) -> Any:
+    """Load the model (checked) and build the batched predictor."""
+    from worker.decode import Limits
+    from worker.inference import Predictor
+    from worker.learner import load_model
+
+    m = settings.model
+    try:
+        model = load_model(m.path, sha256=m.expected_sha256(), trust=m.trust, positive_class=m.positive_class)
+        limits = Limits(settings.decode.max_pixels, settings.decode.max_side, settings.decode.min_side)
+        return Predictor(model, settings.inference, limits)
+    except (ModelError, ConfigError) as exc:
+        raise ExitError(str(exc)) from None
+
+
+def model_overrides(flags: dict[str, Any]) -> dict[str, Any]:
+    """The model flags as settings overrides (None leaves the lower layers alone)."""
+    return {
+        "model.path": flags.pop("model_path", None),
+        "model.sha256": flags.pop("model_sha256", None),
+        "model.trust": flags.pop("trust_model", None),
+        "inference.device": flags.pop("device", None),
+        "inference.batch_size": flags.pop("batch_size", None),
+    }

@@ -1,0 +1,207 @@
+"""``xray-worker scan``: screen an archive in place, read-only and resumable."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import click
+
+from worker import exitcodes
+from worker.cli_common import ExitError, model_options, model_overrides, open_predictor, settings_for
+from worker.cli_db import Since
+from worker.config import Settings
+from worker.db.store import Store
+from worker.discover import FileFilter, distinct_roots, walk_files
+from worker.errors import ConfigError, TransientError
+from worker.progress import Progress, summary_lines
+from worker.results_file import ResultsFile, output_format
+
+log = logging.getLogger("worker")
+
+
+@click.command()
+@click.argument("roots", nargs=-1, type=click.Path(path_type=Path))
+@click.option(
+    "--include",
+    multiple=True,
+    metavar="GLOB",
+    help="Only files matching this pattern, e.g. '*.dcm' (repeatable, case-insensitive). "
+    "Default: [scan] include, else every file.",
+)
+@click.option(
+    "--exclude",
+    multiple=True,
+    metavar="GLOB",
+    help="Never read files or folders matching this pattern (repeatable). Default: [scan] exclude.",
+)
+@click.option("--since", type=Since(), help="Only files modified since: 7d, 12h, 2w, an ISO date (UTC).")
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    help="Read at most N files this run (unchanged files do not count); the next run goes on.",
+)
+@click.option(
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write this run's files and verdicts to FILE.csv or FILE.jsonl (replaced).",
+)
+@click.option("--db", "db_url", metavar="URL", help="Results database URL. Default: [database] url.")
+@model_options
+@click.pass_context
+def scan(
+    ctx: click.Context,
+    roots: tuple[Path, ...],
+    include: tuple[str, ...],
+    exclude: tuple[str, ...],
+    since: datetime | None,
+    limit: int | None,
+    output: Path | None,
+    db_url: str | None,
+    **flags: Any,
+) -> None:
+    """Screen every X-ray below the ROOT folders into the results database; files are only read.
+
+    A file this model already screened, with the same path, size and modification time,
+    is skipped without being read; the same content under another path is recorded as a
+    duplicate without running the model. Stop it at any time (Ctrl-C, SIGTERM): the batch
+    in hand is committed and the next run goes on from there. Without ROOT, the settings'
+    [scan] roots are scanned. Progress goes to stderr, and a summary at the end.
+
+    \b
+    Exit status: 0 done (undecodable files are recorded as failed, not an error);
+    130 stopped by a signal (the work done is kept); 75 database unavailable; 78 settings.
+
+    \b
+    Example:
+      xray-worker scan /srv/archive/xray --include '*.dcm' --since 30d --output night.csv
+      xray-worker scan                       # the [scan] roots, as the nightly timer does
+    """
+    from worker.scan import Scanner  # imports torch: not for --help
+
+    settings = settings_for(
+        ctx,
+        **model_overrides(flags),
+        **{
+            "database.url": db_url,
+            "scan.roots": tuple(map(str, roots)) or None,
+            "scan.include": include or None,
+            "scan.exclude": exclude or None,
+        },
+    )
+    folders = _archive_roots(settings)
+    if output is not None:
+        _check_output(output, folders)
+    store = _open_store(settings)
+    predictor = open_predictor(settings)
+    try:
+        results_file = ResultsFile(output, predictor.model.vocab) if output else None
+    except OSError as exc:
+        raise ExitError(f"cannot write --output {output}: {exc.strerror or exc}") from None
+    progress = Progress(sys.stderr, interval=settings.scan.progress_interval, limit=limit)
+
+    def unreadable(folder: Path, exc: OSError) -> None:
+        log.warning("cannot read %s: %s", folder, exc.strerror or exc)
+        scanner.counts.unreadable_folders += 1
+
+    s = settings.scan
+    scanner = Scanner(
+        files=walk_files(folders, FileFilter(s.include, s.exclude, since), on_error=unreadable),
+        predictor=predictor,
+        store=store,
+        worker_host=socket.gethostname(),
+        batch_size=settings.inference.batch_size,
+        limit=limit,
+        progress=progress,
+        on_commit=results_file.write if results_file else None,
+    )
+    how, code = "done", exitcodes.OK
+    try:
+        with _graceful_signals(scanner):
+            scanner.run()
+    except TransientError as exc:
+        how, code = f"stopped, database unavailable ({exc})", exitcodes.TEMPFAIL
+    finally:
+        progress.finish()
+        if results_file:
+            results_file.close()
+        store.close()
+    if scanner.stopping:
+        how, code = "interrupted (the next run goes on from here)", exitcodes.INTERRUPTED
+    elif code == exitcodes.OK and scanner.at_limit:
+        how = f"stopped at --limit {limit} (the next run goes on from here)"
+    for line in summary_lines(scanner.counts, progress.elapsed, how):
+        click.echo(line, err=True)
+    sys.exit(code)
+
+
+def _archive_roots(settings: Settings) -> list[Path]:
+    roots = distinct_roots(Path(r) for r in settings.scan.roots)
+    if not roots:
+        raise ExitError("no folders to scan: name them (xray-worker scan /srv/archive) or set [scan] roots")
+    for root in roots:
+        if not root.exists():
+            raise ExitError(f"archive folder {root} does not exist (a typo, or a share not mounted?)")
+    return roots
+
+
+def _check_output(output: Path, roots: list[Path]) -> None:
+    try:
+        output_format(output)
+    except ConfigError as exc:
+        raise ExitError(str(exc), exitcodes.USAGE) from None
+    where = output.expanduser().absolute().resolve()
+    for root in roots:
+        if where.is_relative_to(root.resolve()):
+            raise ExitError(
+                f"--output {output} is inside the archive folder {root}, which a scan never "
+                "writes to: put it somewhere else",
+                exitcodes.USAGE,
+            )
+
+
+def _open_store(settings: Settings) -> Store:
+    try:
+        store = Store(settings.database.url, store_patient_ids=settings.database.store_patient_ids)
+        store.require_head()
+    except ConfigError as exc:
+        raise ExitError(str(exc)) from None
+    except TransientError as exc:
+        raise ExitError(f"database unavailable: {exc}", exitcodes.TEMPFAIL) from None
+    return store
+
+
+@contextmanager
+def _graceful_signals(scanner: Any) -> Iterator[None]:
+    """First SIGINT/SIGTERM: finish and commit what is in hand, then stop. Second: exit now."""
+
+    def first(signum: int, _frame: Any) -> None:
+        click.echo(
+            f"\n{signal.Signals(signum).name}: committing the files in hand, then stopping "
+            "(again to exit at once)",
+            err=True,
+        )
+        scanner.stop()
+        signal.signal(signal.SIGTERM, second)
+        signal.signal(signal.SIGINT, second)
+
+    def second(signum: int, _frame: Any) -> None:
+        click.echo(
+            f"{signal.Signals(signum).name} again: exiting now; the next run redoes the batch", err=True
+        )
+        os._exit(exitcodes.INTERRUPTED)
+
+    previous = {sig: signal.signal(sig, first) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

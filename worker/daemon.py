@@ -1,0 +1,336 @@
+"""The inbox daemon: claim complete files, screen them in batches, commit, then file them.
+
+The order of a batch is what makes it safe:
+
+1. claim: each file is renamed into this worker's work area (one owner per file);
+2. screen: hash, skip content this model already screened, decode and infer the rest;
+3. commit: results and audit rows in one transaction, each audit row carrying the claim's
+   id and the file's planned destination;
+4. file: move each file to that destination, then forget the claim.
+
+A crash before 3 leaves the file in the work area with nothing committed: it is screened
+again. A crash after 3 leaves it there with its audit row: the restart only finishes the
+move. So no file is lost, and none is recorded twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from worker.claim import Claimed, WorkArea
+from worker.db.store import AuditRecord, ResultRecord, Store, StoredResult
+from worker.errors import TransientError
+from worker.filing import move_no_clobber, safe_component, write_error_sidecar
+from worker.hashing import sha256_file
+from worker.inbox import Inbox
+from worker.inference import Failure, Prediction, Predictor
+from worker.records import result_record
+from worker.retry import Backoff
+from worker.sdnotify import Notifier
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Folders:
+    processed: Path
+    failed: Path
+    layout: str = "{label}/{date}"
+
+    def processed_folder(self, label: str, when: datetime) -> Path:
+        parts = self.layout.format(
+            label=safe_component(label),
+            date=when.strftime("%Y-%m-%d"),
+            year=when.strftime("%Y"),
+            month=when.strftime("%m"),
+            day=when.strftime("%d"),
+        )
+        return self.processed.joinpath(*(safe_component(p) for p in parts.split("/") if p))
+
+    def failed_folder(self, when: datetime) -> Path:
+        return self.failed / when.strftime("%Y-%m-%d")
+
+
+@dataclass
+class _Job:
+    claimed: Claimed
+    event_id: uuid.UUID
+    sha256: str | None = None
+    size: int | None = None
+    outcome: str = ""
+    label: str | None = None
+    reason: str | None = None
+    folder: Path | None = None
+    prediction: Prediction | None = None
+
+
+def event_id_for(claimed: Claimed) -> uuid.UUID:
+    """The audit row's id is derived from the claim, so a restart can find it."""
+    return uuid.uuid5(uuid.NAMESPACE_URL, f"xray-screen-claim:{claimed.token}")
+
+
+class Daemon:
+    """Watches an inbox; ``run()`` until ``stop()``; ``step()`` does one unit of work."""
+
+    def __init__(
+        self,
+        *,
+        inbox: Inbox,
+        work: WorkArea,
+        predictor: Predictor,
+        store: Store,
+        folders: Folders,
+        batch_size: int,
+        max_wait: float = 0.2,
+        worker_host: str,
+        notifier: Notifier | None = None,
+        heartbeat_interval: float = 30.0,
+        lease_seconds: float = 600.0,
+    ):
+        self.inbox, self.work, self.predictor, self.store = inbox, work, predictor, store
+        self.folders = folders
+        self.batch_size = batch_size
+        self.max_wait = max_wait
+        self.worker_host = worker_host
+        self.notifier = notifier or Notifier({})
+        self.heartbeat_interval = heartbeat_interval
+        self.lease_seconds = lease_seconds
+        self.backoff = Backoff()
+        self.counts: dict[str, int] = {"screened": 0, "duplicate": 0, "failed": 0}
+        self._queue: deque[Claimed] = deque()
+        self._stop = threading.Event()
+        self._last_beat = 0.0
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask the loop to finish the batch in hand and return."""
+        self._stop.set()
+        self.inbox.wakeup.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def recover(self) -> None:
+        """Files this worker (or a dead one) claimed earlier go to the front of the queue."""
+        adopted = self.work.adopt_abandoned(self.lease_seconds)
+        pending = self.work.pending()
+        self._queue.extend(pending)
+        if pending:
+            log.info("recovered %d claimed files (%d adopted from dead workers)", len(pending), adopted)
+
+    def run(self) -> None:
+        self.recover()
+        self.inbox.start()
+        self.notifier.ready(self.status())
+        log.info(
+            "ready: screening %s with %s on %s",
+            self.inbox.root,
+            self.predictor.model.name,
+            self.predictor.device_name,
+        )
+        try:
+            while not self._stop.is_set():
+                try:
+                    done = self.step()
+                except TransientError as exc:
+                    delay = self.backoff.next_delay()
+                    log.warning("%s; retrying in %.1f s (files stay claimed)", exc, delay)
+                    self.notifier.status(f"waiting: {exc}")
+                    self._stop.wait(delay)
+                    continue
+                self.backoff.reset()
+                if not done:
+                    self.inbox.wakeup.wait(self._idle_timeout())
+        finally:
+            self.notifier.stopping()
+            self.inbox.stop()
+            self.work.close()
+            log.info("stopped: %s", self.status())
+
+    def _idle_timeout(self) -> float:
+        waits = [self.inbox.next_check_in(), self.heartbeat_interval]
+        if self._queue:
+            waits.append(max(0.0, self._queue[0].claimed_at + self.max_wait - time.time()))
+        if self.notifier.watchdog_interval:
+            waits.append(self.notifier.watchdog_interval)
+        return max(0.01, min(waits))
+
+    def status(self) -> str:
+        c = self.counts
+        return (
+            f"{c['screened']} screened, {c['duplicate']} duplicates, {c['failed']} failed; "
+            f"{len(self._queue)} claimed, {self.inbox.backlog()} waiting"
+        )
+
+    # -- one unit of work ------------------------------------------------------------
+
+    def step(self) -> int:
+        """Claim what is ready; screen one batch when full or old enough. Returns files filed."""
+        self._beat()
+        room = self.batch_size - len(self._queue)
+        if room > 0:
+            for path in self.inbox.take(room):
+                claimed = self.work.claim(path)
+                if claimed is not None:
+                    self._queue.append(claimed)
+        if not self._queue:
+            return 0
+        full = len(self._queue) >= self.batch_size
+        old = time.time() - self._queue[0].claimed_at >= self.max_wait
+        if not (full or old or self._stop.is_set()):
+            return 0
+        batch = [self._queue[i] for i in range(min(self.batch_size, len(self._queue)))]
+        self.process(batch)  # raises TransientError with the batch still queued
+        for _ in batch:
+            self._queue.popleft()
+        return len(batch)
+
+    def _beat(self) -> None:
+        now = time.monotonic()
+        if now - self._last_beat >= min(self.heartbeat_interval, self.notifier.watchdog_interval or 1e9):
+            self.work.heartbeat()
+            self.notifier.watchdog()
+            self.notifier.status(self.status())
+            self._last_beat = now
+
+    def process(self, batch: list[Claimed]) -> None:
+        start = time.perf_counter()
+        jobs = [_Job(c, event_id_for(c)) for c in batch]
+        plans = self.store.plans_of([j.event_id for j in jobs])
+        todo = [j for j in jobs if j.event_id not in plans]
+        for job in jobs:
+            plan = plans.get(job.event_id)
+            if plan is not None:  # committed before a crash: only the move is left
+                job.outcome, job.reason, job.sha256 = plan.outcome, plan.reason, plan.content_sha256
+                self._file(job, Path(plan.destination_path))
+        if not todo:
+            return
+        started = datetime.now(UTC)
+        for job in todo:
+            self._hash(job)
+        model = self.predictor.model
+        known = self.store.known_results([j.sha256 for j in todo if j.sha256], model.sha256)
+        fresh = self._screen(todo, known)
+        finished_at = datetime.now(UTC)
+        results = [self._result(j, started, finished_at) for j in fresh]
+        audits = [self._plan(j, finished_at) for j in todo]
+        self.store.record_batch(results, audits)
+        for job, audit in zip(todo, audits, strict=True):
+            self._file(job, Path(audit.destination_path or ""))
+            self.counts[job.outcome] += 1
+        seconds = time.perf_counter() - start
+        log.info(
+            "batch: %d files (%d screened, %d duplicates, %d failed) in %.2f s, %.1f images/s",
+            len(jobs),
+            sum(j.outcome == "screened" for j in todo),
+            sum(j.outcome == "duplicate" for j in todo),
+            sum(j.outcome == "failed" for j in todo),
+            seconds,
+            len(jobs) / seconds if seconds else 0,
+        )
+
+    def _hash(self, job: _Job) -> None:
+        try:
+            job.sha256, job.size = sha256_file(job.claimed.path)
+        except OSError as exc:
+            job.outcome, job.reason = "failed", f"cannot read file: {exc.strerror or exc}"
+
+    def _screen(self, jobs: list[_Job], known: dict[str, StoredResult]) -> list[_Job]:
+        """Infer content not seen before; the rest are duplicates of an earlier result."""
+        first: dict[str, _Job] = {}
+        to_infer: list[_Job] = []
+        for job in jobs:
+            if job.outcome == "failed" or job.sha256 is None:
+                continue
+            if job.sha256 in known:
+                job.outcome, job.label = "duplicate", known[job.sha256].label
+            elif job.sha256 in first:
+                job.outcome = "duplicate"  # same content twice in this batch
+            else:
+                first[job.sha256] = job
+                to_infer.append(job)
+        outcomes = self.predictor.predict([j.claimed.path for j in to_infer])
+        for job, outcome in zip(to_infer, outcomes, strict=True):
+            if isinstance(outcome, Failure):
+                job.outcome, job.reason = "failed", outcome.reason
+            else:
+                job.outcome, job.label, job.prediction = "screened", outcome.label, outcome
+        for job in jobs:
+            if job.outcome == "duplicate" and job.label is None:
+                twin = first[job.sha256 or ""]
+                job.label = twin.label
+                job.outcome, job.reason = (
+                    ("failed", twin.reason) if twin.outcome == "failed" else ("duplicate", None)
+                )
+        return [j for j in to_infer if j.outcome == "screened"]
+
+    def _result(self, job: _Job, started: datetime, finished: datetime) -> ResultRecord:
+        assert job.prediction is not None and job.sha256 is not None
+        queued = datetime.fromtimestamp(job.claimed.claimed_at, UTC)
+        return result_record(
+            self.predictor,
+            job.prediction,
+            job.sha256,
+            queued_at=queued,
+            started_at=started,
+            finished_at=finished,
+        )
+
+    def _plan(self, job: _Job, when: datetime) -> AuditRecord:
+        """Where the file will go: decided, and recorded, before it moves."""
+        if job.outcome == "failed":
+            folder = self.folders.failed_folder(when)
+        else:
+            folder = self.folders.processed_folder(job.label or "UNKNOWN", when)
+        return AuditRecord(
+            source_path=str(self.work.inbox / job.claimed.source),
+            file_size=job.size,
+            content_sha256=job.sha256,
+            outcome=job.outcome,  # type: ignore[arg-type]
+            worker_host=self.worker_host,
+            worker_id=self.work.worker_id,
+            reason=job.reason,
+            destination_path=str(folder / job.claimed.name),
+            model_sha256=self.predictor.model.sha256,
+            at=when,
+            event_id=job.event_id,
+        )
+
+    def _file(self, job: _Job, destination: Path) -> None:
+        """Move the claimed file to its recorded destination (a free name beside it if taken)."""
+        try:
+            moved = move_no_clobber(job.claimed.path, destination.parent, destination.name)
+        except FileNotFoundError:
+            if not job.claimed.path.exists():  # moved already, before a crash
+                self.work.release(job.claimed)
+                return
+            raise
+        except OSError as exc:
+            raise TransientError(
+                f"cannot file {job.claimed.source} into {destination.parent}: {exc.strerror or exc}"
+            ) from exc
+        if moved != destination:
+            self.store.set_destination(job.event_id, str(moved))
+        if job.outcome == "failed":
+            write_error_sidecar(
+                moved,
+                {
+                    "reason": job.reason,
+                    "source": job.claimed.source,
+                    "sha256": job.sha256,
+                    "at": datetime.now(UTC).isoformat(),
+                },
+            )
+        self.work.release(job.claimed)
+        verdict = job.label if job.outcome == "screened" else job.outcome
+        extra = f" ({job.reason})" if job.reason else ""
+        log.info("%s: %s%s -> %s", job.claimed.source, verdict, extra, moved)

@@ -1,0 +1,121 @@
+"""What a scan tells the person running it: a live line in a terminal, a line now and then
+in a log, and a summary at the end. Pure text from counts; the scan decides when to call."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TextIO
+
+TTY_REFRESH = 0.2  # seconds between redraws of the live line
+
+
+@dataclass
+class ScanCounts:
+    """Files a scan handled so far (committed to the database) and files it skipped."""
+
+    screened: int = 0
+    duplicates: int = 0
+    skipped: int = 0  # unchanged since a scan by the same model: not read at all
+    positives: int = 0  # screened or duplicate files whose label is the positive class
+    failed: Counter[str] = field(default_factory=Counter)  # by reason
+    unreadable_folders: int = 0
+
+    @property
+    def handled(self) -> int:
+        """Files read this run: screened, duplicates and failures (each has an audit row)."""
+        return self.screened + self.duplicates + self.failed.total()
+
+
+def rate(counts: ScanCounts, seconds: float) -> float:
+    """Files handled per second (skipped files cost next to nothing and are left out)."""
+    return counts.handled / seconds if seconds > 0 else 0.0
+
+
+def status_line(counts: ScanCounts, seconds: float, limit: int | None = None) -> str:
+    """``1234 files: 1000 screened, 12 duplicates, 200 skipped, 22 failed | 15.2 images/s | ETA 2m10s``."""
+    parts = [
+        f"{counts.handled + counts.skipped} files: {counts.screened} screened",
+        f"{counts.duplicates} duplicates",
+        f"{counts.skipped} skipped",
+        f"{counts.failed.total()} failed",
+    ]
+    line = ", ".join(parts) + f" | {rate(counts, seconds):.1f} images/s"
+    if limit is not None and rate(counts, seconds) > 0:
+        line += f" | ETA {duration(max(0, limit - counts.handled) / rate(counts, seconds))}"
+    return line
+
+
+def summary_lines(counts: ScanCounts, seconds: float, how: str = "done") -> list[str]:
+    """The end-of-run summary: ``how`` is ``done``, ``interrupted`` or why the scan stopped."""
+    lines = [
+        f"scan {how} after {duration(seconds)}: {counts.handled} files read, "
+        f"{rate(counts, seconds):.1f} images/s",
+        f"  {counts.screened} screened, {counts.positives} positive",
+        f"  {counts.duplicates} duplicates (content already screened by this model)",
+        f"  {counts.skipped} skipped (unchanged since the last scan)",
+        f"  {counts.failed.total()} failed",
+    ]
+    lines += [f"    {n} {reason}" for reason, n in sorted(counts.failed.items(), key=lambda i: (-i[1], i[0]))]
+    if counts.unreadable_folders:
+        lines.append(f"  {counts.unreadable_folders} folders could not be read (see the warnings)")
+    return lines
+
+
+def duration(seconds: float) -> str:
+    """``4.2 s``, ``2m10s``, ``3h05m``."""
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
+
+
+class Progress:
+    """A live status line in a terminal; one line every ``interval`` seconds otherwise."""
+
+    def __init__(
+        self,
+        stream: TextIO,
+        *,
+        tty: bool | None = None,
+        interval: float = 60.0,
+        limit: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.stream = stream
+        self.tty = stream.isatty() if tty is None else tty
+        self.interval = TTY_REFRESH if self.tty else interval
+        self.limit = limit
+        self.clock = clock
+        self.started = clock()
+        self._next = self.started + self.interval
+        self._drawn = False
+
+    @property
+    def elapsed(self) -> float:
+        return self.clock() - self.started
+
+    def update(self, counts: ScanCounts) -> None:
+        now = self.clock()
+        if now < self._next:
+            return
+        self._next = now + self.interval
+        line = status_line(counts, now - self.started, self.limit)
+        if self.tty:
+            self.stream.write(f"\r{line}\x1b[K")
+            self._drawn = True
+        else:
+            self.stream.write(f"scan: {line}\n")
+        self.stream.flush()
+
+    def finish(self) -> None:
+        """End the live line, so that what follows starts on a line of its own."""
+        if self._drawn:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
+            self._drawn = False

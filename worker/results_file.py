@@ -1,0 +1,89 @@
+"""``scan --output``: what one run screened, as CSV or JSON Lines, for people without SQL.
+
+One line per file read in the run (screened, duplicate or failed), written after its batch
+is committed and flushed at once, so the file never names a result the database lacks.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from worker.errors import ConfigError
+
+FORMATS = {".csv": "csv", ".jsonl": "jsonl"}
+
+
+@dataclass(frozen=True)
+class FileVerdict:
+    """What became of one file in a scan (the rows of ``--output``)."""
+
+    path: str
+    outcome: str  # screened, duplicate, failed
+    label: str | None
+    positive_probability: float | None
+    probabilities: dict[str, float] | None
+    reason: str | None
+    content_sha256: str | None
+
+
+def output_format(path: Path) -> str:
+    """``csv`` or ``jsonl``, from the file's extension (``ConfigError`` for anything else)."""
+    fmt = FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise ConfigError(f"--output {path}: the name must end in .csv or .jsonl")
+    return fmt
+
+
+class ResultsFile:
+    """Writes verdicts to ``path`` (replacing it), in the format its extension names."""
+
+    def __init__(self, path: Path, classes: Sequence[str]):
+        self.format = output_format(path)
+        self.classes = list(classes)
+        self._fh: TextIO = path.open("w", encoding="utf-8", newline="")
+        self._csv: Any = None
+        if self.format == "csv":
+            self._csv = csv.writer(self._fh)
+            self._csv.writerow(
+                [
+                    "path",
+                    "outcome",
+                    "label",
+                    "positive_probability",
+                    *(f"probability_{c}" for c in self.classes),
+                    "reason",
+                    "content_sha256",
+                ]
+            )
+        self._fh.flush()
+
+    def write(self, verdicts: Iterable[FileVerdict]) -> None:
+        for v in verdicts:
+            if self._csv is not None:
+                probs = v.probabilities or {}
+                self._csv.writerow(
+                    [
+                        v.path,
+                        v.outcome,
+                        v.label or "",
+                        _number(v.positive_probability),
+                        *(_number(probs.get(c)) for c in self.classes),
+                        v.reason or "",
+                        v.content_sha256 or "",
+                    ]
+                )
+            else:
+                self._fh.write(json.dumps(asdict(v)) + "\n")
+        self._fh.flush()
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+def _number(value: float | None) -> str:
+    return "" if value is None else f"{value:.6f}"
