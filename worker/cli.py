@@ -138,3 +138,7 @@ def main() -> None:
     # fastai's import touches torch.jit.script, deprecated in recent torch: not the user's concern.
     warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
     cli(prog_name="xray-worker")
+
+
+if __name__ == "__main__":
+    main()
