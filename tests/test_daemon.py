@@ -16,6 +16,7 @@ from worker.db.engine import make_engine
 from worker.db.schema import audit_events, results
 from worker.db.store import Store
 from worker.errors import TransientError
+from worker.faults import Faults
 from worker.inbox import Inbox
 from worker.inference import Predictor
 
@@ -223,3 +224,63 @@ def test_symlinks_and_fifos_stay_in_the_inbox(site: Site, tmp_path: Path):
     assert (site.inbox / "link.jpeg").is_symlink() and outside.exists()
     assert (site.inbox / "pipe.png").exists()
     assert site.rows(audit_events) == []
+
+
+def _power_cut() -> None:
+    raise KeyboardInterrupt("power cut")  # not an error the daemon handles: a crash
+
+
+@pytest.mark.parametrize("nth_move", [1, 2, 3, 4])
+def test_crash_mid_move_is_finished_without_a_second_copy(site: Site, nth_move: int):
+    drop(site, *SAMPLES[:3])
+    (site.inbox / "broken.jpeg").write_bytes(SAMPLES[0].read_bytes()[:3000])
+    first = site.daemon(faults=Faults("mid-move", nth_move, kill=_power_cut))
+    first.recover()
+    with pytest.raises(KeyboardInterrupt):  # with the file linked at its destination and still claimed
+        for _ in range(5):
+            first.step()
+    first.work.close()
+    site.drain(site.daemon())
+    filed = sorted(Path(p).name for p in site.files("processed") + site.files("failed"))
+    assert filed == sorted([s.name for s in SAMPLES[:3]] + ["broken.jpeg", "broken.jpeg.error.json"])
+    audits = site.rows(audit_events)
+    assert len(audits) == 4 and len(site.rows(results)) == 3
+    assert all(Path(a.destination_path).exists() for a in audits)
+    assert sorted(p.name for p in (site.inbox / WORK_DIR / "w1").iterdir()) == [".alive", ".lock"]
+
+
+def test_a_share_that_drops_mid_batch_leaves_files_claimed_not_failed(site: Site, monkeypatch):
+    drop(site, *SAMPLES[:2])
+    daemon = site.daemon()
+    daemon.recover()
+    real_predict = site.predictor.predict
+    away = site.root / "inbox-gone"
+
+    def share_drops(paths):
+        site.inbox.rename(away)
+        return real_predict(paths)
+
+    monkeypatch.setattr(site.predictor, "predict", share_drops)
+    with pytest.raises(TransientError, match="is not there"):
+        daemon.step()
+    assert site.rows(audit_events) == []  # unreadable because it is gone: not "failed"
+    away.rename(site.inbox)
+    monkeypatch.setattr(site.predictor, "predict", real_predict)
+    for _ in range(3):
+        daemon.step()
+    daemon.work.close()
+    assert sorted(a.outcome for a in site.rows(audit_events)) == ["screened", "screened"]
+    assert len(site.files("processed")) == 2 and site.files("failed") == []
+
+
+def test_a_heartbeat_while_the_share_is_gone_is_waited_out_not_fatal(site: Site):
+    daemon = site.daemon()
+    site.inbox.rename(site.root / "inbox-gone")
+    with pytest.raises(TransientError, match="is not there"):
+        daemon.step()  # the first step beats
+    (site.root / "inbox-gone").rename(site.inbox)
+    drop(site, SAMPLES[0])
+    for _ in range(3):
+        daemon.step()
+    daemon.work.close()
+    assert len(site.files("processed")) == 1

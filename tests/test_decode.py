@@ -2,13 +2,30 @@
 
 from __future__ import annotations
 
-import io
+import struct
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 from dicom_factory import BASIC_TEXT_SR, gradient, make_dicom
+from hostile_files import (
+    JPEG_XL,
+    dicom_bytes,
+    dicom_with_syntax,
+    edit_element,
+    encode,
+    flip_byte,
+    grey,
+    jpeg_bytes,
+    jpeg_claiming,
+    png16_bytes,
+    png_bytes,
+    png_claiming,
+    rle_overrun,
+)
 from PIL import Image
 from pydicom.uid import ImplicitVRLittleEndian, RLELossless
 
@@ -128,21 +145,17 @@ def _save(tmp_path: Path, name: str, img: Image.Image, **kwargs) -> Path:
     return path
 
 
-def _grey(size=(96, 80)) -> Image.Image:
-    return Image.fromarray(np.tile(np.linspace(0, 255, size[0], dtype=np.uint8), (size[1], 1)))
-
-
 @pytest.mark.parametrize(
     ("name", "make"),
     [
-        ("grey.png", lambda: _grey()),
-        ("rgb.png", lambda: _grey().convert("RGB")),
-        ("rgba.png", lambda: _grey().convert("RGBA")),
-        ("palette.png", lambda: _grey().convert("P")),
-        ("bilevel.png", lambda: _grey().convert("1")),
-        ("grey.jpg", lambda: _grey()),
-        ("rgb.jpg", lambda: _grey().convert("RGB")),
-        ("cmyk.jpg", lambda: _grey().convert("CMYK")),
+        ("grey.png", lambda: grey()),
+        ("rgb.png", lambda: grey().convert("RGB")),
+        ("rgba.png", lambda: grey().convert("RGBA")),
+        ("palette.png", lambda: grey().convert("P")),
+        ("bilevel.png", lambda: grey().convert("1")),
+        ("grey.jpg", lambda: grey()),
+        ("rgb.jpg", lambda: grey().convert("RGB")),
+        ("cmyk.jpg", lambda: grey().convert("CMYK")),
     ],
 )
 def test_raster_modes_become_8_bit_grey(tmp_path: Path, name: str, make: Callable[[], Image.Image]):
@@ -156,13 +169,13 @@ def test_raster_modes_become_8_bit_grey(tmp_path: Path, name: str, make: Callabl
 def test_16_bit_png_uses_its_full_range(tmp_path: Path):
     ramp = np.tile(np.linspace(0, 65535, 100).astype(np.uint16), (50, 1))
     path = tmp_path / "deep.png"
-    Image.fromarray(ramp).save(path)
+    path.write_bytes(png16_bytes())
     decoded = decode_file(path).pixels
     np.testing.assert_array_equal(decoded, np.rint(ramp / 65535 * 255).astype(np.uint8))
 
 
 def test_exif_orientation_is_applied(tmp_path: Path):
-    img = _grey((120, 60))  # landscape ramp
+    img = grey((120, 60))  # landscape ramp
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90 degrees clockwise on display
     decoded = decode_file(_save(tmp_path, "rot.jpg", img, exif=exif))
@@ -181,44 +194,13 @@ def test_large_jpeg_is_decoded_at_reduced_size(full_res_dir: Path):
 # --- broken and hostile files -----------------------------------------------------
 
 
-def _jpeg_bytes() -> bytes:
-    buf = io.BytesIO()
-    _grey((256, 256)).save(buf, format="JPEG")
-    return buf.getvalue()
-
-
-def _png_bytes() -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(np.random.default_rng(0).integers(0, 255, (256, 256), dtype=np.uint8)).save(buf, "PNG")
-    return buf.getvalue()
-
-
-def _png_claiming(width: int, height: int) -> bytes:
-    import struct
-    import zlib
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    idat = zlib.compress(bytes(width + 1) * 64, 9)  # a few rows of zeros: a tiny file, a huge image
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
-
-
-def _jpeg_claiming(width: int, height: int) -> bytes:
-    data = bytearray(_jpeg_bytes())
-    sof = data.find(b"\xff\xc0")
-    data[sof + 5 : sof + 9] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
-    return bytes(data)
-
-
 BROKEN = [
     ("empty.png", lambda: b"", "empty file (0 bytes)"),
     ("notes.png", lambda: b"patient notes, not an image\n", "not an image: the file is text"),
-    ("truncated.jpg", lambda: _jpeg_bytes()[:400], "truncated JPEG"),
-    ("truncated.png", lambda: _png_bytes()[:3000], "truncated PNG"),
-    ("huge.jpg", lambda: _jpeg_claiming(65000, 65000), "image too large: 65000x65000"),
-    ("bomb.png", lambda: _png_claiming(40000, 40000), "image too large: 40000x40000"),
+    ("truncated.jpg", lambda: jpeg_bytes()[:400], "truncated JPEG"),
+    ("truncated.png", lambda: png_bytes()[:3000], "truncated PNG"),
+    ("huge.jpg", lambda: jpeg_claiming(65000, 65000), "image too large: 65000x65000"),
+    ("bomb.png", lambda: png_claiming(40000, 40000), "image too large: 40000x40000"),
     ("random.bin", lambda: bytes(range(256)) * 4, "not an image: unknown file format"),
     ("scan.gif", lambda: b"GIF89a" + bytes(100), "unsupported file format: GIF"),
     ("scan.tif", lambda: b"II*\x00" + bytes(100), "unsupported file format: TIFF"),
@@ -236,19 +218,63 @@ def test_broken_files_raise_a_clear_decode_error(tmp_path: Path, name: str, cont
 
 def test_jpeg_named_png_is_decoded_by_content(tmp_path: Path):
     path = tmp_path / "actually-a-jpeg.png"
-    path.write_bytes(_jpeg_bytes())
+    path.write_bytes(jpeg_bytes())
     assert decode_file(path).format == "JPEG"
 
 
 def test_tiny_images_are_refused(tmp_path: Path):
     with pytest.raises(DecodeError, match="image too small: 8x8"):
-        decode_file(_save(tmp_path, "icon.png", _grey((8, 8))))
+        decode_file(_save(tmp_path, "icon.png", grey((8, 8))))
 
 
 def test_blank_dicom_is_refused(tmp_path: Path):
     flat = np.full((64, 64), 700, dtype=np.uint16)
     with pytest.raises(DecodeError, match="blank"):
         decode_file(make_dicom(tmp_path / "flat.dcm", flat))
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda tmp: encode(Image.new("L", (64, 64)), "PNG"),
+        lambda tmp: encode(Image.new("L", (64, 64), 128), "JPEG"),
+        lambda tmp: png_claiming(4000, 3000),  # a bomb within the limits: 12 Mpx of zeros
+        lambda tmp: dicom_bytes(tmp, np.full((64, 64), 700, dtype=np.uint16), window=(600, 400)),
+    ],
+    ids=["png", "jpeg", "png-bomb", "dicom-windowed"],
+)
+def test_blank_images_of_every_format_are_refused(tmp_path: Path, make):
+    """A flat image has nothing to screen; it used to be screened unless it was a DICOM."""
+    path = tmp_path / "flat"
+    path.write_bytes(make(tmp_path))
+    with pytest.raises(DecodeError, match=r"^image is blank: every pixel is \d+$"):
+        decode_file(path)
+
+
+@pytest.mark.parametrize(
+    ("syntax", "reason"),
+    [
+        (JPEG_XL, f"DICOM transfer syntax {JPEG_XL} (unknown to pydicom) cannot be decoded here"),
+        (
+            "1.2.840.10008.1.2.4.100",
+            "DICOM transfer syntax MPEG2 Main Profile / Main Level cannot be decoded here",
+        ),
+        (
+            "1.2.840.10008.1.2.4.50",
+            "corrupt DICOM pixel data (JPEG Baseline (Process 1)): pillow: cannot identify image file",
+        ),
+        ("1.2.840.10008.1.2.4.91", "corrupt DICOM pixel data (JPEG 2000 Image Compression): pylibjpeg:"),
+    ],
+)
+def test_transfer_syntax_without_decoder_is_told_apart_from_corrupt_data(tmp_path: Path, syntax, reason):
+    """Regression: a syntax nothing can decode was "corrupt", and corrupt JPEG data was
+    "cannot be decoded here"; pydicom's object addresses made every reason unique."""
+    path = tmp_path / "x.dcm"
+    path.write_bytes(dicom_with_syntax(tmp_path, syntax))
+    with pytest.raises(DecodeError) as err:
+        decode_file(path)
+    assert str(err.value).startswith(reason)
+    assert " at 0x" not in str(err.value)
 
 
 def test_non_image_and_multiframe_dicoms_are_refused(tmp_path: Path):
@@ -271,7 +297,7 @@ def test_truncated_dicom_is_refused(tmp_path: Path, dicom_dir: Path, name: str):
 
 
 def test_dimension_limits_come_from_the_caller(tmp_path: Path):
-    path = _save(tmp_path, "g.png", _grey((200, 100)))
+    path = _save(tmp_path, "g.png", grey((200, 100)))
     with pytest.raises(DecodeError, match="image too large: 200x100"):
         decode_file(path, limits=Limits(max_pixels=10_000))
 
@@ -297,3 +323,99 @@ def test_directory_and_missing_file(tmp_path: Path):
 )
 def test_sniff_by_magic_bytes(head: bytes, kind: FileKind):
     assert sniff(head) is kind
+
+
+# --- findings of bench/fuzz_decoder.py, kept as regressions ----------------------------
+
+
+def _explicit(tmp: Path) -> bytes:
+    return dicom_bytes(tmp, gradient(), slope=2.0, intercept=-5)
+
+
+DEFLATED = b"1.2.840.10008.1.2.1.99"  # Deflated Explicit VR Little Endian
+
+
+def _bad_offset_table(tmp: Path) -> bytes:
+    data = dicom_with_syntax(tmp, "1.2.840.10008.1.2.4.91")
+    item = data.index(b"\xfe\xff\x00\xe0")  # the basic offset table, empty: claim 740 MB of it
+    return data[: item + 4] + struct.pack("<I", 0x2E300004) + data[item + 8 :]
+
+
+FUZZ_FINDINGS = [
+    ("unknown-vr", lambda t: edit_element(_explicit(t), 0x0020, 0x000D, vr=b"Ud"), ": Unknown Value Repr"),
+    (
+        "ul-of-3-bytes",
+        lambda t: edit_element(_explicit(t), 0x0028, 0x0010, vr=b"UL", value=b"@\0\0"),
+        ": Expected",
+    ),
+    (
+        "two-rows",
+        lambda t: edit_element(_explicit(t), 0x0028, 0x0010, value=struct.pack("<HH", 9, 9)),
+        ": int()",
+    ),
+    ("text-slope", lambda t: edit_element(_explicit(t), 0x0028, 0x1053, vr=b"LO"), ": ufunc 'multiply'"),
+    ("text-intercept", lambda t: edit_element(_explicit(t), 0x0028, 0x1052, vr=b"LO"), ": ufunc 'add'"),
+    ("offset-table", _bad_offset_table, ": unpack requires a buffer"),
+    ("rle-overrun", rle_overrun, " pixel data (RLE Lossless): pydicom: The decoded RLE segment"),
+    ("not-deflated", lambda t: edit_element(dicom_bytes(t), 0x0002, 0x0010, value=DEFLATED), ": Error -3"),
+]
+
+
+@pytest.mark.parametrize(
+    ("make", "detail"), [c[1:] for c in FUZZ_FINDINGS], ids=[c[0] for c in FUZZ_FINDINGS]
+)
+def test_malformed_dicom_elements_are_decode_errors(tmp_path: Path, make, detail: str):
+    """Regression: pydicom parses elements lazily, and these escaped as TypeError,
+    NotImplementedError, BytesLengthException, numpy's UFuncTypeError or struct.error; the
+    RLE one as pylibjpeg-rle's PanicException, a BaseException that would stop the daemon;
+    a Deflated syntax over data that is not deflated as zlib.error."""
+    path = tmp_path / "fuzzed.dcm"
+    path.write_bytes(make(tmp_path))
+    with pytest.raises(DecodeError) as err:
+        decode_file(path)
+    assert str(err.value).startswith("corrupt DICOM" + detail)
+    assert len(str(err.value)) <= 250
+
+
+@pytest.mark.filterwarnings("ignore:The number of bytes of pixel data is sufficient to contain 2 frames")
+def test_frames_without_number_of_frames_are_multi_frame(tmp_path: Path):
+    """Regression: twice the pixel data and no NumberOfFrames decoded to a 3-D array."""
+    path = make_dicom(tmp_path / "two.dcm", np.stack([gradient(), gradient()]))
+    with pytest.raises(DecodeError, match=r"^multi-frame DICOM \(2 frames\)"):
+        decode_file(path)
+
+
+_ISOLATED_DECODE = """
+import resource, sys, time, warnings
+resource.setrlimit(resource.RLIMIT_AS, (2 << 30, resource.RLIM_INFINITY))
+warnings.simplefilter("ignore")
+from worker.decode import decode_file
+from worker.errors import DecodeError
+start = time.monotonic()
+try:
+    decode_file(sys.argv[1])
+    print("decoded")
+except DecodeError as exc:
+    print(exc)
+hwm = next(line for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+print(time.monotonic() - start, int(hwm.split()[1]) // 1024)  # ru_maxrss would include the parent's
+"""
+
+
+def test_jpeg_dicom_that_made_libjpeg_allocate_without_bound(tmp_path: Path, dicom_dir: Path):
+    """Regression: one byte of a real RSNA file's JPEG stream changed (0x0a -> 0xff) made
+    pylibjpeg's libjpeg allocate until the machine ran out of memory (23 GB). Pillow refuses
+    it at once. Run in a child process capped at 2 GiB of address space (where libjpeg
+    gives up early and returns an image), so a regression fails without taking the machine down."""
+    data = (dicom_dir / "00aecb01-a116-45a2-956c-08d2fa55433f.dcm").read_bytes()
+    assert data[41878] == 0x0A
+    path = tmp_path / "fuzzed.dcm"
+    path.write_bytes(flip_byte(data, 41878, 0xFF))
+    child = subprocess.run(
+        [sys.executable, "-c", _ISOLATED_DECODE, str(path)], capture_output=True, text=True, timeout=120
+    )
+    assert child.returncode == 0, child.stderr
+    reason, numbers = child.stdout.strip().splitlines()
+    seconds, peak_mib = map(float, numbers.split())
+    assert reason.startswith("corrupt DICOM pixel data (JPEG Baseline (Process 1))")
+    assert seconds < 5 and peak_mib < 500

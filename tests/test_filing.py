@@ -6,6 +6,7 @@ import errno
 import json
 import os
 import threading
+import time
 from datetime import datetime
 from pathlib import Path
 
@@ -151,3 +152,75 @@ def test_inbox_waits_for_stable_files_and_skips_odd_entries(tmp_path: Path):
     now[0] = 10
     assert inbox.take(10) == []  # nothing else is ever ready
     assert (tmp_path / "link.png").is_symlink() and (tmp_path / "pipe.png").exists()
+
+
+def test_a_move_interrupted_between_link_and_unlink_is_finished_not_copied(tmp_path: Path):
+    dest = tmp_path / "out"
+    dest.mkdir()
+    (dest / "a.png").write_text("another file that took the name first")
+    src = tmp_path / "work" / "t1~a.png"
+    src.parent.mkdir()
+    src.write_text("mine")
+    os.link(src, dest / "a-1.png")  # the crash came after the link, before the old name went
+    moved = move_no_clobber(src, dest, "a.png")
+    assert moved == dest / "a-1.png" and moved.read_text() == "mine"
+    assert sorted(p.name for p in dest.iterdir()) == ["a-1.png", "a.png"]  # no a-2.png
+    assert not src.exists()
+
+
+def test_placed_runs_while_the_file_has_both_names(tmp_path: Path):
+    src = tmp_path / "a.png"
+    src.write_text("x")
+    seen = []
+    moved = move_no_clobber(src, tmp_path / "out", "a.png", placed=lambda p: seen.append((p, src.exists())))
+    assert seen == [(moved, True)] and not src.exists()
+
+
+def test_a_sidecar_rewritten_after_a_crash_leaves_no_temporary_file(tmp_path: Path):
+    bad = tmp_path / "bad.jpeg"
+    bad.write_bytes(b"x")
+    (tmp_path / ".bad.jpeg.tmp").write_text("half written when the process died")
+    write_error_sidecar(bad, {"reason": "truncated JPEG"})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.jpeg", "bad.jpeg.error.json"]
+
+
+def test_claim_notes_of_files_filed_before_a_crash_are_dropped(tmp_path: Path):
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    for name in ("a.png", "b.png"):
+        (inbox / name).write_text(name)
+    area = WorkArea(inbox, "w1")
+    filed, kept = area.claim(inbox / "a.png"), area.claim(inbox / "b.png")
+    move_no_clobber(filed.path, tmp_path / "out", filed.name)  # then the process died
+    assert [c.token for c in area.pending()] == [kept.token]
+    assert sorted(p.name for p in area.root.glob("*.claim.json")) == [f"{kept.token}.claim.json"]
+
+
+@pytest.mark.parametrize("polling", [True, False], ids=["polling", "inotify"])
+def test_inbox_watches_again_when_its_folder_comes_back(tmp_path: Path, polling: bool):
+    root = tmp_path / "inbox"
+    root.mkdir()
+    inbox = Inbox(root, polling=polling, poll_interval=0.1, rescan_interval=3600, stability_seconds=0)
+    inbox.start()
+    try:
+        assert inbox.take(10) == []  # the first call's full scan
+        root.rename(tmp_path / "away")  # the share drops
+        deadline = time.monotonic() + 5
+        while inbox.alive and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not inbox.alive
+        time.sleep(0.5)  # long enough for a polling emitter to find its folder gone, and stop
+        assert inbox.take(10) == [] and inbox.next_check_in() <= 0.1  # looks for it often
+        (tmp_path / "away").rename(root)
+        inbox.take(10)  # notices it is back
+        assert inbox.alive
+        inbox.wakeup.clear()
+        (root / "new.png").write_bytes(b"1")
+        assert inbox.wakeup.wait(5), "no event for a file dropped after the folder came back"
+        taken: list[Path] = []
+        while not taken and time.monotonic() < deadline + 5:
+            taken = inbox.take(10)
+            time.sleep(0.05)
+        assert taken == [root / "new.png"]
+    finally:
+        inbox.stop()

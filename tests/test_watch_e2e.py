@@ -156,6 +156,8 @@ def test_daemon_screens_what_arrives_before_and_while_it_runs(
     assert site.waiting() == [] and site.claimed() == []
     failed = sorted(p.name for p in site.failed.rglob("*"))
     assert failed[-2:] == ["broken.jpeg", "broken.jpeg.error.json"]
+    sidecar = next(site.failed.rglob("broken.jpeg.error.json"))
+    assert sidecar.stat().st_mode & 0o777 == 0o640  # the default umask 027: not world-readable
     assert site.count(results) == 6 and site.count(audit_events) == 8
     assert "again.jpeg: duplicate" in site.log() and "slow.jpeg: " in site.log()
     assert "truncated JPEG" in site.log()

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from worker.errors import ConfigError
+from worker.errors import ConfigError, TransientError
 from worker.filing import NAME_MAX, fit_name, fsync_dir
 
 log = logging.getLogger(__name__)
@@ -73,8 +73,17 @@ class WorkArea:
         os.close(self._lock)
 
     def heartbeat(self) -> None:
-        """Tell other workers this one is alive (the file's mtime)."""
-        (self.root / HEARTBEAT).touch()
+        """Tell other workers this one is alive (the file's mtime); TransientError if it cannot."""
+        try:
+            (self.root / HEARTBEAT).touch()
+        except OSError as exc:
+            self.check()
+            raise TransientError(f"cannot touch {self.root / HEARTBEAT}: {exc.strerror or exc}") from exc
+
+    def check(self) -> None:
+        """TransientError when the work area is out of reach (the inbox's share dropped)."""
+        if not self.root.is_dir():
+            raise TransientError(f"the inbox {self.inbox} is not there (a share that dropped?)")
 
     def claim(self, path: Path) -> Claimed | None:
         """Move ``path`` into the work area; None if someone else took (or removed) it first."""
@@ -85,8 +94,13 @@ class WorkArea:
             path.rename(target)
         except FileNotFoundError:
             return None
+        except OSError as exc:
+            raise TransientError(f"cannot claim {path}: {exc.strerror or exc}") from exc
         claimed = Claimed(target, source, token, time.time())
-        self._write_note(claimed)
+        try:
+            self._write_note(claimed)
+        except OSError as exc:  # the share dropped just now: the file name still says enough
+            log.warning("cannot write the claim note for %s: %s", source, exc.strerror or exc)
         return claimed
 
     def _write_note(self, claimed: Claimed) -> None:
@@ -99,8 +113,13 @@ class WorkArea:
         (self.root / f"{claimed.token}.claim.json").unlink(missing_ok=True)
 
     def pending(self) -> list[Claimed]:
-        """Files claimed and not yet filed, oldest claim first."""
-        return sorted(self._scan(self.root), key=lambda c: (c.claimed_at, c.path.name))
+        """Files claimed and not yet filed, oldest claim first; notes of filed ones are dropped."""
+        claims = sorted(self._scan(self.root), key=lambda c: (c.claimed_at, c.path.name))
+        tokens = {c.token for c in claims}
+        for note in self.root.glob("*.claim.json"):
+            if note.name.removesuffix(".claim.json") not in tokens:
+                note.unlink(missing_ok=True)  # its file was filed, then the process died
+        return claims
 
     def _scan(self, root: Path) -> Iterator[Claimed]:
         for entry in os.scandir(root):

@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from worker import __version__, exitcodes
+from worker import __version__, exitcodes, logs
 from worker.cli_common import ExitError, model_options, model_overrides, open_predictor, settings_for
 from worker.cli_daemon import healthcheck, watch
 from worker.cli_db import db, report
@@ -44,7 +44,7 @@ def cli(ctx: click.Context, config_path: Path | None, log_level: str | None) -> 
       xray-worker predict --json a.dcm b.png  # one JSON object per line
     """
     level = (log_level or ("INFO" if ctx.invoked_subcommand == "watch" else "WARNING")).upper()
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    logs.configure(level)
     ctx.obj = {"config_path": config_path}
 
 

@@ -102,12 +102,14 @@ def watch(ctx: click.Context, **flags: Any) -> None:
     from worker.sdnotify import Notifier
 
     settings = daemon_settings(ctx, flags)
+    faults = _faults()
     box = dataclasses.replace(
         settings.inbox,
         path=box_path(settings.inbox.path),
         processed=box_path(settings.inbox.processed),
         failed=box_path(settings.inbox.failed),
     )
+    os.umask(int(box.umask, 8))  # before anything is created: folders, sidecars, the database
     store = _open_store(settings)
     predictor = open_predictor(settings)
     predictor.warm_up()
@@ -136,9 +138,20 @@ def watch(ctx: click.Context, **flags: Any) -> None:
         worker_host=socket.gethostname(),
         notifier=Notifier(),
         lease_seconds=box.lease_seconds,
+        faults=faults,
     )
     _handle_signals(daemon)
     daemon.run()
+
+
+def _faults() -> Any:
+    """Crash points for bench/chaos.py, from XRAY_SCREEN_FAULT (unset: none)."""
+    from worker.faults import Faults
+
+    try:
+        return Faults.from_environ(os.environ)
+    except ConfigError as exc:
+        raise ExitError(str(exc)) from None
 
 
 def box_path(path: Path) -> Path:
@@ -147,6 +160,7 @@ def box_path(path: Path) -> Path:
 
 
 def _open_store(settings: Settings) -> Any:
+    from worker.db.engine import safe_url
     from worker.db.store import Store
 
     try:
@@ -155,7 +169,7 @@ def _open_store(settings: Settings) -> Any:
     except ConfigError as exc:
         raise ExitError(str(exc)) from None
     except TransientError as exc:
-        raise ExitError(f"database unavailable: {exc}", exitcodes.TEMPFAIL) from None
+        raise ExitError(f"{safe_url(settings.database.url)}: {exc}", exitcodes.TEMPFAIL) from None
     return store
 
 

@@ -112,6 +112,8 @@ class InboxSettings:
     max_wait_ms: int = field(default=200, metadata=_check(minimum=0, maximum=60_000))
     # Claims of a worker silent this long (seconds) are taken over by a live one.
     lease_seconds: int = field(default=600, metadata=_check(minimum=10))
+    # Permission bits removed from what the daemon creates (folders, .error.json, database).
+    umask: str = field(default="027", metadata={"pattern": r"0?[0-7]{3}", "hint": "an octal umask like 027"})
 
 
 @dataclass(frozen=True)

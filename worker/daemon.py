@@ -10,7 +10,9 @@ The order of a batch is what makes it safe:
 
 A crash before 3 leaves the file in the work area with nothing committed: it is screened
 again. A crash after 3 leaves it there with its audit row: the restart only finishes the
-move. So no file is lost, and none is recorded twice.
+move. A crash during 4 leaves it, at worst, under both names (a move is a hard link, then
+removing the old name): the restart sees the link and only removes the old name. So no
+file is lost, and none is recorded or filed twice.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from pathlib import Path
 from worker.claim import Claimed, WorkArea
 from worker.db.store import AuditRecord, ResultRecord, Store, StoredResult
 from worker.errors import TransientError
+from worker.faults import Faults
 from worker.filing import move_no_clobber, safe_component, write_error_sidecar
 from worker.hashing import sha256_file
 from worker.inbox import Inbox
@@ -93,6 +96,7 @@ class Daemon:
         notifier: Notifier | None = None,
         heartbeat_interval: float = 30.0,
         lease_seconds: float = 600.0,
+        faults: Faults | None = None,
     ):
         self.inbox, self.work, self.predictor, self.store = inbox, work, predictor, store
         self.folders = folders
@@ -102,6 +106,7 @@ class Daemon:
         self.notifier = notifier or Notifier({})
         self.heartbeat_interval = heartbeat_interval
         self.lease_seconds = lease_seconds
+        self.faults = faults or Faults()  # crash points for bench/chaos.py; inert by default
         self.backoff = Backoff()
         self.counts: dict[str, int] = {"screened": 0, "duplicate": 0, "failed": 0}
         self._queue: deque[Claimed] = deque()
@@ -197,10 +202,10 @@ class Daemon:
     def _beat(self) -> None:
         now = time.monotonic()
         if now - self._last_beat >= min(self.heartbeat_interval, self.notifier.watchdog_interval or 1e9):
-            self.work.heartbeat()
-            self.notifier.watchdog()
-            self.notifier.status(self.status())
             self._last_beat = now
+            self.notifier.watchdog()  # first: the daemon is alive even when its share is not
+            self.notifier.status(self.status())
+            self.work.heartbeat()
 
     def process(self, batch: list[Claimed]) -> None:
         start = time.perf_counter()
@@ -223,7 +228,9 @@ class Daemon:
         finished_at = datetime.now(UTC)
         results = [self._result(j, started, finished_at) for j in fresh]
         audits = [self._plan(j, finished_at) for j in todo]
-        self.store.record_batch(results, audits)
+        self.work.check()  # files unreadable because the share dropped are not failures to record
+        self.store.record_batch(results, audits, before_commit=lambda: self.faults.reach("in-commit"))
+        self.faults.reach("after-commit")
         for job, audit in zip(todo, audits, strict=True):
             self._file(job, Path(audit.destination_path or ""))
             self.counts[job.outcome] += 1
@@ -307,29 +314,34 @@ class Daemon:
 
     def _file(self, job: _Job, destination: Path) -> None:
         """Move the claimed file to its recorded destination (a free name beside it if taken)."""
+
+        def placed(moved: Path) -> None:
+            # The file is at ``moved`` and still in the work area: a crash from here on is
+            # finished by the restart, so the row and the sidecar are written now, not after.
+            if moved != destination:
+                self.store.set_destination(job.event_id, str(moved))
+            if job.outcome == "failed":
+                write_error_sidecar(
+                    moved,
+                    {
+                        "reason": job.reason,
+                        "source": job.claimed.source,
+                        "sha256": job.sha256,
+                        "at": datetime.now(UTC).isoformat(),
+                    },
+                )
+            self.faults.reach("mid-move")
+
         try:
-            moved = move_no_clobber(job.claimed.path, destination.parent, destination.name)
-        except FileNotFoundError:
-            if not job.claimed.path.exists():  # moved already, before a crash
-                self.work.release(job.claimed)
-                return
-            raise
+            moved = move_no_clobber(job.claimed.path, destination.parent, destination.name, placed=placed)
         except OSError as exc:
+            if isinstance(exc, FileNotFoundError) and not job.claimed.path.exists():
+                self.work.check()  # the whole inbox gone (a share that dropped) is not "moved"
+                self.work.release(job.claimed)  # moved already, before a crash
+                return
             raise TransientError(
                 f"cannot file {job.claimed.source} into {destination.parent}: {exc.strerror or exc}"
             ) from exc
-        if moved != destination:
-            self.store.set_destination(job.event_id, str(moved))
-        if job.outcome == "failed":
-            write_error_sidecar(
-                moved,
-                {
-                    "reason": job.reason,
-                    "source": job.claimed.source,
-                    "sha256": job.sha256,
-                    "at": datetime.now(UTC).isoformat(),
-                },
-            )
         self.work.release(job.claimed)
         verdict = job.label if job.outcome == "screened" else job.outcome
         extra = f" ({job.reason})" if job.reason else ""

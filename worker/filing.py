@@ -15,7 +15,7 @@ import os
 import re
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -52,23 +52,48 @@ def dated_folder(root: Path, when: datetime, *parts: str) -> Path:
     return root.joinpath(*(safe_component(p) for p in parts), when.strftime("%Y-%m-%d"))
 
 
-def move_no_clobber(src: Path, folder: Path, name: str) -> Path:
-    """Move ``src`` into ``folder`` as ``name`` (or ``name-1``, ``name-2``...); return the new path."""
+def move_no_clobber(
+    src: Path, folder: Path, name: str, *, placed: Callable[[Path], None] | None = None
+) -> Path:
+    """Move ``src`` into ``folder`` as ``name`` (or ``name-1``, ``name-2``...); return the new path.
+
+    ``placed(new_path)`` runs once the file has its new name and, where the file system has
+    hard links, still its old one: what it writes (a sidecar, a corrected database row) is
+    done before the old name goes. A move interrupted at that point (a crash) is finished by
+    the next call: a candidate that is already a hard link to ``src`` is this file, not a
+    name taken by another one.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     for candidate in _candidates(name):
         dst = folder / candidate
         try:
-            _place(src, dst)
+            kept = _place(src, dst)
         except FileExistsError:
-            continue
+            if not _same_file(src, dst):
+                continue
+            kept = True  # linked here by a move that died before removing the old name
         fsync_dir(folder)
+        if placed is not None:
+            placed(dst)
+        if kept:
+            src.unlink()
         fsync_dir(src.parent)
         return dst
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _place(src: Path, dst: Path) -> None:
-    """Give ``src`` the name ``dst`` and drop the old name; FileExistsError if ``dst`` is taken."""
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.samefile(b)
+    except OSError:
+        return False
+
+
+def _place(src: Path, dst: Path) -> bool:
+    """Give ``src`` the name ``dst`` too; FileExistsError if ``dst`` is taken.
+
+    Returns False when the file could only be renamed (its old name is already gone).
+    """
     try:
         os.link(src, dst, follow_symlinks=False)
     except FileExistsError:
@@ -76,19 +101,19 @@ def _place(src: Path, dst: Path) -> None:
     except OSError as exc:
         if exc.errno == errno.EXDEV:
             _copy_across(src, dst)
-            return
+            return True
         if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
             raise
         # No hard links on this file system (some SMB shares): check, then rename.
         if os.path.lexists(dst):
             raise FileExistsError(dst) from None
         src.rename(dst)
-        return
-    src.unlink()
+        return False
+    return True
 
 
 def _copy_across(src: Path, dst: Path) -> None:
-    """Another file system: copy to a temporary name, fsync, take ``dst``, then drop ``src``."""
+    """Another file system: copy to a temporary name, fsync, then take ``dst``."""
     tmp = dst.parent / f".{uuid.uuid4().hex}.partial"
     try:
         with src.open("rb") as fin, tmp.open("xb") as fout:
@@ -106,7 +131,6 @@ def _copy_across(src: Path, dst: Path) -> None:
             tmp.rename(dst)
     finally:
         tmp.unlink(missing_ok=True)
-    src.unlink()
 
 
 def fsync_dir(folder: Path) -> None:
@@ -127,7 +151,7 @@ def write_error_sidecar(moved: Path, details: dict[str, Any]) -> Path:
     tail = ".error.json"
     head = moved.name.encode()[: NAME_MAX - len(tail)].decode(errors="ignore")
     sidecar = moved.with_name(head + tail)
-    tmp = moved.with_name(f".{uuid.uuid4().hex}.tmp")
+    tmp = moved.with_name(f".{head}.tmp")  # one per file: a crash's leftover is reused, not left behind
     tmp.write_text(json.dumps({"file": moved.name, **details}, indent=2, default=str) + "\n")
     tmp.replace(sidecar)
     return sidecar

@@ -70,6 +70,8 @@ class Inbox:
         self._told: set[Path] = set()  # odd entries already logged once
         self._next_rescan = 0.0
         self._observer: Observer | PollingObserver | None = None
+        self._watched: tuple[int, int] | None = None
+        self._lost = False
 
     # -- watching ------------------------------------------------------------------
 
@@ -80,6 +82,7 @@ class Inbox:
         observer.daemon = True
         observer.start()
         self._observer = observer
+        self._watched = _identity(self.root)
         log.info(
             "watching %s (%s%s)",
             self.root,
@@ -100,7 +103,37 @@ class Inbox:
 
     @property
     def alive(self) -> bool:
-        return self._observer is None or self._observer.is_alive()
+        """False once watching has stopped: the folder vanished, or is not the one watched."""
+        observer = self._observer
+        if observer is None:
+            return True
+        running = observer.is_alive() and all(e.is_alive() for e in observer.emitters)
+        return running and _identity(self.root) == self._watched
+
+    def _rewatch(self) -> None:
+        """The observer dies with its folder (a share that dropped): watch again once it is back."""
+        if self._observer is None:
+            return
+        if self.alive:
+            if self._lost:
+                log.warning("the inbox %s is back", self.root)
+                self._lost, self._next_rescan = False, 0.0  # events were missed meanwhile
+            return
+        if _identity(self.root) is None:
+            if not self._lost:
+                log.warning("the inbox %s is gone; waiting for it to come back", self.root)
+                self._lost = True
+            return
+        dead = self._observer
+        self.stop()
+        try:
+            self.start()
+        except OSError as exc:  # gone again already
+            log.warning("cannot watch %s yet: %s", self.root, exc.strerror or exc)
+            self._observer = dead  # stopped: alive stays False, so this is tried again
+            return
+        log.warning("the inbox %s is back (or was replaced): watching it again", self.root)
+        self._lost, self._next_rescan = False, 0.0
 
     # -- deciding what is ready ------------------------------------------------------
 
@@ -122,11 +155,14 @@ class Inbox:
         """Seconds until a waiting file could become stable, or a rescan is due."""
         now = self.clock()
         soonest = self._next_rescan - now
+        if not self.alive:
+            soonest = min(soonest, self.poll_interval)  # look for the folder's return
         for seen in self._waiting.values():
             soonest = min(soonest, seen.since + self.stability - now)
         return max(0.05, soonest)
 
     def _refresh(self) -> None:
+        self._rewatch()
         now = self.clock()
         with self._lock:
             hints, self._hints = self._hints, set()
@@ -146,6 +182,8 @@ class Inbox:
         except FileNotFoundError:
             self._waiting.pop(path, None)
             return
+        except OSError:
+            return  # a share's I/O error: look again later
         if not stat.S_ISREG(st.st_mode) or self._ignored(path):
             self._waiting.pop(path, None)
             self._tell_once(path, st.st_mode)
@@ -174,6 +212,15 @@ class Inbox:
 
     def _scan(self) -> Iterator[Path]:
         yield from _walk(self.root, self.recursive)
+
+
+def _identity(folder: Path) -> tuple[int, int] | None:
+    """The folder's (device, inode), or None when it is not there."""
+    try:
+        st = folder.stat()
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino) if stat.S_ISDIR(st.st_mode) else None
 
 
 def _walk(folder: Path, recursive: bool) -> Iterator[Path]:

@@ -142,9 +142,9 @@ class Predictor:
         start = time.perf_counter()
         try:
             item, decoded = self.model.decode_and_prepare(path, self.limits)
-        except XrayScreenError:
+        except (XrayScreenError, KeyboardInterrupt, SystemExit):
             raise
-        except Exception as exc:  # a decoder bug must fail this file, not the batch
+        except BaseException as exc:  # a decoder bug (even a Rust panic) fails this file only
             log.exception("unexpected error decoding %s", path)
             raise DecodeError(f"unexpected decoder error: {type(exc).__name__}: {exc}") from exc
         return item, decoded, (time.perf_counter() - start) * 1000

@@ -27,7 +27,8 @@ from worker.errors import ModelError
 from worker.hashing import sha256_file
 
 # Bump when decode_file's output pixels change for the same input file.
-DECODE_VERSION = 1
+# 2: baseline-JPEG DICOMs decoded by Pillow (libjpeg-turbo), within one grey level of v1.
+DECODE_VERSION = 2
 
 
 class TensorXray(TensorImageBW):

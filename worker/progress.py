@@ -3,6 +3,7 @@ in a log, and a summary at the end. Pure text from counts; the scan decides when
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -95,23 +96,26 @@ class Progress:
         self.started = clock()
         self._next = self.started + self.interval
         self._drawn = False
+        self._lock = threading.Lock()
 
     @property
     def elapsed(self) -> float:
         return self.clock() - self.started
 
     def update(self, counts: ScanCounts) -> None:
-        now = self.clock()
-        if now < self._next:
-            return
-        self._next = now + self.interval
-        line = status_line(counts, now - self.started, self.limit)
-        if self.tty:
-            self.stream.write(f"\r{line}\x1b[K")
-            self._drawn = True
-        else:
-            self.stream.write(f"scan: {line}\n")
-        self.stream.flush()
+        """Called from the scan and from its commit thread: one writer at a time."""
+        with self._lock:
+            now = self.clock()
+            if now < self._next:
+                return
+            self._next = now + self.interval
+            line = status_line(counts, now - self.started, self.limit)
+            if self.tty:
+                self.stream.write(f"\r{line}\x1b[K")
+                self._drawn = True
+            else:
+                self.stream.write(f"scan: {line}\n")
+            self.stream.flush()
 
     def finish(self) -> None:
         """End the live line, so that what follows starts on a line of its own."""

@@ -31,7 +31,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -123,6 +123,8 @@ class Scanner:
         self._screening: deque[_Job] = deque()  # handed to the predictor, in its order
         self._first: dict[str, _Job] = {}  # content -> the file screening it, until committed
         self._ready: list[_Job] = []  # decided, waiting for the next commit
+        self._committer: ThreadPoolExecutor | None = None
+        self._committing: Future[None] | None = None  # the commit in flight, if any
 
     def stop(self) -> None:
         """Take no new files; what is in hand is finished and committed, then ``run()`` returns."""
@@ -142,15 +144,36 @@ class Scanner:
         the database stays unavailable (everything committed before stays)."""
         model = self.predictor.model
         log.info("scanning with %s (%s) on %s", model.name, model.sha256[:12], self.predictor.device_name)
-        with ThreadPoolExecutor(self.predictor.workers, thread_name_prefix="hash") as hashers:
-            for outcome in self.predictor.predict(self._feed(hashers)):
-                job = self._screening.popleft()
-                assert outcome.path == job.found.path, (outcome.path, job.found.path)
-                self._decide(job, outcome)
-                if len(self._ready) >= self.batch_size:
-                    self._commit()
-        self._commit()
+        with (
+            ThreadPoolExecutor(self.predictor.workers, thread_name_prefix="hash") as hashers,
+            ThreadPoolExecutor(1, thread_name_prefix="commit") as committer,
+        ):
+            self._committer = committer
+            try:
+                for outcome in self.predictor.predict(self._feed(hashers)):
+                    job = self._screening.popleft()
+                    assert outcome.path == job.found.path, (outcome.path, job.found.path)
+                    self._decide(job, outcome)
+                    if len(self._ready) >= self.batch_size:
+                        self._commit_soon()
+                self._commit_soon()
+            finally:
+                self._wait_for_commit()
         return self.counts
+
+    def _commit_soon(self) -> None:
+        """Hand the decided files to the commit thread, so the model need not wait for the
+        database; commits stay one at a time and in order (the previous one is awaited, and
+        its error, if any, raised here)."""
+        jobs, self._ready = self._ready, []
+        self._wait_for_commit()
+        if jobs:
+            self._committing = self._committer.submit(self._commit, jobs)
+
+    def _wait_for_commit(self) -> None:
+        committing, self._committing = self._committing, None
+        if committing is not None:
+            committing.result()
 
     # -- finding the work ------------------------------------------------------------
 
@@ -161,7 +184,7 @@ class Scanner:
                 self._screening.append(job)
                 yield job.found.path
             if len(self._ready) >= self.batch_size:  # duplicates need no model to be committed
-                self._commit()
+                self._commit_soon()
             if self.progress:
                 self.progress.update(self.counts)
 
@@ -226,10 +249,7 @@ class Scanner:
             self._ready.append(twin)
         job.twins = []
 
-    def _commit(self) -> None:
-        jobs, self._ready = self._ready, []
-        if not jobs:
-            return
+    def _commit(self, jobs: list[_Job]) -> None:
         start = time.perf_counter()
         model_sha = self.predictor.model.sha256
         results = [self._result(j) for j in jobs if j.outcome == "screened"]

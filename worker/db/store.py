@@ -11,7 +11,7 @@ in that transaction, and ``scan_index`` reads it back.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -151,8 +151,10 @@ class Store:
         self.store_patient_ids = store_patient_ids
 
     def require_head(self) -> None:
-        """Refuse a database whose schema is not the one this code writes (``ConfigError``)."""
-        require_head(self.engine)
+        """Refuse a database whose schema is not the one this code writes (``ConfigError``);
+        ``TransientError`` when it cannot be reached."""
+        with database_errors():
+            require_head(self.engine)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -162,11 +164,14 @@ class Store:
         results: Sequence[ResultRecord],
         audits: Sequence[AuditRecord],
         scanned: Sequence[ScannedRecord] = (),
+        *,
+        before_commit: Callable[[], None] | None = None,
     ) -> BatchSummary:
         """Commit results, their audit rows and a scan's index rows together, or nothing.
 
         ``TransientError`` means nothing was committed, or the commit's fate is unknown:
-        retrying the same batch is safe either way.
+        retrying the same batch is safe either way. ``before_commit`` runs with every row
+        written and the transaction still open (the chaos harness's crash point).
         """
         # One lock order for every writer, so two Postgres transactions never deadlock.
         rows = sorted(
@@ -191,6 +196,8 @@ class Store:
             scanned_rows = [self._scanned_row(latest[key], ids) for key in sorted(latest)]
             for chunk in chunks(scanned_rows, CHUNK):
                 conn.execute(_upsert(conn, scanned_files, ["path", "model_sha256"]), chunk)
+            if before_commit is not None:
+                before_commit()
         return BatchSummary(inserted, len(rows) - inserted, audits_inserted)
 
     def scan_index(self, paths: Iterable[str], model_sha256: str) -> dict[str, FileStamp]:

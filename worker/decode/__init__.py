@@ -38,11 +38,15 @@ def decode_file(
 
         decode = lambda: decode_raster(path, kind, limits, min_side)  # noqa: E731
     try:
-        return decode()
+        image = decode()
     except MemoryError:
         raise DecodeError("image too large to decode in memory") from None
     except (FileNotFoundError, PermissionError) as exc:
         raise ReadError(f"cannot read file: {exc.strerror or exc}") from None
+    low, high = int(image.pixels.min()), int(image.pixels.max())
+    if low == high:  # nothing to screen, whatever the format (DICOMs without a window refuse earlier)
+        raise DecodeError(f"image is blank: every pixel is {low}")
+    return image
 
 
 def _read_head(path: Path) -> bytes:

@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import re
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
+from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.pixels import apply_modality_lut, apply_voi
-from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import (
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEGBaseline8Bit,
+    RLELossless,
+)
 
 from worker.decode import pixels
 from worker.decode.image import DecodedImage, DicomFacts, Limits
@@ -19,18 +28,50 @@ _GREY = ("MONOCHROME1", "MONOCHROME2")
 _COLOUR = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "YBR_PARTIAL_420")
 
 
+# What pydicom raises when a damaged data element is first used (it parses values lazily):
+# bad lengths, unknown VRs, values of the wrong type or multiplicity, broken fragments.
+_MALFORMED = (
+    ValueError,
+    TypeError,
+    KeyError,
+    AttributeError,
+    IndexError,
+    NotImplementedError,
+    OverflowError,
+    ZeroDivisionError,
+    EOFError,
+    struct.error,
+    zlib.error,  # Deflated Explicit VR Little Endian
+    BytesLengthException,
+)
+
+
 def decode_dicom(path: Path, limits: Limits) -> DecodedImage:
     """Decode a single-frame DICOM image to 8-bit grey (0 = black)."""
     ds = read_dataset(path)
+    try:
+        return _decode(ds, path, limits)
+    except _MALFORMED as exc:
+        raise DecodeError(f"corrupt DICOM: {_message(exc)}") from None
+
+
+def _decode(ds: Dataset, path: Path, limits: Limits) -> DecodedImage:
     _require_single_image(ds, path)
     width, height = int(ds.Columns), int(ds.Rows)
     limits.check(width, height)
     stored = _pixel_array(ds)
+    if stored.ndim == 3 and stored.shape[1:] == (height, width):  # more data than NumberOfFrames says
+        raise DecodeError(f"multi-frame DICOM ({stored.shape[0]} frames): expected a single radiograph")
+    if stored.shape[:2] != (height, width):
+        raise DecodeError(f"corrupt DICOM pixel data: {stored.shape} for {height}x{width} pixels")
     photometric = str(ds.get("PhotometricInterpretation", "")).strip()
-    if photometric in _GREY:
+    if photometric in _GREY and stored.ndim == 2:
         unit = render_grey(stored, ds)
     elif photometric in _COLOUR and stored.ndim == 3:
         unit = pixels.full_range(pixels.luma(stored))
+    elif photometric in _GREY or photometric in _COLOUR:
+        samples = ds.get("SamplesPerPixel")
+        raise DecodeError(f"DICOM {photometric} image with {samples} samples per pixel is not supported")
     else:
         raise DecodeError(f"DICOM photometric interpretation {photometric or '(missing)'} is not supported")
     return DecodedImage(
@@ -44,10 +85,10 @@ def read_dataset(path: Path) -> Dataset:
         ds = pydicom.dcmread(path, force=True)
     except InvalidDicomError as exc:
         raise DecodeError(f"not a valid DICOM file: {exc}") from None
-    except (EOFError, ValueError, KeyError, TypeError, OverflowError, OSError) as exc:
+    except (*_MALFORMED, OSError) as exc:
         if isinstance(exc, (FileNotFoundError, PermissionError)):
             raise
-        raise DecodeError(f"corrupt DICOM: {exc or type(exc).__name__}") from None
+        raise DecodeError(f"corrupt DICOM: {_message(exc)}") from None
     if "TransferSyntaxUID" not in ds.file_meta:
         # No file meta: the data set's own encoding, which pydicom detected, is the syntax.
         implicit, little = ds.original_encoding
@@ -55,6 +96,13 @@ def read_dataset(path: Path) -> Dataset:
             ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian if little else ExplicitVRBigEndian
         )
     return ds
+
+
+def _message(exc: BaseException) -> str:
+    """The first line of an exception's message, kept short enough for a log line."""
+    lines = str(exc).strip().splitlines()
+    text = lines[0] if lines else type(exc).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
 
 
 _PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"  # (7FE0,0010) little endian
@@ -76,22 +124,46 @@ def _require_single_image(ds: Dataset, path: Path) -> None:
         raise DecodeError("DICOM pixel data without Rows/Columns")
 
 
+# Decoders chosen for robustness, found by fuzzing (bench/fuzz_decoder.py): on a baseline
+# JPEG stream with one byte changed pylibjpeg's libjpeg allocates without bound (23 GB), and
+# pylibjpeg-rle panics on an overlong segment (a PanicException, which is a BaseException
+# and so escaped every handler). libjpeg-turbo (Pillow) and pydicom's own RLE decoder refuse
+# both with an error.
+_PLUGIN = {JPEGBaseline8Bit: "pillow", RLELossless: "pydicom"}
+
+
 def _pixel_array(ds: Dataset) -> np.ndarray:
     syntax = ds.file_meta.TransferSyntaxUID
     try:
+        ds.pixel_array_options(decoding_plugin=_PLUGIN.get(syntax, ""))
         return ds.pixel_array
-    except (NotImplementedError, RuntimeError) as exc:
-        if (
-            "plugin" in str(exc).lower()
-            or "decoder" in str(exc).lower()
-            or "no pixel data handlers" in str(exc).lower()
-        ):
-            raise DecodeError(f"DICOM transfer syntax {syntax.name} cannot be decoded here") from None
-        raise DecodeError(f"corrupt DICOM pixel data ({syntax.name}): {exc}") from None
+    except NotImplementedError as exc:  # pydicom has no decoder at all for this syntax
+        if "data type" in str(exc):  # e.g. BitsAllocated 48: nothing to do with the syntax
+            raise DecodeError(f"corrupt DICOM pixel data ({syntax.name}): {exc}") from None
+        raise DecodeError(f"DICOM transfer syntax {_name(syntax)} cannot be decoded here") from None
+    except RuntimeError as exc:
+        if "missing dependencies" in str(exc):  # a decoder exists but its plugin is not installed
+            raise DecodeError(f"DICOM transfer syntax {_name(syntax)} cannot be decoded here") from None
+        # Every installed plugin tried and failed: the data is bad, not the syntax.
+        raise DecodeError(f"corrupt DICOM pixel data ({syntax.name}): {_plugin_error(exc)}") from None
     except (ValueError, KeyError, TypeError, AttributeError, EOFError, OSError, IndexError) as exc:
         if "less than expected" in str(exc):
             raise DecodeError(f"truncated DICOM: {exc}") from None
         raise DecodeError(f"corrupt DICOM pixel data ({syntax.name}): {exc or type(exc).__name__}") from None
+
+
+def _name(syntax: pydicom.uid.UID) -> str:
+    return syntax.name if syntax.name != str(syntax) else f"{syntax} (unknown to pydicom)"
+
+
+def _plugin_error(exc: RuntimeError) -> str:
+    """The first plugin's complaint from pydicom's "raised by all available plugins" message,
+    without object addresses, so that one kind of failure always has one reason."""
+    lines = [line.strip() for line in str(exc).splitlines()[1:] if line.strip()]
+    return _ADDRESS.sub("", lines[0]) if lines else str(exc) or type(exc).__name__
+
+
+_ADDRESS = re.compile(r" ?<[^<>]* at 0x[0-9a-fA-F]+>")
 
 
 def render_grey(stored: np.ndarray, ds: Dataset) -> np.ndarray:
