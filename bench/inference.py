@@ -74,6 +74,71 @@ def seed_learner(data: Path, out: Path, size: int) -> Path:
     return out
 
 
+def child(kind: str, model_path: Path, files: list[Path], rounds: int, batch_size: int) -> None:
+    """In a fresh process (its own OpenMP settings): the worker's path, or the two bounds."""
+    import json
+
+    from worker.config import InferenceSettings  # imports worker first: as the CLI does
+    from worker.inference import Predictor
+    from worker.learner import load_model
+
+    model = load_model(model_path, trust=True)
+    predictor = Predictor(model, InferenceSettings(batch_size=batch_size, device="cpu"))
+    items: list = []
+
+    def ours():
+        for _ in predictor.predict(files):
+            pass
+
+    def decode_only():
+        with ThreadPoolExecutor(os.cpu_count()) as pool:
+            items[:] = [item for item, _ in pool.map(model.decode_and_prepare, files)]
+
+    def model_only():
+        for i in range(0, len(items), batch_size):
+            predictor.infer(items[i : i + batch_size])
+
+    funcs = {"ours": [ours], "bounds": [decode_only, model_only]}[kind]
+    print(json.dumps([[len(files) / _seconds(f) for _ in range(rounds)] for f in funcs]))
+
+
+def _seconds(func) -> float:
+    start = time.perf_counter()
+    func()
+    return time.perf_counter() - start
+
+
+def in_child(kind: str, model_path: Path, rounds: int, batch_size: int, omp: str) -> list[list[float]]:
+    import json
+    import subprocess
+
+    env = {**os.environ, "OMP_WAIT_POLICY": omp}
+    out = subprocess.run(
+        [
+            sys.executable,
+            __file__,
+            "--child",
+            kind,
+            "--model",
+            str(model_path),
+            "--rounds",
+            str(rounds),
+            "--batch-size",
+            str(batch_size),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def from_rates(label: str, n: int, rates: list[float]) -> dict:
+    print(f"  {label}: {', '.join(f'{r:.1f}' for r in rates)} images/s", file=sys.stderr, flush=True)
+    return {"label": label, "n": n, "median": statistics.median(rates), "rates": rates}
+
+
 def timed(label: str, n: int, func, rounds: int) -> dict:
     rates = []
     for _ in range(rounds):
@@ -92,13 +157,17 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seed-files", type=int, default=100, help="files for the slow per-file way")
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--child", choices=["ours", "bounds"], help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child:
+        files = sorted((DATA / "chest_xray_full").rglob("*.jpeg"))
+        child(args.child, args.model, files, args.rounds, args.batch_size)
+        return
 
     import torch
     from fastai.learner import load_learner
 
-    from worker.config import DEFAULT_MODEL, InferenceSettings
-    from worker.inference import Predictor
+    from worker.config import DEFAULT_MODEL
     from worker.learner import load_model
 
     files = sorted((DATA / "chest_xray_full").rglob("*.jpeg"))
@@ -125,22 +194,19 @@ def main() -> None:
         with learn.no_bar():
             learn.get_preds(dl=learn.dls.test_dl(files, bs=args.batch_size))
 
-    predictor = Predictor(model, InferenceSettings(batch_size=args.batch_size, device="cpu"))
-
-    def ours():
-        for _ in predictor.predict(files):
-            pass
-
-    items: list = []
-
-    def decode_only():
-        with ThreadPoolExecutor(os.cpu_count()) as pool:
-            items[:] = [item for item, _ in pool.map(model.decode_and_prepare, files)]
-
-    def model_only():
-        for i in range(0, len(items), args.batch_size):
-            predictor.infer(items[i : i + args.batch_size])
-
+    [ours] = in_child("ours", model_path, args.rounds, args.batch_size, "PASSIVE")
+    bounds = {
+        omp: in_child("bounds", model_path, args.rounds, args.batch_size, omp)
+        for omp in ("ACTIVE", "PASSIVE")
+    }
+    best = {
+        kind: max((bounds[omp][i] for omp in bounds), key=statistics.median)
+        for i, kind in enumerate(("decode", "model"))
+    }
+    policy = {
+        kind: next(omp for omp in bounds if bounds[omp][i] is best[kind])
+        for i, kind in enumerate(("decode", "model"))
+    }
     results = [
         timed(
             "seed's way: seed learner, load_learner + learn.predict per file",
@@ -154,15 +220,17 @@ def main() -> None:
             fastai_batched,
             args.rounds,
         ),
-        timed(f"xray-worker predict path (bs {args.batch_size})", len(files), ours, args.rounds),
-        timed(
-            f"bound: decode + item transforms only ({os.cpu_count()} threads)",
+        from_rates(f"xray-worker predict path (bs {args.batch_size})", len(files), ours),
+        from_rates(
+            f"bound: decode + item transforms only ({os.cpu_count()} threads, "
+            f"OMP_WAIT_POLICY={policy['decode']})",
             len(files),
-            decode_only,
-            args.rounds,
+            best["decode"],
         ),
-        timed(
-            f"bound: model only on ready tensors (bs {args.batch_size})", len(files), model_only, args.rounds
+        from_rates(
+            f"bound: model only on ready tensors (bs {args.batch_size}, OMP_WAIT_POLICY={policy['model']})",
+            len(files),
+            best["model"],
         ),
     ]
     decode, model_rate = results[3]["median"], results[4]["median"]

@@ -37,6 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(os.environ.get("XRAY_SCREEN_DATA", ROOT.parent / "shared" / "data"))
 EXE = Path(sys.executable).with_name("xray-worker")
 MODEL = ROOT / "models" / "pneumonia-resnet18" / "export.pkl"
+STABILITY = 2.0  # the daemon's default stability window, seconds
 
 
 def make_corpus(dst: Path, copies: int) -> list[Path]:
@@ -123,13 +124,14 @@ def peak_rss_mib(proc: subprocess.Popen) -> float:
     return peak
 
 
-def run_child(row: str, files_dir: Path, work: Path, limit: int | None) -> tuple[dict, float]:
+def run_child(row: str, files_dir: Path, work: Path, limit: int | None, omp: str = "") -> tuple[dict, float]:
     args = [sys.executable, __file__, "--row", row, "--files-dir", str(files_dir), "--work", str(work)]
     if limit:
         args += ["--limit", str(limit)]
     out = work / f"{row}.json"
+    env = {**os.environ, **({"OMP_WAIT_POLICY": omp} if omp else {})}
     with out.open("wb") as fh:
-        proc = subprocess.Popen(args, stdout=fh, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(args, stdout=fh, stderr=subprocess.DEVNULL, env=env)
     rss = peak_rss_mib(proc)
     if proc.returncode != 0:
         raise SystemExit(f"row {row} failed")
@@ -195,14 +197,18 @@ def watch_row(files: list[Path], work: Path) -> dict:
                 last = time.perf_counter()
                 break
             time.sleep(0.02)
+    status = Path(f"/proc/{proc.pid}/status").read_text().splitlines()
+    hwm = next(int(line.split()[1]) / 1024 for line in status if line.startswith("VmHWM:"))
     proc.send_signal(signal.SIGTERM)
-    _, _, usage = os.wait4(proc.pid, 0)
+    proc.wait(60)
+    # The throughput clock starts once the files have sat out the stability window (a fixed
+    # wait: latency, not work) and stops at the last commit.
     return {
         "startup": startup,
         "first_after": first - t0,
-        "busy": last - first,
+        "busy": last - t0 - STABILITY,
         "total": last - t0,
-        "rss": usage.ru_maxrss / 1024,
+        "rss": hwm,
     }
 
 
@@ -243,8 +249,11 @@ def main() -> None:
     scan = scan_row(work / "corpus", work)
     results["scan"] = (n / (scan["total"] - scan["startup"]), scan["rss"])
     print(f"  scan: {results['scan'][0]:.1f} images/s ({scan})", file=sys.stderr, flush=True)
-    bounds, bounds_rss = run_child("bounds", work / "corpus", work, None)
-    decode, model = n / bounds["decode_seconds"], n / bounds["model_seconds"]
+    # Each bound at its best: OpenMP's spinning threads help the model alone, hurt decoding.
+    runs = [run_child("bounds", work / "corpus", work, None, omp) for omp in ("ACTIVE", "PASSIVE")]
+    bounds_rss = max(rss for _, rss in runs)
+    decode = max(n / b["decode_seconds"] for b, _ in runs)
+    model = max(n / b["model_seconds"] for b, _ in runs)
     print(f"  bounds: decode {decode:.1f}, model {model:.1f}", file=sys.stderr, flush=True)
     watch = watch_row(files, work)
     results["watch"] = (n / watch["busy"], watch["rss"])
@@ -262,8 +271,8 @@ def main() -> None:
         "fastai": "one bulk INSERT",
         "scan": f"after start-up ({scan['startup']:.1f} s, measured on an empty folder); "
         f"total {scan['total']:.1f} s = {n / scan['total']:.1f} images/s",
-        "watch": f"first commit {watch['first_after']:.1f} s after the drop (stability window 2 s), then "
-        f"{watch['busy']:.1f} s for all; start-up {watch['startup']:.1f} s",
+        "watch": f"all {n} committed {watch['total']:.1f} s after the drop, minus the 2 s stability window; "
+        f"first commit after {watch['first_after']:.1f} s; start-up {watch['startup']:.1f} s",
     }
     names = {
         "seed": "seed's way: learn.predict per file",

@@ -220,7 +220,16 @@ def test_inbox_share_drops_and_comes_back(sites, jpegs, mode: str):
     site = sites()
     # No periodic rescan in this test: files dropped after the share returns are found only
     # if the daemon watches the folder again.
-    proc = site.start("w1", mode, "--set", "inbox.poll_interval=0.5", "--set", "inbox.rescan_interval=3600")
+    proc = site.start(
+        "w1",
+        mode,
+        "--set",
+        "inbox.poll_interval=0.5",
+        "--set",
+        "inbox.rescan_interval=3600",
+        "--batch-size",
+        "2",  # small steps (a window of 8 files), so the share drops mid-work
+    )
     drop(site, jpegs[:30])
     wait(site, lambda: "batch:" in site.log(), 60, "no batch")
     away = site.root / "share-gone"

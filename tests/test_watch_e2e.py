@@ -168,12 +168,12 @@ def test_sigterm_mid_run_then_restart_loses_nothing(make_site, full_res_dir):
     files = real_jpegs(full_res_dir, 60)
     for f in files:
         shutil.copy(f, site.inbox / f.name)
-    proc = site.start()
+    proc = site.start("w1", "--batch-size", "4")  # steps of 16 files: SIGTERM lands mid-run
     wait_for(lambda: "batch:" in site.log(), 60, "no batch finished")
     assert site.stop(proc) == 0
     assert "stopped:" in site.log()
     assert 0 < len(site.filed()) < 60  # stopped in the middle
-    proc = site.start()
+    proc = site.start("w1", "--batch-size", "4")
     wait_for(lambda: len(site.filed()) == 60, 120, f"not all filed after restart:\n{site.log()}")
     assert site.stop(proc) == 0
     assert sorted(p.name for p in site.filed()) == sorted(f.name for f in files)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from worker.errors import ConfigError, TransientError
-from worker.filing import NAME_MAX, fit_name, fsync_dir
+from worker.filing import NAME_MAX, fit_name
 
 log = logging.getLogger(__name__)
 
@@ -105,8 +105,9 @@ class WorkArea:
 
     def _write_note(self, claimed: Claimed) -> None:
         note = self.root / f"{claimed.token}.claim.json"
+        # Not fsynced: losing a note to a power cut only loses the source's folder (the file
+        # keeps its name), and a rename that did not reach the disk leaves the file in the inbox.
         note.write_text(json.dumps({"source": claimed.source, "claimed_at": claimed.claimed_at}))
-        fsync_dir(self.root)
 
     def release(self, claimed: Claimed) -> None:
         """Forget a claim whose file has been filed."""

@@ -22,6 +22,7 @@ import threading
 import time
 import uuid
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -39,6 +40,7 @@ from worker.retry import Backoff
 from worker.sdnotify import Notifier
 
 log = logging.getLogger(__name__)
+WINDOW_BATCHES = 4
 
 
 @dataclass(frozen=True)
@@ -101,6 +103,10 @@ class Daemon:
         self.inbox, self.work, self.predictor, self.store = inbox, work, predictor, store
         self.folders = folders
         self.batch_size = batch_size
+        # With a backlog, up to this many files go through one step: the model still sees
+        # batch_size at a time, but decoding overlaps it across batches and the per-step
+        # costs (queries, the commit, fsyncs) are paid once for several batches.
+        self.window = batch_size * WINDOW_BATCHES
         self.max_wait = max_wait
         self.worker_host = worker_host
         self.notifier = notifier or Notifier({})
@@ -111,6 +117,7 @@ class Daemon:
         self.counts: dict[str, int] = {"screened": 0, "duplicate": 0, "failed": 0}
         self._queue: deque[Claimed] = deque()
         self._stop = threading.Event()
+        self._hashers = ThreadPoolExecutor(predictor.workers, thread_name_prefix="hash")
         self._last_beat = 0.0
 
     # -- lifecycle -------------------------------------------------------------------
@@ -158,6 +165,7 @@ class Daemon:
         finally:
             self.notifier.stopping()
             self.inbox.stop()
+            self._hashers.shutdown()
             self.work.close()
             log.info("stopped: %s", self.status())
 
@@ -181,7 +189,7 @@ class Daemon:
     def step(self) -> int:
         """Claim what is ready; screen one batch when full or old enough. Returns files filed."""
         self._beat()
-        room = self.batch_size - len(self._queue)
+        room = self.window - len(self._queue)
         if room > 0:
             for path in self.inbox.take(room):
                 claimed = self.work.claim(path)
@@ -193,7 +201,7 @@ class Daemon:
         old = time.time() - self._queue[0].claimed_at >= self.max_wait
         if not (full or old or self._stop.is_set()):
             return 0
-        batch = [self._queue[i] for i in range(min(self.batch_size, len(self._queue)))]
+        batch = [self._queue[i] for i in range(min(self.window, len(self._queue)))]
         self.process(batch)  # raises TransientError with the batch still queued
         for _ in batch:
             self._queue.popleft()
@@ -220,8 +228,7 @@ class Daemon:
         if not todo:
             return
         started = datetime.now(UTC)
-        for job in todo:
-            self._hash(job)
+        list(self._hashers.map(self._hash, todo))  # reading and hashing overlap across files
         model = self.predictor.model
         known = self.store.known_results([j.sha256 for j in todo if j.sha256], model.sha256)
         fresh = self._screen(todo, known)

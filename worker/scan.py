@@ -178,15 +178,33 @@ class Scanner:
     # -- finding the work ------------------------------------------------------------
 
     def _feed(self, hashers: ThreadPoolExecutor) -> Iterator[Path]:
-        """The paths that need the model; the predictor pulls them as it has room."""
-        for chunk in chunks(self._found(), self.batch_size):
-            for job in self._plan(chunk, hashers):
-                self._screening.append(job)
-                yield job.found.path
-            if len(self._ready) >= self.batch_size:  # duplicates need no model to be committed
-                self._commit_soon()
-            if self.progress:
-                self.progress.update(self.counts)
+        """The paths that need the model; the predictor pulls them as it has room.
+
+        Without a limit, the next chunk is looked up and hashed in the background while
+        this one is settled and screened, so the model never waits for the disk or the
+        index (with ``--limit``, chunks go one at a time, so no file beyond it is read).
+        """
+        with ThreadPoolExecutor(1, thread_name_prefix="read-ahead") as reader:
+            ahead: Future[_Read] | None = None
+            found = chunks(self._found(), self.batch_size)
+            while True:
+                if ahead is not None:
+                    read, ahead = ahead.result(), None
+                    if self._stop.is_set():
+                        return  # read ahead, but not taken: the next run reads it again
+                else:
+                    read = self._read(next(found, None), hashers)
+                if read is None:
+                    return
+                if self.limit is None and not self._stop.is_set():
+                    ahead = reader.submit(self._read, next(found, None), hashers)
+                for job in self._settle(read):
+                    self._screening.append(job)
+                    yield job.found.path
+                if len(self._ready) >= self.batch_size:  # duplicates need no model to be committed
+                    self._commit_soon()
+                if self.progress:
+                    self.progress.update(self.counts)
 
     def _found(self) -> Iterator[FoundFile]:
         for found in self.files:
@@ -194,24 +212,32 @@ class Scanner:
                 return
             yield found
 
-    def _plan(self, chunk: Sequence[FoundFile], hashers: ThreadPoolExecutor) -> list[_Job]:
-        """Skip what is unchanged, hash the rest, settle duplicates; return what needs the model."""
+    def _read(self, chunk: Sequence[FoundFile] | None, hashers: ThreadPoolExecutor) -> _Read | None:
+        """Skip what the index says is unchanged, hash the rest. Touches no shared state."""
+        if not chunk:
+            return None
         model_sha = self.predictor.model.sha256
         stamps = self._retrying(lambda: self.store.scan_index([str(f.path) for f in chunk], model_sha))
-        jobs: list[_Job] = []
+        fresh = []
         for found in chunk:
             stamp = stamps.get(str(found.path))
-            if stamp is not None and (stamp.size, stamp.mtime_ns) == (found.size, found.mtime_ns):
-                self.counts.skipped += 1
-                continue
-            if self.at_limit:
-                break
-            self._planned += 1
-            jobs.append(_Job(found))
-        for job in hashers.map(_hash, jobs):
+            if stamp is None or (stamp.size, stamp.mtime_ns) != (found.size, found.mtime_ns):
+                fresh.append(found)
+        skipped = len(chunk) - len(fresh)
+        if self.limit is not None:  # no read-ahead with a limit: _planned is current here
+            fresh = fresh[: max(0, self.limit - self._planned)]
+        jobs = list(hashers.map(_hash, [_Job(found) for found in fresh]))
+        return _Read(jobs, skipped)
+
+    def _settle(self, read: _Read) -> list[_Job]:
+        """Settle failures and duplicates; return what needs the model."""
+        self.counts.skipped += read.skipped
+        self._planned += len(read.jobs)
+        model_sha = self.predictor.model.sha256
+        for job in read.jobs:
             if job.outcome == "failed":
                 self._ready.append(job)
-        hashed = [j for j in jobs if j.sha256 is not None]
+        hashed = [j for j in read.jobs if j.sha256 is not None]
         new = {j.sha256 for j in hashed if j.sha256 not in self._first}
         known = self._retrying(lambda: self.store.known_results(new, model_sha)) if new else {}
         to_screen: list[_Job] = []
@@ -338,6 +364,14 @@ class Scanner:
             at=job.finished_at or datetime.now(UTC),
             event_id=job.event_id,  # fixed per file: a retried commit cannot log it twice
         )
+
+
+@dataclass
+class _Read:
+    """A chunk of found files, looked up in the skip index and hashed."""
+
+    jobs: list[_Job]
+    skipped: int
 
 
 def _hash(job: _Job) -> _Job:
