@@ -185,7 +185,9 @@ def test_sigterm_mid_run_then_restart_loses_nothing(make_site, full_res_dir):
 def test_two_polling_workers_share_one_inbox(make_site, full_res_dir, postgres_database):
     url = postgres_database.render_as_string(hide_password=False)
     site = make_site(url)
-    workers = [site.start("a", "--polling"), site.start("b", "--polling")]
+    # Small steps (a window of 8 files) and quick polls, so that both workers find work.
+    fast = ("--polling", "--batch-size", "2", "--set", "inbox.poll_interval=0.5")
+    workers = [site.start("a", *fast), site.start("b", *fast)]
     files = real_jpegs(full_res_dir, 80)
     for f in files:
         shutil.copy(f, site.inbox / f.name)
