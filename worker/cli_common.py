@@ -80,3 +80,19 @@ def model_overrides(flags: dict[str, Any]) -> dict[str, Any]:
         "inference.device": flags.pop("device", None),
         "inference.batch_size": flags.pop("batch_size", None),
     }
+
+
+def open_store(settings: Settings) -> Any:
+    """The results database, refused unless at head (exit 78) or reachable (exit 75)."""
+    from worker.db.engine import safe_url
+    from worker.db.store import Store
+    from worker.errors import TransientError
+
+    try:
+        store = Store(settings.database.url, store_patient_ids=settings.database.store_patient_ids)
+        store.require_head()
+    except ConfigError as exc:
+        raise ExitError(str(exc)) from None
+    except TransientError as exc:
+        raise ExitError(f"{safe_url(settings.database.url)}: {exc}", exitcodes.TEMPFAIL) from None
+    return store

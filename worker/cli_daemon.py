@@ -15,9 +15,16 @@ from typing import Any
 import click
 
 from worker import exitcodes
-from worker.cli_common import ExitError, model_options, model_overrides, open_predictor, settings_for
+from worker.cli_common import (
+    ExitError,
+    model_options,
+    model_overrides,
+    open_predictor,
+    open_store,
+    settings_for,
+)
 from worker.config import Settings
-from worker.errors import ConfigError, ModelError, TransientError, XrayScreenError
+from worker.errors import ConfigError, ModelError, XrayScreenError
 
 log = logging.getLogger("worker")
 
@@ -110,7 +117,7 @@ def watch(ctx: click.Context, **flags: Any) -> None:
         failed=box_path(settings.inbox.failed),
     )
     os.umask(int(box.umask, 8))  # before anything is created: folders, sidecars, the database
-    store = _open_store(settings)
+    store = open_store(settings)
     predictor = open_predictor(settings)
     predictor.warm_up()
     try:
@@ -157,20 +164,6 @@ def _faults() -> Any:
 def box_path(path: Path) -> Path:
     """Absolute, so that the audit trail says exactly where files were and went."""
     return path.expanduser().absolute()
-
-
-def _open_store(settings: Settings) -> Any:
-    from worker.db.engine import safe_url
-    from worker.db.store import Store
-
-    try:
-        store = Store(settings.database.url, store_patient_ids=settings.database.store_patient_ids)
-        store.require_head()
-    except ConfigError as exc:
-        raise ExitError(str(exc)) from None
-    except TransientError as exc:
-        raise ExitError(f"{safe_url(settings.database.url)}: {exc}", exitcodes.TEMPFAIL) from None
-    return store
 
 
 def _handle_signals(daemon: Any) -> None:

@@ -16,10 +16,16 @@ from typing import Any
 import click
 
 from worker import exitcodes
-from worker.cli_common import ExitError, model_options, model_overrides, open_predictor, settings_for
+from worker.cli_common import (
+    ExitError,
+    model_options,
+    model_overrides,
+    open_predictor,
+    open_store,
+    settings_for,
+)
 from worker.cli_db import Since
 from worker.config import Settings
-from worker.db.store import Store
 from worker.discover import FileFilter, distinct_roots, walk_files
 from worker.errors import ConfigError, TransientError
 from worker.progress import Progress, summary_lines
@@ -100,7 +106,7 @@ def scan(
     folders = _archive_roots(settings)
     if output is not None:
         _check_output(output, folders)
-    store = _open_store(settings)
+    store = open_store(settings)
     predictor = open_predictor(settings)
     try:
         results_file = ResultsFile(output, predictor.model.vocab) if output else None
@@ -166,17 +172,6 @@ def _check_output(output: Path, roots: list[Path]) -> None:
                 "writes to: put it somewhere else",
                 exitcodes.USAGE,
             )
-
-
-def _open_store(settings: Settings) -> Store:
-    try:
-        store = Store(settings.database.url, store_patient_ids=settings.database.store_patient_ids)
-        store.require_head()
-    except ConfigError as exc:
-        raise ExitError(str(exc)) from None
-    except TransientError as exc:
-        raise ExitError(f"database unavailable: {exc}", exitcodes.TEMPFAIL) from None
-    return store
 
 
 @contextmanager
