@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import signal
 import socket
 import sys
 import uuid
@@ -14,7 +13,6 @@ from typing import Any
 
 import click
 
-from worker import exitcodes
 from worker.cli_common import (
     ExitError,
     model_options,
@@ -25,6 +23,7 @@ from worker.cli_common import (
 )
 from worker.config import Settings
 from worker.errors import ConfigError, ModelError, XrayScreenError
+from worker.signals import two_stage_shutdown
 
 log = logging.getLogger("worker")
 
@@ -147,8 +146,16 @@ def watch(ctx: click.Context, **flags: Any) -> None:
         lease_seconds=box.lease_seconds,
         faults=faults,
     )
-    _handle_signals(daemon)
-    daemon.run()
+    with two_stage_shutdown(
+        daemon.stop,
+        on_first=lambda name: log.info(
+            "%s: finishing the current batch, then stopping (again to exit at once)", name
+        ),
+        on_second=lambda name: log.warning(
+            "%s again: exiting now; claimed files are recovered at the next start", name
+        ),
+    ):
+        daemon.run()
 
 
 def _faults() -> Any:
@@ -164,27 +171,6 @@ def _faults() -> Any:
 def box_path(path: Path) -> Path:
     """Absolute, so that the audit trail says exactly where files were and went."""
     return path.expanduser().absolute()
-
-
-def _handle_signals(daemon: Any) -> None:
-    def first(signum: int, _frame: Any) -> None:
-        log.info(
-            "%s: finishing the current batch, then stopping (again to exit at once)",
-            signal.Signals(signum).name,
-        )
-        daemon.stop()
-        signal.signal(signal.SIGTERM, second)
-        signal.signal(signal.SIGINT, second)
-
-    def second(signum: int, _frame: Any) -> None:
-        log.warning(
-            "%s again: exiting now; claimed files are recovered at the next start",
-            signal.Signals(signum).name,
-        )
-        os._exit(exitcodes.INTERRUPTED)
-
-    signal.signal(signal.SIGTERM, first)
-    signal.signal(signal.SIGINT, first)
 
 
 @click.command()

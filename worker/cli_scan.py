@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import logging
-import os
-import signal
 import socket
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -30,6 +27,7 @@ from worker.discover import FileFilter, distinct_roots, walk_files
 from worker.errors import ConfigError, TransientError
 from worker.progress import Progress, summary_lines
 from worker.results_file import ResultsFile, output_format
+from worker.signals import two_stage_shutdown
 
 log = logging.getLogger("worker")
 
@@ -174,29 +172,14 @@ def _check_output(output: Path, roots: list[Path]) -> None:
             )
 
 
-@contextmanager
-def _graceful_signals(scanner: Any) -> Iterator[None]:
+def _graceful_signals(scanner: Any) -> AbstractContextManager[None]:
     """First SIGINT/SIGTERM: finish and commit what is in hand, then stop. Second: exit now."""
-
-    def first(signum: int, _frame: Any) -> None:
-        click.echo(
-            f"\n{signal.Signals(signum).name}: committing the files in hand, then stopping "
-            "(again to exit at once)",
-            err=True,
-        )
-        scanner.stop()
-        signal.signal(signal.SIGTERM, second)
-        signal.signal(signal.SIGINT, second)
-
-    def second(signum: int, _frame: Any) -> None:
-        click.echo(
-            f"{signal.Signals(signum).name} again: exiting now; the next run redoes the batch", err=True
-        )
-        os._exit(exitcodes.INTERRUPTED)
-
-    previous = {sig: signal.signal(sig, first) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    return two_stage_shutdown(
+        scanner.stop,
+        on_first=lambda name: click.echo(
+            f"\n{name}: committing the files in hand, then stopping (again to exit at once)", err=True
+        ),
+        on_second=lambda name: click.echo(
+            f"{name} again: exiting now; the next run redoes the batch", err=True
+        ),
+    )
