@@ -56,17 +56,30 @@ def model_options(func: Any) -> Any:
     return func
 
 
-def open_predictor(settings: Settings) -> Any:
-    """Load the model (checked) and build the batched predictor."""
-    from worker.decode import Limits
-    from worker.inference import Predictor
+def open_model(settings: Settings) -> Any:
+    """Load the model, refused unless its SHA-256 is the configured one (exit 78)."""
     from worker.learner import load_model
 
     m = settings.model
     try:
-        model = load_model(m.path, sha256=m.expected_sha256(), trust=m.trust, positive_class=m.positive_class)
-        limits = Limits(settings.decode.max_pixels, settings.decode.max_side, settings.decode.min_side)
-        return Predictor(model, settings.inference, limits)
+        return load_model(m.path, sha256=m.expected_sha256(), trust=m.trust, positive_class=m.positive_class)
+    except ModelError as exc:
+        raise ExitError(str(exc)) from None
+
+
+def decode_limits(settings: Settings) -> Any:
+    from worker.decode import Limits
+
+    return Limits(settings.decode.max_pixels, settings.decode.max_side, settings.decode.min_side)
+
+
+def open_predictor(settings: Settings) -> Any:
+    """Load the model (checked) and build the batched predictor."""
+    from worker.inference import Predictor
+
+    model = open_model(settings)
+    try:
+        return Predictor(model, settings.inference, decode_limits(settings))
     except (ModelError, ConfigError) as exc:
         raise ExitError(str(exc)) from None
 

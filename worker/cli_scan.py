@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 import socket
 import sys
-from contextlib import AbstractContextManager
+from collections.abc import Callable
+from contextlib import AbstractContextManager, ExitStack
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -15,8 +17,10 @@ import click
 from worker import exitcodes
 from worker.cli_common import (
     ExitError,
+    decode_limits,
     model_options,
     model_overrides,
+    open_model,
     open_predictor,
     open_store,
     settings_for,
@@ -24,7 +28,7 @@ from worker.cli_common import (
 from worker.cli_db import Since
 from worker.config import Settings
 from worker.discover import FileFilter, distinct_roots, walk_files
-from worker.errors import ConfigError, TransientError
+from worker.errors import ClusterError, ConfigError, TransientError
 from worker.progress import Progress, summary_lines
 from worker.results_file import ResultsFile, output_format
 from worker.signals import two_stage_shutdown
@@ -59,6 +63,16 @@ log = logging.getLogger("worker")
     help="Also write this run's files and verdicts to FILE.csv or FILE.jsonl (replaced).",
 )
 @click.option("--db", "db_url", metavar="URL", help="Results database URL. Default: [database] url.")
+@click.option(
+    "--engine",
+    type=click.Choice(["local", "ray"]),
+    help="local: this machine's threads; ray: a Ray cluster (xray-screen[ray]). Default: [scan] engine.",
+)
+@click.option(
+    "--ray-address",
+    metavar="ADDR",
+    help="Ray cluster to join (head:6379, ray://head:10001); default [ray] address, else a local instance.",
+)
 @model_options
 @click.pass_context
 def scan(
@@ -70,6 +84,8 @@ def scan(
     limit: int | None,
     output: Path | None,
     db_url: str | None,
+    engine: str | None,
+    ray_address: str | None,
     **flags: Any,
 ) -> None:
     """Screen every X-ray below the ROOT folders into the results database; files are only read.
@@ -82,15 +98,18 @@ def scan(
 
     \b
     Exit status: 0 done (undecodable files are recorded as failed, not an error);
-    130 stopped by a signal (the work done is kept); 75 database unavailable; 78 settings.
+    130 stopped by a signal (the work done is kept); 75 database (or Ray cluster)
+    unavailable; 78 settings.
+
+    With --engine ray the same scan runs on a Ray cluster (decoding on its CPUs, the model
+    on its GPUs, see docs/scale-out.md), with the same rows in the database.
 
     \b
     Example:
       xray-worker scan /srv/archive/xray --include '*.dcm' --since 30d --output night.csv
       xray-worker scan                       # the [scan] roots, as the nightly timer does
+      xray-worker scan /mnt/archive --engine ray --ray-address head.example:6379
     """
-    from worker.scan import Scanner  # imports torch: not for --help
-
     settings = settings_for(
         ctx,
         **model_overrides(flags),
@@ -99,45 +118,48 @@ def scan(
             "scan.roots": tuple(map(str, roots)) or None,
             "scan.include": include or None,
             "scan.exclude": exclude or None,
+            "scan.engine": engine,
+            "ray.address": ray_address,
         },
     )
     folders = _archive_roots(settings)
     if output is not None:
         _check_output(output, folders)
     store = open_store(settings)
-    predictor = open_predictor(settings)
-    try:
-        results_file = ResultsFile(output, predictor.model.vocab) if output else None
-    except OSError as exc:
-        raise ExitError(f"cannot write --output {output}: {exc.strerror or exc}") from None
-    progress = Progress(sys.stderr, interval=settings.scan.progress_interval, limit=limit)
+    with ExitStack() as stack:
+        stack.callback(store.close)
+        vocab, make_scanner = _open_engine(stack, settings)
+        try:
+            results_file = ResultsFile(output, vocab) if output else None
+        except OSError as exc:
+            raise ExitError(f"cannot write --output {output}: {exc.strerror or exc}") from None
+        progress = Progress(sys.stderr, interval=settings.scan.progress_interval, limit=limit)
 
-    def unreadable(folder: Path, exc: OSError) -> None:
-        log.warning("cannot read %s: %s", folder, exc.strerror or exc)
-        scanner.counts.unreadable_folders += 1
+        def unreadable(folder: Path, exc: OSError) -> None:
+            log.warning("cannot read %s: %s", folder, exc.strerror or exc)
+            scanner.counts.unreadable_folders += 1
 
-    s = settings.scan
-    scanner = Scanner(
-        files=walk_files(folders, FileFilter(s.include, s.exclude, since), on_error=unreadable),
-        predictor=predictor,
-        store=store,
-        worker_host=socket.gethostname(),
-        batch_size=settings.inference.batch_size,
-        limit=limit,
-        progress=progress,
-        on_commit=results_file.write if results_file else None,
-    )
-    how, code = "done", exitcodes.OK
-    try:
-        with _graceful_signals(scanner):
-            scanner.run()
-    except TransientError as exc:
-        how, code = f"stopped, database unavailable ({exc})", exitcodes.TEMPFAIL
-    finally:
-        progress.finish()
-        if results_file:
-            results_file.close()
-        store.close()
+        s = settings.scan
+        scanner = make_scanner(
+            files=walk_files(folders, FileFilter(s.include, s.exclude, since), on_error=unreadable),
+            store=store,
+            worker_host=socket.gethostname(),
+            limit=limit,
+            progress=progress,
+            on_commit=results_file.write if results_file else None,
+        )
+        how, code = "done", exitcodes.OK
+        try:
+            with _graceful_signals(scanner):
+                scanner.run()
+        except ClusterError as exc:
+            how, code = f"stopped: {exc}", exitcodes.TEMPFAIL
+        except TransientError as exc:
+            how, code = f"stopped, database unavailable ({exc})", exitcodes.TEMPFAIL
+        finally:
+            progress.finish()
+            if results_file:
+                results_file.close()
     if scanner.stopping:
         how, code = "interrupted (the next run goes on from here)", exitcodes.INTERRUPTED
     elif code == exitcodes.OK and scanner.at_limit:
@@ -145,6 +167,52 @@ def scan(
     for line in summary_lines(scanner.counts, progress.elapsed, how):
         click.echo(line, err=True)
     sys.exit(code)
+
+
+def _open_engine(stack: ExitStack, settings: Settings) -> tuple[list[str], Callable[..., Any]]:
+    """Load the model for the chosen engine (before any cluster is joined, so a bad model
+    fails fast); return its classes and a function that builds the scanner."""
+    if settings.scan.engine == "ray":
+        model = open_model(settings)
+        resources = _enter_ray(stack, settings)
+        return model.vocab, lambda **common: _ray_scanner(settings, model, resources, common)
+    from worker.scan import Scanner  # imports torch: not for --help
+
+    predictor = open_predictor(settings)
+    size = settings.inference.batch_size
+    return predictor.model.vocab, lambda **common: Scanner(predictor=predictor, batch_size=size, **common)
+
+
+def _enter_ray(stack: ExitStack, settings: Settings) -> dict[str, float]:
+    """Join the cluster (or start a local one) until the scan ends."""
+    from worker.ray_cluster import ray_session
+
+    try:
+        return stack.enter_context(ray_session(settings.ray))
+    except ConfigError as exc:
+        raise ExitError(str(exc)) from None
+    except TransientError as exc:
+        raise ExitError(str(exc), exitcodes.TEMPFAIL) from None
+
+
+def _ray_scanner(settings: Settings, model: Any, resources: dict[str, float], common: dict[str, Any]) -> Any:
+    from worker.ray_stages import StageSpec
+    from worker.scan_ray import RayScanner, RayScreening, size_pool
+
+    pool = size_pool(resources, settings.ray, settings.inference.device)
+    inference = settings.inference
+    if not pool.gpus_per_actor:  # CPU actors: as many torch threads as CPUs reserved
+        inference = replace(inference, device="cpu", torch_threads=max(1, round(pool.cpus_per_actor)))
+    spec = StageSpec(
+        model_path=str(model.path.resolve()),
+        model_sha256=model.sha256,
+        positive_class=model.positive_class,
+        inference=inference,
+        limits=decode_limits(settings),
+        database_url=settings.database.url,
+    )
+    screening = RayScreening(model, spec, pool, settings.ray.block_files)
+    return RayScanner(screening=screening, **common)
 
 
 def _archive_roots(settings: Settings) -> list[Path]:

@@ -30,6 +30,7 @@ DEFAULT_DATABASE = PROJECT_ROOT / "var" / "xray-screen.db"
 SHIPPED_MODEL_SHA256 = "9d114c675cec5e5399278de68cf495665b7990e03c40ed961c0961cd474c963b"
 
 Device = Literal["auto", "cpu", "cuda"]
+Engine = Literal["local", "ray"]
 
 
 def _check(*, minimum: int | None = None, maximum: int | None = None) -> dict[str, Any]:
@@ -127,6 +128,28 @@ class ScanSettings:
     exclude: tuple[str, ...] = DEFAULT_IGNORE
     # Seconds between progress lines when the output is a log, not a terminal.
     progress_interval: float = field(default=60.0, metadata=_check(minimum=1))
+    # local: this machine's threads; ray: a Ray cluster (see [ray]; needs xray-screen[ray]).
+    engine: Engine = "local"
+
+
+@dataclass(frozen=True)
+class RaySettings:
+    """``xray-worker scan --engine ray``: where the cluster is and how the work is spread on it."""
+
+    # The Ray cluster (head:6379, or ray://head:10001); empty: start a local Ray instance.
+    address: str = ""
+    # Inference actors; 0: one per gpus_per_actor GPUs in the cluster, or 1 on a cluster without GPUs.
+    actors: int = field(default=0, metadata=_check(minimum=0, maximum=4096))
+    # GPUs each inference actor reserves (0.5: two actors share a GPU); unused without GPUs.
+    gpus_per_actor: float = field(default=1.0, metadata=_check(minimum=0, maximum=8))
+    # CPUs each inference actor reserves (on a cluster without GPUs: its torch threads).
+    cpus_per_actor: float = field(default=1.0, metadata=_check(minimum=0, maximum=256))
+    # Decoding actors, one CPU each; 0: the cluster's CPUs less the inference actors' (at least 1).
+    decoders: int = field(default=0, metadata=_check(minimum=0, maximum=100_000))
+    # Files per block of the work list (Ray's unit of scheduling).
+    block_files: int = field(default=256, metadata=_check(minimum=1, maximum=100_000))
+    # Object store of a local Ray instance, MiB (a cluster's own setting applies otherwise).
+    object_store_mb: int = field(default=1024, metadata=_check(minimum=128))
 
 
 @dataclass(frozen=True)
@@ -137,6 +160,7 @@ class Settings:
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
     inbox: InboxSettings = field(default_factory=InboxSettings)
     scan: ScanSettings = field(default_factory=ScanSettings)
+    ray: RaySettings = field(default_factory=RaySettings)
     # The file the settings came from, if any (for messages).
     source: Path | None = None
 

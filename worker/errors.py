@@ -32,6 +32,10 @@ class ReadError(TransientError):
     """The file could not be read (permission denied, vanished, I/O error on a share)."""
 
 
+class ClusterError(TransientError):
+    """The Ray cluster of ``scan --engine ray`` cannot be reached, or lost its actors."""
+
+
 class ConfigError(XrayScreenError):
     """A setting is missing or invalid; the message names the key and where it came from."""
 

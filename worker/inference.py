@@ -139,15 +139,7 @@ class Predictor:
             yield from self._run(batch)
 
     def _prepare(self, path: Path) -> tuple[Any, DecodedImage, float]:
-        start = time.perf_counter()
-        try:
-            item, decoded = self.model.decode_and_prepare(path, self.limits)
-        except (XrayScreenError, KeyboardInterrupt, SystemExit):
-            raise
-        except BaseException as exc:  # a decoder bug (even a Rust panic) fails this file only
-            log.exception("unexpected error decoding %s", path)
-            raise DecodeError(f"unexpected decoder error: {type(exc).__name__}: {exc}") from exc
-        return item, decoded, (time.perf_counter() - start) * 1000
+        return prepare(self.model, path, self.limits)
 
     def _run(self, batch: list[tuple[Path, Any]]) -> Iterator[Outcome]:
         good = [(path, value) for path, value in batch if not isinstance(value, XrayScreenError)]
@@ -175,24 +167,48 @@ class Predictor:
             out = self.activation(self.net(x).float())
         return out.cpu().numpy().astype(np.float64)
 
-    def _prediction(
-        self, path: Path, probs: np.ndarray, decoded: DecodedImage, decode_ms: float, infer_ms: float
-    ) -> Prediction:
+    def classify(self, probs: np.ndarray) -> tuple[str, dict[str, float], float]:
+        """One image's class probabilities -> its label (by the model's stored threshold, else
+        the most probable class), the probabilities by class, and the positive probability."""
         vocab = self.model.vocab
         positive = float(probs[self.model.positive_index])
         if self.threshold and len(vocab) == 2:
             index = self.model.positive_index if positive >= self.threshold else 1 - self.model.positive_index
         else:
             index = int(np.argmax(probs))
+        return vocab[index], {name: float(p) for name, p in zip(vocab, probs, strict=True)}, positive
+
+    def _prediction(
+        self, path: Path, probs: np.ndarray, decoded: DecodedImage, decode_ms: float, infer_ms: float
+    ) -> Prediction:
+        label, probabilities, positive = self.classify(probs)
         return Prediction(
             path=path,
-            label=vocab[index],
-            probabilities={name: float(p) for name, p in zip(vocab, probs, strict=True)},
+            label=label,
+            probabilities=probabilities,
             positive_probability=positive,
             decoded=decoded,
             decode_ms=decode_ms,
             infer_ms=infer_ms,
         )
+
+
+def prepare(
+    model: LoadedModel, path: Path, limits: Limits = DEFAULT_LIMITS
+) -> tuple[Any, DecodedImage, float]:
+    """Decode one file and apply the learner's item transforms: (item tensor, decoded image, ms).
+
+    Raises ``XrayScreenError`` only: a decoder bug (even a Rust panic) fails this file alone.
+    """
+    start = time.perf_counter()
+    try:
+        item, decoded = model.decode_and_prepare(path, limits)
+    except (XrayScreenError, KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:
+        log.exception("unexpected error decoding %s", path)
+        raise DecodeError(f"unexpected decoder error: {type(exc).__name__}: {exc}") from exc
+    return item, decoded, (time.perf_counter() - start) * 1000
 
 
 def _move_parameters(pipeline: Any, device: torch.device) -> None:

@@ -1,0 +1,179 @@
+"""The two stages of a Ray scan, run in Ray actors: ``Prepare`` on CPUs, ``Screen`` on GPUs.
+
+They are the local engine's own steps, moved: ``Prepare`` hashes each file, asks the
+database whether this model already screened that content (then the file is not decoded
+at all), and decodes the rest through ``worker.inference.prepare`` (the shared decoder and
+the learner's item transforms). ``Screen`` runs batches through a ``Predictor``: the same
+BatchNorm folding, batch transforms, device handling and labelling as ``xray-worker scan``
+on one machine. Every actor loads the model itself and refuses it unless its SHA-256 is the
+one the driver loaded, so a node with another file cannot screen.
+
+Rows travel as plain columns (strings, numbers, one uint8 tensor); ``facts`` and
+``probabilities`` are JSON, decoded again on the driver by ``worker.scan_ray``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from worker.config import InferenceSettings
+from worker.decode import DecodedImage, Limits
+from worker.errors import TransientError, XrayScreenError
+from worker.hashing import sha256_file
+
+log = logging.getLogger(__name__)
+# fastai's import touches torch.jit.script, deprecated in recent torch: not the operator's
+# concern (worker.cli filters it the same way); actors import fastai after this module.
+warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
+
+Batch = dict[str, np.ndarray]
+READY, KNOWN, FAILED = "ready", "known", "failed"  # a row's status after Prepare
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """What an actor needs to build its half of the pipeline (small, and pickled to every node)."""
+
+    model_path: str
+    model_sha256: str  # the file the driver loaded: actors load only that
+    positive_class: str
+    inference: InferenceSettings
+    limits: Limits
+    database_url: str  # Prepare asks it which contents are already screened
+
+    def load_model(self) -> Any:
+        from worker.learner import load_model
+
+        return load_model(Path(self.model_path), sha256=self.model_sha256, positive_class=self.positive_class)
+
+
+class Prepare:
+    """Path -> content hash, and (unless the content is already screened) the item tensor."""
+
+    def __init__(self, spec: StageSpec):
+        from worker.db.store import Store
+
+        self.model = spec.load_model()
+        self.limits = spec.limits
+        self.store = Store(spec.database_url)
+        self.item_shape = tuple(_blank_item(self.model).shape)
+
+    def __call__(self, batch: Batch) -> Batch:
+        from worker.inference import prepare
+
+        n = len(batch["path"])
+        started = np.full(n, time.time())
+        sha = np.full(n, "", dtype=object)
+        file_size = np.full(n, -1, dtype=np.int64)
+        status = np.full(n, READY, dtype=object)
+        reason = np.full(n, "", dtype=object)
+        retry = np.zeros(n, dtype=bool)
+        items = np.zeros((n, *self.item_shape), dtype=np.uint8)
+        facts = np.full(n, "", dtype=object)
+        decode_ms = np.zeros(n)
+        for i, path in enumerate(batch["path"]):
+            try:
+                sha[i], file_size[i] = sha256_file(Path(path))
+            except OSError as exc:
+                status[i], reason[i], retry[i] = FAILED, f"cannot read file: {exc.strerror or exc}", True
+        for i in np.flatnonzero(np.isin(sha, list(self._known(sha[status == READY])))):
+            status[i] = KNOWN  # screened before: no need to decode it again
+        for i in np.flatnonzero(status == READY):
+            try:
+                item, decoded, decode_ms[i] = prepare(self.model, Path(batch["path"][i]), self.limits)
+            except XrayScreenError as exc:
+                status[i], reason[i], retry[i] = FAILED, str(exc), isinstance(exc, TransientError)
+                continue
+            items[i] = np.asarray(item)
+            facts[i] = json.dumps(_facts(decoded))
+        return {
+            **batch,
+            "started_at": started,
+            "sha256": sha.astype(str),
+            "file_size": file_size,
+            "status": status.astype(str),
+            "reason": reason.astype(str),
+            "retry": retry,
+            "item": items,
+            "facts": facts.astype(str),
+            "decode_ms": decode_ms,
+        }
+
+    def _known(self, shas: np.ndarray) -> set[str]:
+        """Contents this model already has results for (an unreachable database: none)."""
+        if not len(shas):
+            return set()
+        try:
+            return set(self.store.known_results(set(shas), self.model.sha256))
+        except TransientError as exc:
+            log.warning("cannot ask the database for known contents (%s); decoding them all", exc)
+            return set()
+
+
+class Screen:
+    """Item tensors -> labels and class probabilities, on this actor's GPU (else its CPUs)."""
+
+    def __init__(self, spec: StageSpec):
+        from worker.inference import Predictor
+
+        model = spec.load_model()
+        self.tensor_type = type(_blank_item(model))
+        self.predictor = Predictor(model, spec.inference, spec.limits)
+        self.predictor.warm_up()
+        self.device = self.predictor.device_name
+
+    def __call__(self, batch: Batch) -> Batch:
+        import torch
+
+        batch = dict(batch)
+        items = batch.pop("item")
+        n = len(items)
+        label = np.full(n, "", dtype=object)
+        probabilities = np.full(n, "", dtype=object)
+        positive = np.full(n, np.nan)
+        infer_ms = np.zeros(n)
+        ready = np.flatnonzero(batch["status"] == READY)
+        if len(ready):
+            start = time.perf_counter()
+            tensors = [self.tensor_type(torch.from_numpy(items[i].copy())) for i in ready]
+            probs = self.predictor.infer(tensors)
+            infer_ms[ready] = (time.perf_counter() - start) * 1000 / len(ready)
+            for i, row in zip(ready, probs, strict=True):
+                label[i], by_class, positive[i] = self.predictor.classify(row)
+                probabilities[i] = json.dumps(by_class)
+        return {
+            **batch,
+            "finished_at": np.full(n, time.time()),
+            "label": label.astype(str),
+            "probabilities": probabilities.astype(str),
+            "positive_probability": positive,
+            "infer_ms": infer_ms,
+            "device": np.full(n, self.device),
+        }
+
+
+def decoded_from_facts(text: str) -> DecodedImage:
+    """The driver's view of a decoded image: its facts; the pixels stayed on the worker."""
+    from worker.decode import DicomFacts
+
+    facts = json.loads(text)
+    dicom = DicomFacts(**facts["dicom"]) if facts["dicom"] else None
+    return DecodedImage(np.zeros((0, 0), np.uint8), facts["format"], facts["width"], facts["height"], dicom)
+
+
+def _facts(decoded: DecodedImage) -> dict[str, Any]:
+    dicom = asdict(decoded.dicom) if decoded.dicom else None
+    return {"format": decoded.format, "width": decoded.width, "height": decoded.height, "dicom": dicom}
+
+
+def _blank_item(model: Any) -> Any:
+    size = model.preprocessing.resize or (224, 224)
+    return model.to_item(DecodedImage(np.zeros(size, dtype=np.uint8), "PNG", size[1], size[0]))

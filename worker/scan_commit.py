@@ -1,0 +1,226 @@
+"""What a scan knows about each file, and how a batch of verdicts is committed.
+
+Shared by both scan engines (local threads in ``worker.scan``, Ray Data in
+``worker.scan_ray``): the same records, the same transaction (results, audit rows with no
+destination, and the skip index's rows), the same retries, the same counts. So the
+database cannot tell which engine screened a file, except by the device column.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from worker.db.store import AuditRecord, ResultRecord, ScannedRecord, Store, StoredResult
+from worker.discover import FoundFile
+from worker.errors import TransientError
+from worker.hashing import sha256_file
+from worker.inference import Failure, Outcome, Prediction
+from worker.progress import Progress, ScanCounts
+from worker.records import result_record
+from worker.results_file import FileVerdict
+from worker.retry import Backoff
+
+log = logging.getLogger("worker.scan")
+T = TypeVar("T")
+WORKER_ID = "scan"  # audit rows written by scans say so in worker_id
+
+
+@dataclass(eq=False)
+class ScanJob:
+    """One archive file on its way through a scan, until its verdict is committed."""
+
+    found: FoundFile
+    event_id: uuid.UUID = field(default_factory=uuid.uuid4)
+    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    finished_at: datetime | None = None
+    sha256: str | None = None
+    size: int | None = None
+    outcome: str = ""  # "" until decided: screened, duplicate or failed
+    reason: str | None = None
+    retry_next_run: bool = False  # an I/O error, not the file's content: not indexed
+    label: str | None = None
+    positive: bool = False
+    positive_probability: float | None = None
+    probabilities: dict[str, float] | None = None
+    prediction: Prediction | None = None
+    twins: list[ScanJob] = field(default_factory=list)  # same content, found while this was screened
+
+    @property
+    def path(self) -> str:
+        return str(self.found.path)
+
+    def hash(self) -> ScanJob:
+        """Read the file's content hash; an unreadable file fails, to be tried again next run."""
+        try:
+            self.sha256, self.size = sha256_file(self.found.path)
+        except OSError as exc:
+            self.fail(f"cannot read file: {exc.strerror or exc}", retry_next_run=True)
+        return self
+
+    def fail(self, reason: str, *, retry_next_run: bool) -> None:
+        self.outcome, self.reason, self.retry_next_run = "failed", reason, retry_next_run
+        self.finished_at = datetime.now(UTC)
+
+    def decide(self, outcome: Outcome, positive_class: str) -> None:
+        """The model's verdict (or the decoder's refusal)."""
+        if isinstance(outcome, Failure):
+            self.fail(outcome.reason, retry_next_run=isinstance(outcome.error, TransientError))
+            return
+        self.finished_at = datetime.now(UTC)
+        self.outcome, self.label, self.prediction = "screened", outcome.label, outcome
+        self.positive = outcome.label == positive_class
+        self.positive_probability = outcome.positive_probability
+        self.probabilities = outcome.probabilities
+
+    def copy_verdict(self, first: ScanJob) -> None:
+        """Same content as ``first``: its verdict, without reading the image again."""
+        if first.outcome == "failed":
+            self.outcome, self.reason, self.retry_next_run = "failed", first.reason, first.retry_next_run
+        else:
+            self.outcome = "duplicate"
+            self.label, self.positive = first.label, first.positive
+            self.positive_probability, self.probabilities = first.positive_probability, first.probabilities
+        self.finished_at = datetime.now(UTC)
+
+    def copy_stored(self, stored: StoredResult) -> None:
+        self.outcome, self.label, self.positive = "duplicate", stored.label, stored.positive
+        self.positive_probability, self.probabilities = stored.positive_probability, stored.probabilities
+        self.finished_at = datetime.now(UTC)
+
+
+class ScanCommitter:
+    """Commits batches of decided jobs, retrying while the database is unavailable, and counts
+    what was committed. ``screening`` is what screened the files: it has ``model``,
+    ``threshold`` and ``device_name``, like a ``Predictor``."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        screening: Any,
+        worker_host: str,
+        progress: Progress | None = None,
+        on_commit: Callable[[list[FileVerdict]], None] | None = None,
+        attempts: int = 8,  # with the default backoff: about two minutes of outage
+        backoff: Backoff | None = None,
+    ):
+        self.store = store
+        self.screening = screening
+        self.worker_host = worker_host
+        self.progress = progress
+        self.on_commit = on_commit
+        self.attempts = attempts
+        self.backoff = backoff or Backoff(initial=1.0, maximum=60.0)
+        self.counts = ScanCounts()
+
+    @property
+    def model_sha256(self) -> str:
+        return str(self.screening.model.sha256)
+
+    def commit(self, jobs: list[ScanJob]) -> None:
+        """Results, audit rows and index rows of ``jobs`` in one transaction (``TransientError``
+        if the database stays unavailable: nothing of this batch is then committed)."""
+        start = time.perf_counter()
+        model_sha = self.model_sha256
+        results = [self._result(j) for j in jobs if j.outcome == "screened"]
+        audits = [self._audit(j) for j in jobs]
+        scanned = [
+            ScannedRecord(
+                path=j.path,
+                model_sha256=model_sha,
+                size=j.found.size,  # as the walk saw it: a later change is noticed next run
+                mtime_ns=j.found.mtime_ns,
+                content_sha256=j.sha256,
+                outcome=j.outcome,  # type: ignore[arg-type]
+            )
+            for j in jobs
+            if not j.retry_next_run
+        ]
+        self.retrying(lambda: self.store.record_batch(results, audits, scanned))
+        for job in jobs:
+            self._count(job)
+        if self.on_commit:
+            self.on_commit([_verdict(j) for j in jobs])
+        log.info(
+            "batch: %d files (%d screened, %d duplicates, %d failed) committed in %.2f s",
+            len(jobs),
+            len(results),
+            sum(j.outcome == "duplicate" for j in jobs),
+            sum(j.outcome == "failed" for j in jobs),
+            time.perf_counter() - start,
+        )
+        if self.progress:
+            self.progress.update(self.counts)
+
+    def retrying(self, call: Callable[[], T]) -> T:
+        """``call()``, again after a pause while the database is unavailable; then give up."""
+        for attempt in range(1, self.attempts + 1):
+            try:
+                result = call()
+            except TransientError as exc:
+                if attempt == self.attempts:
+                    raise
+                delay = self.backoff.next_delay()
+                log.warning("%s; retrying in %.1f s (attempt %d of %d)", exc, delay, attempt, self.attempts)
+                time.sleep(delay)
+                continue
+            self.backoff.reset()
+            return result
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _count(self, job: ScanJob) -> None:
+        c = self.counts
+        if job.outcome == "failed":
+            c.failed[job.reason or "unknown"] += 1
+            log.debug("%s: failed (%s)", job.path, job.reason)
+            return
+        if job.outcome == "screened":
+            c.screened += 1
+        else:
+            c.duplicates += 1
+        c.positives += job.positive
+        log.debug("%s: %s %s", job.path, job.outcome, job.label)
+
+    def _result(self, job: ScanJob) -> ResultRecord:
+        assert job.prediction is not None and job.sha256 is not None and job.finished_at is not None
+        return result_record(
+            self.screening,
+            job.prediction,
+            job.sha256,
+            queued_at=None,
+            started_at=job.started_at,
+            finished_at=job.finished_at,
+        )
+
+    def _audit(self, job: ScanJob) -> AuditRecord:
+        return AuditRecord(
+            source_path=job.path,
+            file_size=job.size if job.size is not None else job.found.size,
+            content_sha256=job.sha256,
+            outcome=job.outcome,  # type: ignore[arg-type]
+            worker_host=self.worker_host,
+            worker_id=WORKER_ID,
+            reason=job.reason,
+            destination_path=None,  # nothing moves
+            model_sha256=self.model_sha256,
+            at=job.finished_at or datetime.now(UTC),
+            event_id=job.event_id,  # fixed per file: a retried commit cannot log it twice
+        )
+
+
+def _verdict(job: ScanJob) -> FileVerdict:
+    return FileVerdict(
+        path=job.path,
+        outcome=job.outcome,
+        label=job.label,
+        positive_probability=job.positive_probability,
+        probabilities=job.probabilities,
+        reason=job.reason,
+        content_sha256=job.sha256,
+    )
