@@ -26,25 +26,23 @@ their size or mtime changes.
 from __future__ import annotations
 
 import logging
-import threading
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from worker.db.store import Store, chunks
+from worker.db.store import chunks
 from worker.discover import FoundFile
 from worker.inference import Outcome, Predictor
-from worker.progress import Progress, ScanCounts
-from worker.results_file import FileVerdict
-from worker.retry import Backoff
-from worker.scan_commit import ScanCommitter, ScanJob
+from worker.progress import ScanCounts
+from worker.scan_commit import ScanJob, ScanRun
 
 log = logging.getLogger(__name__)
 
 
-class Scanner:
+class Scanner(ScanRun):
     """Screens ``files`` into ``store``; ``run()`` until they are done, ``stop()`` from a signal."""
 
     def __init__(
@@ -52,55 +50,18 @@ class Scanner:
         *,
         files: Iterable[FoundFile],
         predictor: Predictor,
-        store: Store,
-        worker_host: str,
         batch_size: int | None = None,
-        limit: int | None = None,
-        progress: Progress | None = None,
-        on_commit: Callable[[list[FileVerdict]], None] | None = None,
-        attempts: int = 8,  # with the default backoff: about two minutes of outage
-        backoff: Backoff | None = None,
+        **run: Any,  # store, worker_host, limit, progress, on_commit, attempts, backoff: ScanRun's
     ):
+        super().__init__(screening=predictor, **run)
         self.files = iter(files)
         self.predictor = predictor
-        self.store = store
         self.batch_size = batch_size or predictor.batch_size
-        self.limit = limit
-        self.progress = progress
-        self.committer = ScanCommitter(
-            store=store,
-            screening=predictor,
-            worker_host=worker_host,
-            progress=progress,
-            on_commit=on_commit,
-            attempts=attempts,
-            backoff=backoff,
-        )
-        self._stop = threading.Event()
-        self._planned = 0  # files read this run (the limit counts these)
         self._screening: deque[ScanJob] = deque()  # handed to the predictor, in its order
         self._first: dict[str, ScanJob] = {}  # content -> the file screening it, until committed
         self._ready: list[ScanJob] = []  # decided, waiting for the next commit
         self._committer: ThreadPoolExecutor | None = None
         self._committing: Future[None] | None = None  # the commit in flight, if any
-
-    @property
-    def counts(self) -> ScanCounts:
-        """What was committed so far, and what was skipped."""
-        return self.committer.counts
-
-    def stop(self) -> None:
-        """Take no new files; what is in hand is finished and committed, then ``run()`` returns."""
-        self._stop.set()
-
-    @property
-    def stopping(self) -> bool:
-        return self._stop.is_set()
-
-    @property
-    def at_limit(self) -> bool:
-        """The run read ``limit`` files; more may be left for the next one."""
-        return self.limit is not None and self._planned >= self.limit
 
     def run(self) -> ScanCounts:
         """Scan until the files run out, the limit is reached or ``stop()``; ``TransientError`` if

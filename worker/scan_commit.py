@@ -9,6 +9,7 @@ database cannot tell which engine screened a file, except by the device column.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -212,6 +213,58 @@ class ScanCommitter:
             at=job.finished_at or datetime.now(UTC),
             event_id=job.event_id,  # fixed per file: a retried commit cannot log it twice
         )
+
+
+class ScanRun:
+    """What both engines' scanners share: the committer and its counts, ``stop()``, the limit.
+
+    ``screening`` is the ``Predictor`` (local engine) or ``RayScreening`` (Ray engine).
+    """
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        screening: Any,
+        worker_host: str,
+        limit: int | None = None,
+        progress: Progress | None = None,
+        on_commit: Callable[[list[FileVerdict]], None] | None = None,
+        attempts: int = 8,  # with the default backoff: about two minutes of outage
+        backoff: Backoff | None = None,
+    ):
+        self.store = store
+        self.limit = limit
+        self.progress = progress
+        self.committer = ScanCommitter(
+            store=store,
+            screening=screening,
+            worker_host=worker_host,
+            progress=progress,
+            on_commit=on_commit,
+            attempts=attempts,
+            backoff=backoff,
+        )
+        self._stop = threading.Event()
+        self._planned = 0  # files read this run (the limit counts these)
+
+    @property
+    def counts(self) -> ScanCounts:
+        """What was committed so far, and what was skipped."""
+        return self.committer.counts
+
+    def stop(self) -> None:
+        """Take no new files; what is in hand is finished and committed, then ``run()`` returns."""
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    @property
+    def at_limit(self) -> bool:
+        """The run read ``limit`` files; more may be left for the next one."""
+        return self.limit is not None and self._planned >= self.limit
 
 
 def _verdict(job: ScanJob) -> FileVerdict:

@@ -22,7 +22,6 @@ one does; the archive is only read.
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -31,14 +30,13 @@ from typing import Any
 
 import numpy as np
 
-from worker.db.store import Store, StoredResult, chunks
+from worker.db.store import StoredResult, chunks
 from worker.discover import FoundFile
 from worker.errors import ClusterError
 from worker.inference import Prediction
-from worker.progress import Progress, ScanCounts
+from worker.progress import ScanCounts
 from worker.ray_stages import FAILED, READY, Prepare, Screen, StageSpec, decoded_from_facts
-from worker.retry import Backoff
-from worker.scan_commit import ScanCommitter, ScanJob
+from worker.scan_commit import ScanJob, ScanRun
 
 log = logging.getLogger("worker.scan")
 INDEX_CHUNK = 500  # paths per skip-index query while planning
@@ -116,58 +114,17 @@ class RayScreening:
         )
 
 
-class RayScanner:
+class RayScanner(ScanRun):
     """Screens ``files`` into ``store`` on Ray; ``run()`` until done, ``stop()`` from a signal.
 
     The same interface and counts as ``worker.scan.Scanner``, so ``xray-worker scan`` drives
     either engine.
     """
 
-    def __init__(
-        self,
-        *,
-        files: Iterable[FoundFile],
-        screening: RayScreening,
-        store: Store,
-        worker_host: str,
-        limit: int | None = None,
-        progress: Progress | None = None,
-        on_commit: Any = None,
-        attempts: int = 8,
-        backoff: Backoff | None = None,
-    ):
+    def __init__(self, *, files: Iterable[FoundFile], screening: RayScreening, **run: Any):
+        super().__init__(screening=screening, **run)  # store, worker_host, limit, progress, ...
         self.files = iter(files)
         self.screening = screening
-        self.store = store
-        self.limit = limit
-        self.progress = progress
-        self.committer = ScanCommitter(
-            store=store,
-            screening=screening,
-            worker_host=worker_host,
-            progress=progress,
-            on_commit=on_commit,
-            attempts=attempts,
-            backoff=backoff,
-        )
-        self._stop = threading.Event()
-        self._planned = 0
-
-    @property
-    def counts(self) -> ScanCounts:
-        return self.committer.counts
-
-    def stop(self) -> None:
-        """Take no new batches; the one in hand is committed, then ``run()`` returns."""
-        self._stop.set()
-
-    @property
-    def stopping(self) -> bool:
-        return self._stop.is_set()
-
-    @property
-    def at_limit(self) -> bool:
-        return self.limit is not None and self._planned >= self.limit
 
     def run(self) -> ScanCounts:
         model = self.screening.model

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -255,7 +255,7 @@ class Store:
             )
 
     def _result_row(self, record: ResultRecord) -> dict[str, Any]:
-        row = asdict(record)
+        row = _columns(record)
         row["positive"] = record.positive
         if not self.store_patient_ids:
             row["accession_number"] = row["patient_id"] = None
@@ -263,12 +263,12 @@ class Store:
 
     @staticmethod
     def _audit_row(record: AuditRecord, result_id: int | None) -> dict[str, Any]:
-        return {**asdict(record), "result_id": result_id}
+        return {**_columns(record), "result_id": result_id}
 
     @staticmethod
     def _scanned_row(record: ScannedRecord, ids: dict[tuple[str, str], int]) -> dict[str, Any]:
         key = (record.model_sha256, record.content_sha256 or "")
-        return {**asdict(record), "result_id": ids.get(key)}
+        return {**_columns(record), "result_id": ids.get(key)}
 
 
 def chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
@@ -281,6 +281,12 @@ def chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
             chunk = []
     if chunk:
         yield chunk
+
+
+def _columns(record: Any) -> dict[str, Any]:
+    """A record's fields as a row, shallowly (``dataclasses.asdict`` deep-copies every value,
+    which was a third of a batch commit's time)."""
+    return {f.name: getattr(record, f.name) for f in fields(record)}
 
 
 def _result_key(audit: AuditRecord) -> tuple[str, str] | None:
