@@ -87,3 +87,23 @@ def test_shipped_model_hash_is_pinned_only_for_the_shipped_path(tmp_path: Path):
     assert other.model.expected_sha256() == ""
     explicit = load_settings(None, environ={}, overrides={"model.sha256": "AB" * 32})
     assert explicit.model.expected_sha256() == "ab" * 32
+
+
+def test_the_lease_comes_from_the_file_the_environment_or_a_set_flag(tmp_path: Path):
+    import click
+
+    from worker.cli_daemon import daemon_settings, watch
+
+    path = write(tmp_path, "[inbox]\nlease_seconds = 120\n")
+    assert load_settings(None, environ={}).inbox.lease_seconds == 600
+    assert load_settings(path, environ={}).inbox.lease_seconds == 120
+    env = {"XRAY_SCREEN_INBOX_LEASE_SECONDS": "60"}
+    assert load_settings(path, environ=env).inbox.lease_seconds == 60
+    flags = dict.fromkeys(
+        ("inbox_path", "processed", "failed", "db_url", "polling", "recursive", "worker_id")
+    )
+    flags["assignments"] = ("inbox.lease_seconds=15",)
+    ctx = click.Context(watch, obj={"config_path": path})
+    assert daemon_settings(ctx, flags).inbox.lease_seconds == 15  # xray-worker watch --set ...
+    with pytest.raises(ConfigError, match=r"\[inbox\] lease_seconds = '5'.*: must be at least 10"):
+        load_settings(None, environ={}, overrides={"inbox.lease_seconds": "5"})

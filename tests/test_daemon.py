@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -217,8 +220,6 @@ def test_symlinks_and_fifos_stay_in_the_inbox(site: Site, tmp_path: Path):
     outside = tmp_path / "secret.jpeg"
     shutil.copy(SAMPLES[0], outside)
     (site.inbox / "link.jpeg").symlink_to(outside)
-    import os
-
     os.mkfifo(site.inbox / "pipe.png")
     site.drain(site.daemon())
     assert (site.inbox / "link.jpeg").is_symlink() and outside.exists()
@@ -284,3 +285,83 @@ def test_a_heartbeat_while_the_share_is_gone_is_waited_out_not_fatal(site: Site)
         daemon.step()
     daemon.work.close()
     assert len(site.files("processed")) == 1
+
+
+def _claim_for(site: Site, worker_id: str, *sources: Path) -> WorkArea:
+    """Another worker on the same inbox, holding claims on ``sources``."""
+    drop(site, *sources)
+    other = WorkArea(site.inbox, worker_id)
+    for src in sources:
+        assert other.claim(site.inbox / src.name) is not None
+    return other
+
+
+def test_a_running_worker_adopts_the_files_of_one_that_dies_after_the_lease(site: Site):
+    dying = _claim_for(site, "dying", *SAMPLES[:2])
+    daemon = site.daemon(lease_seconds=1.0)
+    daemon.recover()
+    daemon.step()
+    assert site.files("processed") == []  # alive: its claims are its own
+    dying.close()  # dies: its heartbeat stops
+    time.sleep(1.2)
+    for _ in range(3):
+        daemon.step()
+    daemon.work.close()
+    assert len(site.files("processed")) == 2
+    assert [a.worker_id for a in site.rows(audit_events)] == ["w1", "w1"]
+    assert not list((site.inbox / WORK_DIR / "dying").glob("*~*"))
+
+
+def test_a_batch_longer_than_the_lease_does_not_make_a_live_worker_look_dead(site: Site, monkeypatch):
+    drop(site, *SAMPLES[:2])
+    daemon = site.daemon(lease_seconds=1.0)
+    real_predict = site.predictor.predict
+    busy = threading.Event()
+
+    def slow(paths):
+        busy.set()
+        time.sleep(2.5)
+        return real_predict(paths)
+
+    monkeypatch.setattr(site.predictor, "predict", slow)
+    runner = threading.Thread(target=daemon.run)
+    runner.start()
+    other = WorkArea(site.inbox, "other")
+    try:
+        assert busy.wait(30), "the batch never started"
+        adopted = []
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:
+            adopted += other.adopt_abandoned(lease_seconds=1.0)
+            time.sleep(0.1)
+    finally:
+        daemon.stop()
+        runner.join(30)
+        other.close()
+    assert adopted == []
+    assert len(site.files("processed")) == 2
+    assert [a.worker_id for a in site.rows(audit_events)] == ["w1", "w1"]
+
+
+def test_a_file_taken_over_mid_batch_is_left_to_the_worker_that_took_it(site: Site, monkeypatch):
+    drop(site, SAMPLES[0])
+    frozen, adopter = site.daemon("frozen"), site.daemon("adopter")
+    frozen.recover()
+    real_predict = site.predictor.predict
+
+    def paused_past_the_lease(paths):  # a VM paused, a share hung: the others think it is dead
+        monkeypatch.setattr(site.predictor, "predict", real_predict)
+        os.utime(site.inbox / WORK_DIR / "frozen" / ".alive", (0, 0))
+        adopter.recover()
+        return real_predict(paths)
+
+    monkeypatch.setattr(site.predictor, "predict", paused_past_the_lease)
+    frozen.step()
+    assert site.rows(audit_events) == []  # not recorded as unreadable
+    for _ in range(3):
+        adopter.step()
+    frozen.work.close()
+    adopter.work.close()
+    [audit] = site.rows(audit_events)
+    assert (audit.worker_id, audit.outcome) == ("adopter", "screened")
+    assert len(site.files("processed")) == 1 and site.files("failed") == []

@@ -126,9 +126,37 @@ def test_one_live_worker_per_id_and_adoption_of_dead_ones(tmp_path: Path):
     dead.close()
     os.utime(inbox / WORK_DIR / "dead" / ".alive", (0, 0))
     live = WorkArea(inbox, "live")
-    assert live.adopt_abandoned(lease_seconds=600) == 1
-    [adopted] = live.pending()
+    [adopted] = live.adopt_abandoned(lease_seconds=600)
     assert adopted.source == "sub/a.png" and adopted.token == claimed.token
+    assert live.pending() == [adopted] and adopted.path.read_text() == "a"
+    assert live.adopt_abandoned(lease_seconds=600) == []  # nothing left to take
+
+
+def test_a_live_worker_is_not_adopted_and_two_adopters_never_share_a_file(tmp_path: Path):
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    for i in range(200):
+        (inbox / f"{i}.png").write_text(str(i))
+    dead, alive = WorkArea(inbox, "dead"), WorkArea(inbox, "alive")
+    for i in range(200):
+        assert (dead if i % 2 else alive).claim(inbox / f"{i}.png") is not None
+    dead.close()
+    os.utime(inbox / WORK_DIR / "dead" / ".alive", (0, 0))
+    adopters = [WorkArea(inbox, "a"), WorkArea(inbox, "b")]
+    won: list[list] = [[], []]
+
+    def adopt(i: int) -> None:
+        won[i] += adopters[i].adopt_abandoned(lease_seconds=600)
+
+    threads = [threading.Thread(target=adopt, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    sources = sorted(c.source for c in won[0] + won[1])
+    assert sources == sorted(f"{i}.png" for i in range(1, 200, 2))  # each odd file once, no even one
+    assert sorted(c.source for c in adopters[0].pending() + adopters[1].pending()) == sources
+    assert len(alive.pending()) == 100 and dead.pending() == []
 
 
 def test_inbox_waits_for_stable_files_and_skips_odd_entries(tmp_path: Path):

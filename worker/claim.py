@@ -4,12 +4,13 @@ A claim is one atomic rename into this worker's work area on the same file syste
 (``inbox/.xray-screen/<worker-id>/``): of several workers racing for a file, exactly one
 rename succeeds. The work area is the worker's queue: a file stays there until its
 outcome is committed and it has been filed, so a crash at any moment leaves it where a
-restart finds it. A worker that died long ago (its heartbeat file is older than the
-lease) has its claimed files taken over by a live one.
+restart finds it. A worker that died (its heartbeat file is older than the lease, see
+``worker/lease.py``) has its claimed files taken over by a live one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import logging
@@ -123,48 +124,83 @@ class WorkArea:
         return claims
 
     def _scan(self, root: Path) -> Iterator[Claimed]:
-        for entry in os.scandir(root):
+        """The claimed files in ``root``; a file or note another worker moves away meanwhile
+        (adopting them too) is no error."""
+        with os.scandir(root) as listing:
+            entries = list(listing)
+        for entry in entries:
             if entry.name.startswith(".") or entry.name.endswith(".claim.json"):
                 continue
-            if not entry.is_file(follow_symlinks=False):
+            try:
+                if not entry.is_file(follow_symlinks=False):
+                    continue
+                claimed_at = entry.stat(follow_symlinks=False).st_mtime
+            except FileNotFoundError:
                 continue
             token, sep, name = entry.name.partition(_SEP)
-            source, claimed_at = name or entry.name, entry.stat(follow_symlinks=False).st_mtime
+            source = name or entry.name
             note = root / f"{token}.claim.json"
-            if sep and note.exists():
+            if sep:
                 try:
                     facts = json.loads(note.read_text())
                     source, claimed_at = facts["source"], float(facts["claimed_at"])
+                except FileNotFoundError:
+                    pass  # no note: the file's name says enough
                 except (OSError, ValueError, KeyError):
                     log.warning("unreadable claim note %s; using the file name", note)
             yield Claimed(Path(entry.path), source, token if sep else uuid.uuid4().hex[:16], claimed_at)
 
-    def adopt_abandoned(self, lease_seconds: float) -> int:
-        """Take over the claims of workers whose heartbeat is older than the lease."""
-        adopted = 0
-        now = time.time()
-        for other in (self.inbox / WORK_DIR).iterdir():
+    def adopt_abandoned(self, lease_seconds: float) -> list[Claimed]:
+        """Take over the claims of workers whose heartbeat is older than the lease; the adopted
+        claims, oldest first.
+
+        A heartbeat's age is measured against this worker's own, touched just now on the same
+        file system: where the file server stamps modification times, the machines' clocks
+        need not agree. A claim keeps its token, so its audit row's id stays the same.
+        """
+        now = self._share_now()
+        adopted: list[Claimed] = []
+        for other in sorted((self.inbox / WORK_DIR).iterdir()):
             if other == self.root or not other.is_dir():
                 continue
-            beat = other / HEARTBEAT
-            try:
-                age = now - beat.stat().st_mtime
-            except FileNotFoundError:
-                age = now - other.stat().st_mtime
+            age = now - _last_beat(other)
             if age < lease_seconds:
                 continue
-            for claimed in self._scan(other):
-                target = self.root / claimed.path.name
-                try:
-                    claimed.path.rename(target)
-                except FileNotFoundError:
-                    continue  # another live worker adopted it first
-                note = other / f"{claimed.token}.claim.json"
-                if note.exists():
-                    note.replace(self.root / note.name)
-                adopted += 1
-            log.info("adopted %d files from worker %s (silent for %.0f s)", adopted, other.name, age)
-        return adopted
+            taken = [mine for claimed in self._scan(other) if (mine := self._take(other, claimed))]
+            if taken:
+                log.info("adopted %d files from worker %s (silent for %.0f s)", len(taken), other.name, age)
+            adopted += taken
+        return sorted(adopted, key=lambda c: (c.claimed_at, c.path.name))
+
+    def _share_now(self) -> float:
+        self.heartbeat()
+        return (self.root / HEARTBEAT).stat().st_mtime
+
+    def _take(self, other: Path, claimed: Claimed) -> Claimed | None:
+        name = claimed.path.name
+        if not name.startswith(f"{claimed.token}{_SEP}"):
+            name = fit_name(f"{claimed.token}{_SEP}{name}")  # a token of its own from now on
+        target = self.root / name
+        try:
+            claimed.path.rename(target)
+        except FileNotFoundError:
+            return None  # another live worker adopted it first
+        note = f"{claimed.token}.claim.json"
+        with contextlib.suppress(FileNotFoundError):  # a claim without a note: its name says enough
+            (other / note).replace(self.root / note)
+        return Claimed(target, claimed.source, claimed.token, claimed.claimed_at)
+
+
+def _last_beat(work_root: Path) -> float:
+    """When a worker last showed it was alive: its heartbeat's mtime (its folder's, if none)."""
+    beat = work_root / HEARTBEAT
+    try:
+        with beat.open("rb") as fh:  # an open revalidates cached attributes on NFS (close-to-open)
+            return os.fstat(fh.fileno()).st_mtime
+    except FileNotFoundError:
+        return work_root.stat().st_mtime
+    except PermissionError:
+        return beat.stat().st_mtime
 
 
 def default_worker_id() -> str:

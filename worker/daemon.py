@@ -18,6 +18,7 @@ file is lost, and none is recorded or filed twice.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 import uuid
@@ -35,6 +36,7 @@ from worker.filing import move_no_clobber, safe_component, write_error_sidecar
 from worker.hashing import sha256_file
 from worker.inbox import Inbox
 from worker.inference import Failure, Prediction, Predictor
+from worker.lease import Heartbeat, beat_interval
 from worker.records import result_record
 from worker.retry import Backoff
 from worker.sdnotify import Notifier
@@ -96,7 +98,7 @@ class Daemon:
         max_wait: float = 0.2,
         worker_host: str,
         notifier: Notifier | None = None,
-        heartbeat_interval: float = 30.0,
+        status_interval: float = 30.0,
         lease_seconds: float = 600.0,
         faults: Faults | None = None,
     ):
@@ -110,8 +112,11 @@ class Daemon:
         self.max_wait = max_wait
         self.worker_host = worker_host
         self.notifier = notifier or Notifier({})
-        self.heartbeat_interval = heartbeat_interval
+        self.status_interval = status_interval
         self.lease_seconds = lease_seconds
+        # Beats and looks for dead workers a few times per lease (worker/lease.py).
+        self.beat_interval = beat_interval(lease_seconds)
+        self._heartbeat = Heartbeat(work.heartbeat, self.beat_interval)
         self.faults = faults or Faults()  # crash points for bench/chaos.py; inert by default
         self.backoff = Backoff()
         self.counts: dict[str, int] = {"screened": 0, "duplicate": 0, "failed": 0}
@@ -119,6 +124,7 @@ class Daemon:
         self._stop = threading.Event()
         self._hashers = ThreadPoolExecutor(predictor.workers, thread_name_prefix="hash")
         self._last_beat = 0.0
+        self._next_adoption = 0.0
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -134,13 +140,24 @@ class Daemon:
     def recover(self) -> None:
         """Files this worker (or a dead one) claimed earlier go to the front of the queue."""
         adopted = self.work.adopt_abandoned(self.lease_seconds)
+        self._next_adoption = time.monotonic() + self.beat_interval
         pending = self.work.pending()
         self._queue.extend(pending)
         if pending:
-            log.info("recovered %d claimed files (%d adopted from dead workers)", len(pending), adopted)
+            log.info("recovered %d claimed files (%d adopted from dead workers)", len(pending), len(adopted))
+
+    def adopt(self) -> None:
+        """While running, take over the claims of workers that died, when the next look is due."""
+        now = time.monotonic()
+        if now < self._next_adoption:
+            return
+        self._next_adoption = now + self.beat_interval
+        adopted = self.work.adopt_abandoned(self.lease_seconds)
+        self._queue.extendleft(reversed(adopted))  # they waited longest: first
 
     def run(self) -> None:
         self.recover()
+        self._heartbeat.start()
         self.inbox.start()
         self.notifier.ready(self.status())
         log.info(
@@ -164,13 +181,14 @@ class Daemon:
                     self.inbox.wakeup.wait(self._idle_timeout())
         finally:
             self.notifier.stopping()
+            self._heartbeat.stop()
             self.inbox.stop()
             self._hashers.shutdown()
             self.work.close()
             log.info("stopped: %s", self.status())
 
     def _idle_timeout(self) -> float:
-        waits = [self.inbox.next_check_in(), self.heartbeat_interval]
+        waits = [self.inbox.next_check_in(), self.status_interval, self._next_adoption - time.monotonic()]
         if self._queue:
             waits.append(max(0.0, self._queue[0].claimed_at + self.max_wait - time.time()))
         if self.notifier.watchdog_interval:
@@ -189,6 +207,7 @@ class Daemon:
     def step(self) -> int:
         """Claim what is ready; screen one batch when full or old enough. Returns files filed."""
         self._beat()
+        self.adopt()
         room = self.window - len(self._queue)
         if room > 0:
             for path in self.inbox.take(room):
@@ -209,7 +228,7 @@ class Daemon:
 
     def _beat(self) -> None:
         now = time.monotonic()
-        if now - self._last_beat >= min(self.heartbeat_interval, self.notifier.watchdog_interval or 1e9):
+        if now - self._last_beat >= min(self.status_interval, self.notifier.watchdog_interval or 1e9):
             self._last_beat = now
             self.notifier.watchdog()  # first: the daemon is alive even when its share is not
             self.notifier.status(self.status())
@@ -233,9 +252,10 @@ class Daemon:
         known = self.store.known_results([j.sha256 for j in todo if j.sha256], model.sha256)
         fresh = self._screen(todo, known)
         finished_at = datetime.now(UTC)
-        results = [self._result(j, started, finished_at) for j in fresh]
-        audits = [self._plan(j, finished_at) for j in todo]
         self.work.check()  # files unreadable because the share dropped are not failures to record
+        results = [self._result(j, started, finished_at) for j in fresh]  # facts about content: kept
+        todo = self._still_mine(todo)
+        audits = [self._plan(j, finished_at) for j in todo]
         self.store.record_batch(results, audits, before_commit=lambda: self.faults.reach("in-commit"))
         self.faults.reach("after-commit")
         for job, audit in zip(todo, audits, strict=True):
@@ -251,6 +271,18 @@ class Daemon:
             seconds,
             len(jobs) / seconds if seconds else 0,
         )
+
+    def _still_mine(self, jobs: list[_Job]) -> list[_Job]:
+        """The jobs whose file is still in the work area. One that is gone was adopted by a
+        worker that took this one for dead (silent for longer than the lease): it is that
+        worker's now, and recording it here (as unreadable) would send it to failed/."""
+        mine = []
+        for job in jobs:
+            if os.path.lexists(job.claimed.path):
+                mine.append(job)
+            else:
+                log.warning("%s: taken over by another worker; leaving it to that one", job.claimed.source)
+        return mine
 
     def _hash(self, job: _Job) -> None:
         try:
