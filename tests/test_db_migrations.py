@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, inspect, literal_column, select, table, text
+from db_support import populate
+from sqlalchemy import Engine, func, inspect, literal_column, select, table, text
 
 from worker.db import migrate
 from worker.db.engine import make_engine
 from worker.db.schema import Base
+from worker.db.store import Store
 from worker.errors import ConfigError
 
 pytest_plugins = ["db_fixtures"]
@@ -24,6 +27,7 @@ VIEWS = {
     "report_failures",
     "report_hourly_throughput",
     "report_models",
+    "report_workers",
 }
 
 
@@ -51,6 +55,19 @@ def test_the_migrated_database_matches_the_models_and_downgrades_to_nothing(db_u
         assert migrate.current_revision(engine) is None
     finally:
         engine.dispose()
+
+
+def test_downgrading_0003_drops_only_the_worker_view_and_keeps_the_rows(store: Store):
+    populate(store, datetime.now(UTC))
+    migrate.downgrade(store.engine, "0002")
+    assert "report_workers" not in inspect(store.engine).get_view_names()
+    assert VIEWS - set(inspect(store.engine).get_view_names()) == {"report_workers"}
+    migrate.upgrade(store.engine)
+    with store.engine.connect() as conn:
+        [(files,)] = conn.execute(
+            select(func.sum(literal_column("files"))).select_from(table("report_workers"))
+        )
+    assert files == 9  # every audit row populate() wrote, back in the view
 
 
 def test_upgrading_twice_changes_nothing(engine: Engine):

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from db_support import MODEL_A, MODEL_B, populate
+from db_support import MODEL_A, MODEL_B, audit, populate, result
 from sqlalchemy import Engine, literal_column, select, table
 
 from worker.db.render import render
@@ -131,6 +131,75 @@ def test_csv_and_json_carry_the_same_numbers(store: Store):
     )
     flagged_rows = list(csv.DictReader(io.StringIO(render(flagged(store.engine, WEEK, now=NOW), "csv"))))
     assert [r["source_path"] for r in flagged_rows] == ["/inbox/b.dcm", "/inbox/b-copy.dcm", "/inbox/c.dcm"]
+
+
+def three_workers(store: Store) -> datetime:
+    """Two workers on host1, one with the same id on host2, and a month-old scan."""
+    t0 = (NOW - timedelta(hours=2)).replace(microsecond=0)
+    at = [t0 + timedelta(seconds=s) for s in range(21)]
+    store.record_batch(
+        [result("a", finished_at=at[0]), result("b", finished_at=at[5]), result("c", finished_at=at[1])],
+        [
+            audit("a", at=at[0]),
+            audit("a", "duplicate", at=at[10], source_path="/inbox/a-again.dcm"),
+            audit("x", "failed", at=at[20]),
+            audit("b", at=at[5], worker_id="w2"),
+            audit("c", at=at[1], worker_host="host2"),
+            audit("c", "duplicate", at=at[2], worker_host="host2", source_path="/inbox/c-again.dcm"),
+        ],
+    )
+    old = NOW - timedelta(days=30)
+    store.record_batch([result("e", finished_at=old)], [audit("e", at=old, worker_id="scan")])
+    return t0
+
+
+def test_the_work_per_worker(store: Store):
+    t0 = three_workers(store)
+    s = timedelta(seconds=1)
+    assert section(summary(store.engine, WEEK, now=NOW), "workers") == [
+        ("host1", "w1", 3, 1, 1, 1, t0, t0 + 20 * s, 0.15),
+        ("host1", "w2", 1, 1, 0, 0, t0 + 5 * s, t0 + 5 * s, None),
+        ("host2", "w1", 2, 1, 1, 0, t0 + s, t0 + 2 * s, 2.0),
+    ]
+    everything = section(summary(store.engine, None, now=NOW), "workers")
+    assert [row[:3] for row in everything] == [
+        ("host1", "scan", 1),
+        ("host1", "w1", 3),
+        ("host1", "w2", 1),
+        ("host2", "w1", 2),
+    ]
+    text = render(summary(store.engine, WEEK, now=NOW), "table")
+    assert "Work per worker:" in text
+    assert re.search(r"host2 +w1 +2 +1 +1 +0 ", text)
+
+
+def test_the_work_per_worker_in_csv_json_and_the_view(store: Store):
+    three_workers(store)
+    report = summary(store.engine, WEEK, now=NOW)
+    rows = list(csv.DictReader(io.StringIO(render(report, "csv"))))
+    mine = {(r["key"], r["metric"]): r["value"] for r in rows if r["section"] == "workers"}
+    assert mine[("host1/w1", "files")] == "3" and mine[("host2/w1", "duplicates")] == "1"
+    assert mine[("host1/w2", "files_per_s")] == "" and mine[("host1/w1", "files_per_s")] == "0.15"
+    workers = json.loads(render(report, "json"))["workers"]
+    assert [(w["worker_host"], w["worker_id"], w["files"], w["failed"]) for w in workers] == [
+        ("host1", "w1", 3, 1),
+        ("host1", "w2", 1, 0),
+        ("host2", "w1", 2, 0),
+    ]
+    with store.engine.connect() as conn:
+        view = conn.execute(
+            select(
+                *(literal_column(c) for c in ("worker_host", "worker_id", "files", "screened", "duplicates"))
+            )
+            .select_from(table("report_workers"))
+            .order_by(literal_column("worker_host"), literal_column("worker_id"))
+        ).all()
+    assert [tuple(r) for r in view] == [
+        ("host1", "scan", 1, 1, 0),
+        ("host1", "w1", 3, 1, 1),
+        ("host1", "w2", 1, 1, 0),
+        ("host2", "w1", 2, 1, 1),
+    ]
 
 
 def doc_queries() -> list[tuple[str | None, str]]:

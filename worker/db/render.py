@@ -44,8 +44,9 @@ def render_csv(report: Report) -> str:
         writer.writerow(["totals", "", metric, _text(value, iso=True)])
     for section in report.sections:
         for row in section.rows:
-            for metric, value in zip(section.columns[1:], row[1:], strict=True):
-                writer.writerow([section.name, _text(row[0], iso=True), metric, _text(value, iso=True)])
+            key = "/".join(_text(v, iso=True) for v in row[: section.keys])  # host/worker_id
+            for metric, value in zip(section.columns[section.keys :], row[section.keys :], strict=True):
+                writer.writerow([section.name, key, metric, _text(value, iso=True)])
     return out.getvalue()
 
 

@@ -1,8 +1,8 @@
 """Questions operators ask of the results database, answered for a time window.
 
 ``summary`` gives counts, the positive rate, failures by reason, the slowest and fastest
-hours and the model versions; ``flagged`` lists the files whose content was screened
-positive (from the ``report_flagged`` view). Both only read: on SQLite they never take
+hours, the model versions and the work per worker; ``flagged`` lists the files whose
+content was screened positive (from the ``report_flagged`` view). Both only read: on SQLite they never take
 the write lock, so a report cannot stall a worker.
 """
 
@@ -17,9 +17,20 @@ from sqlalchemy import ColumnElement, Double, Engine, String, case, column, func
 
 from worker.db.engine import reader
 from worker.db.errors import database_errors
-from worker.db.schema import UTCDateTime, audit_events, results
+from worker.db.schema import OUTCOMES, UTCDateTime, audit_events, results
 
 HOURS_SHOWN = 3
+WORKER_COLUMNS = (
+    "worker_host",
+    "worker_id",
+    "files",
+    "screened",
+    "duplicates",
+    "failed",
+    "first_at",
+    "last_at",
+    "files_per_s",
+)
 _SINCE = re.compile(r"(\d+)\s*([mhdw])")
 _UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
@@ -44,12 +55,13 @@ flagged_view = table(
 
 @dataclass(frozen=True)
 class Section:
-    """A titled table: ``name`` keys it in JSON and CSV."""
+    """A titled table: ``name`` keys it in JSON and CSV; its first ``keys`` columns name a row."""
 
     name: str
     title: str
     columns: tuple[str, ...]
     rows: list[tuple[Any, ...]]
+    keys: int = 1
 
 
 @dataclass(frozen=True)
@@ -77,7 +89,8 @@ def parse_since(text: str, now: datetime | None = None) -> datetime | None:
 
 
 def summary(engine: Engine, since: datetime | None, *, now: datetime | None = None) -> Report:
-    """Counts, positive rate, failures by reason, slowest and fastest hours, model versions."""
+    """Counts, positive rate, failures by reason, slowest and fastest hours, model versions,
+    and the work per worker."""
     a, r = audit_events.c, results.c
     in_window_a = a.at >= since if since else true()
     in_window_r = r.finished_at >= since if since else true()
@@ -120,6 +133,19 @@ def summary(engine: Engine, since: datetime | None, *, now: datetime | None = No
             .group_by(r.model_name, r.model_version, r.model_sha256)
             .order_by(func.max(r.finished_at).desc())
         ).all()
+        workers = conn.execute(
+            select(
+                a.worker_host,
+                a.worker_id,
+                func.count(),
+                *(func.sum(case((a.outcome == outcome, 1), else_=0)) for outcome in OUTCOMES),
+                func.min(a.at),
+                func.max(a.at),
+            )
+            .where(in_window_a)
+            .group_by(a.worker_host, a.worker_id)
+            .order_by(a.worker_host, a.worker_id)
+        ).all()
 
     files = sum(outcomes.values())
     report = Report("xray-screen summary", since, now or datetime.now(UTC))
@@ -161,7 +187,23 @@ def summary(engine: Engine, since: datetime | None, *, now: datetime | None = No
             [(name, version, sha[:12], n, p or 0, at) for name, version, sha, n, p, at in models],
         )
     )
+    report.sections.append(
+        Section(
+            "workers",
+            "Work per worker",
+            WORKER_COLUMNS,
+            [(*row, files_per_second(row[2], row[-2], row[-1])) for row in workers],
+            keys=2,
+        )
+    )
     return report
+
+
+def files_per_second(files: int, first: datetime | None, last: datetime | None) -> float | None:
+    """Files over the span from the first to the last (idle time included); None for one moment."""
+    if first is None or last is None or last <= first:
+        return None
+    return round(files / (last - first).total_seconds(), 2)
 
 
 def flagged(engine: Engine, since: datetime | None, *, now: datetime | None = None) -> Report:
