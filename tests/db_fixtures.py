@@ -36,20 +36,28 @@ def postgres_database() -> Iterator[URL]:
         admin.dispose()
 
 
+@pytest.fixture
+def postgres_schema(postgres_database: URL) -> URL:
+    """A fresh schema on the test server: this test's tables, whatever else runs."""
+    return fresh_schema(postgres_database)
+
+
 @pytest.fixture(params=ENGINES)
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """The URL of an empty database: a SQLite file not yet created, or a fresh Postgres schema."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'results.db'}"
-    base: URL = request.getfixturevalue("postgres_database")
+    return fresh_schema(request.getfixturevalue("postgres_database")).render_as_string(hide_password=False)
+
+
+def fresh_schema(base: URL) -> URL:
+    """``base`` with a new, empty schema of its own first on the search path."""
     schema = f"t_{secrets.token_hex(6)}"
     admin = create_engine(base, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
     admin.dispose()
-    return base.update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(
-        hide_password=False
-    )
+    return base.update_query_dict({"options": f"-csearch_path={schema}"})
 
 
 @pytest.fixture

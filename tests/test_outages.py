@@ -8,7 +8,6 @@ it through a local TCP proxy, and the proxy is what goes away.
 from __future__ import annotations
 
 import contextlib
-import secrets
 import shutil
 import socket
 import sqlite3
@@ -18,9 +17,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from daemon_harness import Site, real_jpegs
 from db_support import POSTGRES_URL
 from sqlalchemy import URL, create_engine, make_url, select
-from test_watch_e2e import Site, real_jpegs
 
 from worker.db.schema import audit_events, results
 
@@ -155,17 +154,6 @@ def test_sqlite_write_lock_held_elsewhere(sites, jpegs):
     wait(site, lambda: len(site.filed()) == 20, 120, "did not catch up")
     assert site.stop(proc) == 0
     assert_all_filed_once(site, jpegs[:20])
-
-
-@pytest.fixture
-def postgres_schema(postgres_database: URL) -> URL:
-    """A fresh schema on the test server: this test's tables, whatever else runs."""
-    schema = f"t_{secrets.token_hex(6)}"
-    admin = create_engine(postgres_database, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
-    admin.dispose()
-    return postgres_database.update_query_dict({"options": f"-csearch_path={schema}"})
 
 
 @pytest.mark.postgres

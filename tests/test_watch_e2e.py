@@ -8,103 +8,18 @@ workers sharing one inbox and one PostgreSQL database.
 from __future__ import annotations
 
 import shutil
-import signal
-import subprocess
-import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from daemon_harness import Site, real_jpegs, wait_for
 from db_support import POSTGRES_URL
 from sqlalchemy import create_engine, func, select
 
-from worker.db import migrate
-from worker.db.engine import make_engine
 from worker.db.schema import audit_events, results
 
 pytest_plugins = ["db_fixtures"]
 pytestmark = pytest.mark.slow
-EXE = Path(sys.executable).with_name("xray-worker")
-
-
-class Site:
-    def __init__(self, root: Path, db_url: str, model: Path):
-        self.root, self.db_url, self.model = root, db_url, model
-        self.inbox, self.processed, self.failed = root / "inbox", root / "processed", root / "failed"
-        self.inbox.mkdir()
-        self.procs: list[subprocess.Popen] = []
-        engine = make_engine(db_url, create=True)
-        migrate.upgrade(engine)
-        engine.dispose()
-
-    def close(self) -> None:
-        """Kill whatever a failed test left running."""
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait()
-
-    def start(self, worker_id: str = "w1", *extra: str) -> subprocess.Popen:
-        args = [
-            EXE,
-            "watch",
-            "--inbox",
-            self.inbox,
-            "--processed",
-            self.processed,
-            "--failed",
-            self.failed,
-            "--db",
-            self.db_url,
-            "--model",
-            self.model,
-            "--trust-model",
-            "--worker-id",
-            worker_id,
-            "--batch-size",
-            "8",
-            "--set",
-            "inbox.stability_seconds=1",
-            "--set",
-            "inbox.max_wait_ms=100",
-            *extra,
-        ]
-        with (self.root / f"{worker_id}.log").open("ab") as log:  # the child keeps its own copy
-            proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
-        self.procs.append(proc)
-        wait_for(lambda: "ready: screening" in self.log(worker_id), 120, f"{worker_id} never became ready")
-        return proc
-
-    def log(self, worker_id: str = "w1") -> str:
-        path = self.root / f"{worker_id}.log"
-        return path.read_text(errors="replace") if path.exists() else ""
-
-    def stop(self, proc: subprocess.Popen) -> int:
-        proc.send_signal(signal.SIGTERM)
-        return proc.wait(timeout=60)
-
-    def waiting(self) -> list[Path]:
-        return [p for p in self.inbox.rglob("*") if p.is_file() and ".xray-screen" not in p.parts]
-
-    def claimed(self) -> list[Path]:
-        return [p for p in (self.inbox / ".xray-screen").rglob("*~*") if p.is_file()]
-
-    def filed(self) -> list[Path]:
-        return [
-            p
-            for base in (self.processed, self.failed)
-            if base.exists()
-            for p in base.rglob("*")
-            if p.is_file() and not p.name.endswith(".error.json")
-        ]
-
-    def count(self, table) -> int:
-        engine = create_engine(self.db_url)
-        with engine.connect() as conn:
-            n = conn.execute(select(func.count()).select_from(table)).scalar_one()
-        engine.dispose()
-        return n
 
 
 @pytest.fixture
@@ -118,19 +33,6 @@ def make_site(tmp_path: Path, trained_model: Path):
     yield make
     for site in sites:
         site.close()
-
-
-def wait_for(condition: Callable[[], bool], timeout: float, message: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.2)
-    pytest.fail(message)
-
-
-def real_jpegs(full_res_dir: Path, n: int) -> list[Path]:
-    return sorted((full_res_dir / "train").rglob("*.jpeg"))[:n]
 
 
 def test_daemon_screens_what_arrives_before_and_while_it_runs(
