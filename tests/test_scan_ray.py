@@ -210,7 +210,8 @@ class Archive:
         (self.root / "readme.txt").write_text("export notes\n")
         self.count = sum(1 for p in self.root.rglob("*") if p.is_file())
 
-    def database(self, url: str) -> str:
+    @staticmethod
+    def database(url: str) -> str:
         engine = make_engine(url, create=True)
         migrate.upgrade(engine)
         engine.dispose()
@@ -328,3 +329,38 @@ def test_a_ray_scan_stopped_mid_run_resumes_where_it_committed(tmp_path: Path, d
         paths = [r.source_path for r in conn.execute(select(audit_events.c.source_path))]
     assert sorted(paths) == sorted(str(p) for p in archive.root.rglob("*") if p.is_file())  # once each
     engine.dispose()
+
+
+def test_an_unreachable_cluster_exits_75_at_once(tmp_path: Path):
+    db = f"sqlite:///{tmp_path / 'r.db'}"
+    Archive.database(db)
+    (tmp_path / "archive").mkdir()
+    start = time.monotonic()
+    proc = subprocess.run(
+        [EXE, "scan", tmp_path / "archive", "--db", db, "--engine", "ray", "--ray-address", "127.0.0.1:1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 75, proc.stderr
+    assert "cannot reach the Ray cluster at 127.0.0.1:1" in proc.stderr
+    assert time.monotonic() - start < 60  # not Ray's minutes of retries
+
+
+@pytest.mark.slow
+def test_ray_address_joins_a_running_cluster(tmp_path: Path, data_dir: Path):
+    """`ray start --head` as an operator would, then `scan --ray-address` to it."""
+    ray_exe = Path(sys.executable).with_name("ray")
+    port = 6390 + os.getpid() % 500
+    head = [ray_exe, "start", "--head", "--port", str(port), "--num-cpus", "2"]
+    head += ["--include-dashboard", "false", "--disable-usage-stats"]
+    subprocess.run(head, check=True, capture_output=True, timeout=120)
+    try:
+        archive = Archive(tmp_path, data_dir, files=60)
+        db = archive.database(f"sqlite:///{tmp_path / 'ray.db'}")
+        done = archive.scan(db, "--engine", "ray", "--ray-address", f"127.0.0.1:{port}")
+        assert done.returncode == 0, done.stderr
+        assert "Ray: 127.0.0.1:" in done.stderr and f"{archive.count} files read" in done.stderr
+        assert len(table_rows(db)["audit"]) == archive.count
+    finally:
+        subprocess.run([ray_exe, "stop", "--force"], capture_output=True, timeout=120)
