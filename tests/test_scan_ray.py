@@ -116,7 +116,11 @@ def through_stages(spec: StageSpec, paths: list[Path]) -> dict[str, np.ndarray]:
         "size": np.array([p.stat().st_size for p in paths]),
         "mtime_ns": np.array([p.stat().st_mtime_ns for p in paths]),
     }
-    out = Screen(spec)(Prepare(spec)(batch))
+    prepare = Prepare(spec)
+    try:
+        out = Screen(spec)(prepare(batch))
+    finally:
+        prepare.close()
     assert len(out["path"]) == n and "item" not in out  # tensors stay on the workers
     return out
 

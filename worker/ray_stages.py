@@ -107,6 +107,10 @@ class Prepare:
             "decode_ms": decode_ms,
         }
 
+    def close(self) -> None:
+        """Close the database connections (an actor's process exit does it too)."""
+        self.store.close()
+
     def _known(self, shas: np.ndarray) -> set[str]:
         """Contents this model already has results for (an unreachable database: none)."""
         if not len(shas):
