@@ -166,14 +166,15 @@ def test_content_already_screened_is_not_decoded_and_settles_as_a_duplicate(
     ray_scanner = RayScanner(files=[], screening=screening, store=store, worker_host="test")
 
     first = through_stages(spec, [jpegs[0], jpegs[1], twin])
-    jobs = ray_scanner._settle(first)
+    jobs, device = ray_scanner._settle(first)
+    assert device == "cpu"
     assert [j.outcome for j in jobs] == ["screened", "screened", "duplicate"]
     assert jobs[2].probabilities == jobs[1].probabilities
     ray_scanner.committer.commit(jobs)
 
     again = through_stages(spec, [jpegs[0], jpegs[2]])
     assert list(again["status"]) == [KNOWN, READY] and again["facts"][0] == ""
-    jobs = ray_scanner._settle(again)
+    jobs, _ = ray_scanner._settle(again)
     assert [j.outcome for j in jobs] == ["duplicate", "screened"]
     assert jobs[0].label == first["label"][0] and jobs[0].positive_probability == pytest.approx(
         first["positive_probability"][0]

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -125,6 +126,7 @@ class RayScanner(ScanRun):
         super().__init__(screening=screening, **run)  # store, worker_host, limit, progress, ...
         self.files = iter(files)
         self.screening = screening
+        self._in_flight: dict[str, ScanJob] = {}  # screened in the batch being committed, by content
 
     def run(self) -> ScanCounts:
         model = self.screening.model
@@ -138,21 +140,34 @@ class RayScanner(ScanRun):
         from ray.exceptions import RayError
 
         batches = self.screening.dataset(work).iter_batches(batch_size=None, batch_format="numpy")
-        try:
-            for batch in batches:
-                self.committer.commit(self._settle(batch))
-                if self.stopping:
-                    break
-        except RayError as exc:
-            if self.stopping:  # Ctrl-C reached Ray's processes too: what was committed stays
-                return self.counts
-            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ClusterError(f"the Ray cluster failed: {first_line}") from exc
-        finally:
-            close = getattr(batches, "close", None)
-            if close is not None:
-                close()
+        with ThreadPoolExecutor(1, thread_name_prefix="commit") as commits:
+            committing: Future[None] | None = None
+            try:
+                for batch in batches:
+                    jobs, device = self._settle(batch)
+                    if committing is not None:
+                        committing.result()  # one commit at a time, in order; its error is raised here
+                    self._in_flight = {j.sha256: j for j in jobs if j.outcome == "screened" and j.sha256}
+                    committing = commits.submit(self._commit, jobs, device)
+                    if self.stopping:
+                        break
+            except RayError as exc:
+                if not self.stopping:
+                    text = str(exc).strip().splitlines() or [repr(exc)]
+                    raise ClusterError(f"the Ray cluster failed: {text[0]}") from exc
+                # else Ctrl-C reached Ray's processes too: what was committed stays
+            finally:
+                close = getattr(batches, "close", None)
+                if close is not None:
+                    close()
+                if committing is not None:
+                    committing.result()
         return self.counts
+
+    def _commit(self, jobs: list[ScanJob], device: str) -> None:
+        """In the commit thread, so the driver settles the next batch meanwhile."""
+        self.screening.device_name = device  # commits are one at a time: this batch's device
+        self.committer.commit(jobs)
 
     # -- planning -------------------------------------------------------------------------
 
@@ -194,15 +209,17 @@ class RayScanner(ScanRun):
 
     # -- settling what comes back ---------------------------------------------------------
 
-    def _settle(self, batch: dict[str, np.ndarray]) -> list[ScanJob]:
-        """One batch from the Screen actors -> decided jobs, duplicates settled on the way."""
+    def _settle(self, batch: dict[str, np.ndarray]) -> tuple[list[ScanJob], str]:
+        """One batch from the Screen actors -> decided jobs, duplicates settled on the way
+        (against the database, the batch being committed, and this batch), and the device
+        that screened it."""
         rows = [_Row(batch, i) for i in range(len(batch["path"]))]
         shas = {r.sha256 for r in rows if r.sha256 and r.status != FAILED}
         model = self.screening.model
         known: dict[str, StoredResult] = (
             self.committer.retrying(lambda: self.store.known_results(shas, model.sha256)) if shas else {}
         )
-        first: dict[str, ScanJob] = {}
+        first: dict[str, ScanJob] = dict(self._in_flight)
         jobs = []
         for row in rows:
             job = row.job()
@@ -216,11 +233,10 @@ class RayScanner(ScanRun):
                 job.decide(row.prediction(), model.positive_class)
                 job.finished_at = row.finished_at
                 first[row.sha256] = job
-                self.screening.device_name = row.device
             else:  # known when it was prepared, gone now (the database was reset?)
                 job.fail("its earlier result is no longer in the database", retry_next_run=True)
             jobs.append(job)
-        return jobs
+        return jobs, str(batch["device"][0]) if len(rows) else self.screening.device_name
 
 
 class _Row:
@@ -233,7 +249,6 @@ class _Row:
         self.status = str(batch["status"][i])
         self.reason = str(batch["reason"][i])
         self.retry = bool(batch["retry"][i])
-        self.device = str(batch["device"][i])
         self.finished_at = _utc(batch["finished_at"][i])
 
     def job(self) -> ScanJob:
