@@ -71,7 +71,7 @@ log = logging.getLogger("worker")
 @click.option(
     "--ray-address",
     metavar="ADDR",
-    help="Ray cluster to join (head:6379, ray://head:10001); default [ray] address, else a local instance.",
+    help="Head of the Ray cluster to join (host:6379); default [ray] address, else a local instance.",
 )
 @model_options
 @click.pass_context

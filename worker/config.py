@@ -136,7 +136,7 @@ class ScanSettings:
 class RaySettings:
     """``xray-worker scan --engine ray``: where the cluster is and how the work is spread on it."""
 
-    # The Ray cluster (head:6379, or ray://head:10001); empty: start a local Ray instance.
+    # The Ray cluster's head (host:6379, its GCS port); empty: start a local Ray instance.
     address: str = ""
     # Inference actors; 0: one per gpus_per_actor GPUs in the cluster, or 1 on a cluster without GPUs.
     actors: int = field(default=0, metadata=_check(minimum=0, maximum=4096))
