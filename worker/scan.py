@@ -51,7 +51,7 @@ class Scanner(ScanRun):
         files: Iterable[FoundFile],
         predictor: Predictor,
         batch_size: int | None = None,
-        **run: Any,  # store, worker_host, limit, progress, on_commit, attempts, backoff: ScanRun's
+        **run: Any,  # limit, and the ScanCommitter's store, worker_host, progress, ...
     ):
         super().__init__(screening=predictor, **run)
         self.files = iter(files)

@@ -221,30 +221,12 @@ class ScanRun:
     ``screening`` is the ``Predictor`` (local engine) or ``RayScreening`` (Ray engine).
     """
 
-    def __init__(
-        self,
-        *,
-        store: Store,
-        screening: Any,
-        worker_host: str,
-        limit: int | None = None,
-        progress: Progress | None = None,
-        on_commit: Callable[[list[FileVerdict]], None] | None = None,
-        attempts: int = 8,  # with the default backoff: about two minutes of outage
-        backoff: Backoff | None = None,
-    ):
-        self.store = store
+    def __init__(self, *, limit: int | None = None, **commit: Any):
+        """``commit``: the ``ScanCommitter``'s arguments (store, screening, worker_host, progress,
+        on_commit, attempts, backoff), passed on as they are."""
+        self.committer = ScanCommitter(**commit)
+        self.store, self.progress = self.committer.store, self.committer.progress
         self.limit = limit
-        self.progress = progress
-        self.committer = ScanCommitter(
-            store=store,
-            screening=screening,
-            worker_host=worker_host,
-            progress=progress,
-            on_commit=on_commit,
-            attempts=attempts,
-            backoff=backoff,
-        )
         self._stop = threading.Event()
         self._planned = 0  # files read this run (the limit counts these)
 
