@@ -99,9 +99,7 @@ class Predictor:
 
     def warm_up(self) -> None:
         """One full-size batch through the model, so the first real file is not slow."""
-        size = self.model.preprocessing.resize or (224, 224)
-        blank = DecodedImage(np.zeros(size, dtype=np.uint8), "PNG", size[1], size[0])
-        self.infer([self.model.to_item(blank)] * min(self.batch_size, 8))
+        self.infer([self.model.blank_item()] * min(self.batch_size, 8))
 
     @property
     def device_name(self) -> str:

@@ -111,6 +111,11 @@ class LoadedModel:
             img = img.convert(self.preprocessing.image_mode)
         return self.item_pipeline(self.image_class(img))
 
+    def blank_item(self) -> Any:
+        """A black image at the model's input size, as an item tensor (warm-up, shapes, types)."""
+        height, width = self.preprocessing.resize or (224, 224)
+        return self.to_item(DecodedImage(np.zeros((height, width), dtype=np.uint8), "PNG", width, height))
+
     def decode_and_prepare(self, path: Path, limits: Limits = DEFAULT_LIMITS) -> tuple[Any, DecodedImage]:
         decoded = decode_file(path, min_side=self.preprocessing.min_side, limits=limits)
         return self.to_item(decoded), decoded

@@ -64,7 +64,7 @@ class Prepare:
         self.model = spec.load_model()
         self.limits = spec.limits
         self.store = Store(spec.database_url)
-        self.item_shape = tuple(_blank_item(self.model).shape)
+        self.item_shape = tuple(self.model.blank_item().shape)
 
     def __call__(self, batch: Batch) -> Batch:
         from worker.inference import prepare
@@ -129,7 +129,7 @@ class Screen:
         from worker.inference import Predictor
 
         model = spec.load_model()
-        self.tensor_type = type(_blank_item(model))
+        self.tensor_type = type(model.blank_item())
         self.predictor = Predictor(model, spec.inference, spec.limits)
         self.predictor.warm_up()
         self.device = self.predictor.device_name
@@ -176,8 +176,3 @@ def decoded_from_facts(text: str) -> DecodedImage:
 def _facts(decoded: DecodedImage) -> dict[str, Any]:
     dicom = asdict(decoded.dicom) if decoded.dicom else None
     return {"format": decoded.format, "width": decoded.width, "height": decoded.height, "dicom": dicom}
-
-
-def _blank_item(model: Any) -> Any:
-    size = model.preprocessing.resize or (224, 224)
-    return model.to_item(DecodedImage(np.zeros(size, dtype=np.uint8), "PNG", size[1], size[0]))
