@@ -14,9 +14,11 @@ from db_support import populate
 
 from worker.cli import cli
 from worker.db.engine import make_engine
+from worker.db.migrate import head_revision
 from worker.db.store import Store
 
 pytest_plugins = ["db_fixtures"]
+HEAD = head_revision()
 
 
 def run(*args: str, input: str | None = None):
@@ -30,27 +32,27 @@ def test_upgrade_creates_the_sqlite_file_the_config_names_then_current_and_downg
 
     result = run("--config", str(config), "db", "upgrade")
     assert result.exit_code == 0, result.output
-    assert result.output == f"sqlite:///{database}: upgraded from none to 0003 (head)\n"
+    assert result.output == f"sqlite:///{database}: upgraded from none to {HEAD} (head)\n"
     assert database.exists()
-    assert run("--config", str(config), "db", "upgrade").output.endswith("already at 0003 (head)\n")
-    assert run("--config", str(config), "db", "current").output == f"sqlite:///{database}: 0003 (head)\n"
+    assert run("--config", str(config), "db", "upgrade").output.endswith(f"already at {HEAD} (head)\n")
+    assert run("--config", str(config), "db", "current").output == f"sqlite:///{database}: {HEAD} (head)\n"
 
     refused = run("--config", str(config), "db", "downgrade", "base", input="n\n")
     assert refused.exit_code == 1 and "Aborted" in refused.output
     result = run("--config", str(config), "db", "downgrade", "base", "--yes")
     assert result.exit_code == 0, result.output
-    assert result.output.endswith("downgraded from 0003 to none (empty)\n")
+    assert result.output.endswith(f"downgraded from {HEAD} to none (empty)\n")
 
     check = run("--config", str(config), "db", "current", "--check")
     assert check.exit_code == 78
-    assert "none (empty), expected 0003: run `xray-worker db upgrade`" in check.output
+    assert f"none (empty), expected {HEAD}: run `xray-worker db upgrade`" in check.output
 
 
 def test_upgrade_with_a_db_flag_on_either_engine(db_url: str):
     result = run("db", "upgrade", "--db", db_url)
     assert result.exit_code == 0, result.output
-    assert "upgraded from none to 0003 (head)" in result.output
-    assert run("db", "current", "--db", db_url).output.endswith("0003 (head)\n")
+    assert f"upgraded from none to {HEAD} (head)" in result.output
+    assert run("db", "current", "--db", db_url).output.endswith(f"{HEAD} (head)\n")
 
 
 def test_commands_on_a_missing_or_old_database_say_what_to_run(tmp_path: Path, db_url: str):
@@ -61,7 +63,7 @@ def test_commands_on_a_missing_or_old_database_say_what_to_run(tmp_path: Path, d
     engine.dispose()
     empty = run("report", "flagged", "--db", db_url)
     assert empty.exit_code == 78
-    assert "at revision none (empty), expected 0003: run `xray-worker db upgrade`" in empty.output
+    assert f"at revision none (empty), expected {HEAD}: run `xray-worker db upgrade`" in empty.output
 
 
 def test_an_unreachable_server_is_one_line_without_the_password():

@@ -15,7 +15,7 @@ import pytest
 from worker import filing
 from worker.claim import WORK_DIR, WorkArea
 from worker.errors import ConfigError
-from worker.filing import dated_folder, fit_name, move_no_clobber, safe_component, write_error_sidecar
+from worker.filing import dated_folder, fit, move_no_clobber, safe_component, write_error_sidecar
 from worker.inbox import Inbox
 
 
@@ -62,7 +62,7 @@ def test_move_without_hard_links(tmp_path: Path, monkeypatch):
 
 def test_long_and_odd_names(tmp_path: Path):
     long = "x" * 250 + ".jpeg"
-    assert len(fit_name(long, "-12").encode()) <= 255 and fit_name(long, "-12").endswith("-12.jpeg")
+    assert len(fit(long, "-12").encode()) <= 255 and fit(long, "-12").endswith("-12.jpeg")
     assert (
         safe_component("../etc") == ".._etc" and safe_component("..") == "_.." and safe_component("") == "_"
     )

@@ -355,6 +355,7 @@ def test_output_csv_has_a_row_per_file_read(archive: Archive):
         "probability_PNEUMONIA",
         "reason",
         "content_sha256",
+        "path_hex",
     ]
     labels = {r.content_sha256: r.label for r in archive.rows(results)}
     for row in rows:

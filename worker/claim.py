@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from worker.errors import ConfigError, TransientError
-from worker.filing import NAME_MAX, fit_name
+from worker.names import NAME_MAX, fit
 
 log = logging.getLogger(__name__)
 
@@ -86,11 +86,18 @@ class WorkArea:
         if not self.root.is_dir():
             raise TransientError(f"the inbox {self.inbox} is not there (a share that dropped?)")
 
-    def claim(self, path: Path) -> Claimed | None:
-        """Move ``path`` into the work area; None if someone else took (or removed) it first."""
+    def claim(self, path: Path, *, bare: bool = False) -> Claimed | None:
+        """Move ``path`` into the work area; None if someone else took (or removed) it first.
+
+        The claimed file is named ``<token>~<name>``, cut to NAME_MAX only when the name is
+        too long for the prefix (``worker.names.fit``): then its note, which keeps the whole
+        name, is fsynced. ``bare`` names it ``<token>~`` alone, for a name that something
+        unexpected stopped us from fitting.
+        """
         token = uuid.uuid4().hex[:16]
         source = str(path.relative_to(self.inbox))
-        target = self.root / fit_name(f"{token}{_SEP}{path.name}")
+        name = f"{token}{_SEP}" if bare else fit(f"{token}{_SEP}{path.name}")
+        target = self.root / name
         try:
             path.rename(target)
         except FileNotFoundError:
@@ -99,16 +106,21 @@ class WorkArea:
             raise TransientError(f"cannot claim {path}: {exc.strerror or exc}") from exc
         claimed = Claimed(target, source, token, time.time())
         try:
-            self._write_note(claimed)
+            self._write_note(claimed, durable=name != f"{token}{_SEP}{path.name}")
         except OSError as exc:  # the share dropped just now: the file name still says enough
             log.warning("cannot write the claim note for %s: %s", source, exc.strerror or exc)
         return claimed
 
-    def _write_note(self, claimed: Claimed) -> None:
+    def _write_note(self, claimed: Claimed, *, durable: bool = False) -> None:
         note = self.root / f"{claimed.token}.claim.json"
-        # Not fsynced: losing a note to a power cut only loses the source's folder (the file
-        # keeps its name), and a rename that did not reach the disk leaves the file in the inbox.
-        note.write_text(json.dumps({"source": claimed.source, "claimed_at": claimed.claimed_at}))
+        # Not fsynced when the claimed name is whole: losing a note to a power cut only loses
+        # the source's folder, and a rename that did not reach the disk leaves the file in the
+        # inbox. A shortened (or bare) name needs its note to be filed under its own name.
+        with note.open("w", encoding="utf-8") as fh:
+            fh.write(json.dumps({"source": claimed.source, "claimed_at": claimed.claimed_at}))
+            if durable:
+                fh.flush()
+                os.fsync(fh.fileno())
 
     def release(self, claimed: Claimed) -> None:
         """Forget a claim whose file has been filed."""
@@ -179,7 +191,7 @@ class WorkArea:
     def _take(self, other: Path, claimed: Claimed) -> Claimed | None:
         name = claimed.path.name
         if not name.startswith(f"{claimed.token}{_SEP}"):
-            name = fit_name(f"{claimed.token}{_SEP}{name}")  # a token of its own from now on
+            name = fit(f"{claimed.token}{_SEP}{name}")  # a token of its own from now on
         target = self.root / name
         try:
             claimed.path.rename(target)

@@ -66,6 +66,7 @@ def predict(ctx: click.Context, paths: tuple[Path, ...], as_json: bool, **flags:
     """
     from worker.discover import expand_paths
     from worker.inference import Failure
+    from worker.names import as_fields, for_log
 
     settings = settings_for(ctx, **model_overrides(flags))
     predictor = open_predictor(settings)
@@ -82,16 +83,16 @@ def predict(ctx: click.Context, paths: tuple[Path, ...], as_json: bool, **flags:
         if isinstance(outcome, Failure):
             counts["failed"] += 1
             if as_json:
-                click.echo(json.dumps({"path": str(outcome.path), "error": outcome.reason}))
+                click.echo(json.dumps({**as_fields("path", str(outcome.path)), "error": outcome.reason}))
             else:
-                click.echo(f"{outcome.path}  ERROR  {outcome.reason}", err=True)
+                click.echo(f"{for_log(str(outcome.path))}  ERROR  {outcome.reason}", err=True)
             continue
         counts[outcome.label] += 1
         if as_json:
             click.echo(json.dumps(_prediction_record(outcome, predictor)))
         else:
             probs = " ".join(f"{name}={p:.4f}" for name, p in outcome.probabilities.items())
-            click.echo(f"{outcome.path}  {outcome.label}  {probs}")
+            click.echo(f"{for_log(str(outcome.path))}  {outcome.label}  {probs}")
     seconds = time.perf_counter() - start
     total = sum(counts.values())
     summary = ", ".join(f"{n} {label}" for label, n in sorted(counts.items()))
@@ -106,9 +107,11 @@ def predict(ctx: click.Context, paths: tuple[Path, ...], as_json: bool, **flags:
 
 
 def _prediction_record(outcome: Any, predictor: Any) -> dict[str, Any]:
+    from worker.names import as_fields
+
     decoded = outcome.decoded
     record: dict[str, Any] = {
-        "path": str(outcome.path),
+        **as_fields("path", str(outcome.path)),
         "label": outcome.label,
         "probabilities": outcome.probabilities,
         "positive_class": predictor.model.positive_class,

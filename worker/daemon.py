@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from worker.boundary import contain
 from worker.claim import Claimed, WorkArea
 from worker.db.store import AuditRecord, ResultRecord, Store, StoredResult
 from worker.errors import TransientError
@@ -37,6 +38,7 @@ from worker.hashing import sha256_file
 from worker.inbox import Inbox
 from worker.inference import Failure, Prediction, Predictor
 from worker.lease import Heartbeat, beat_interval
+from worker.names import for_log
 from worker.records import result_record
 from worker.retry import Backoff
 from worker.sdnotify import Notifier
@@ -121,6 +123,7 @@ class Daemon:
         self.backoff = Backoff()
         self.counts: dict[str, int] = {"screened": 0, "duplicate": 0, "failed": 0}
         self._queue: deque[Claimed] = deque()
+        self._internal: dict[str, str] = {}  # claim token -> why its file fails (an internal error)
         self._stop = threading.Event()
         self._hashers = ThreadPoolExecutor(predictor.workers, thread_name_prefix="hash")
         self._last_beat = 0.0
@@ -211,7 +214,7 @@ class Daemon:
         room = self.window - len(self._queue)
         if room > 0:
             for path in self.inbox.take(room):
-                claimed = self.work.claim(path)
+                claimed = self._claim(path)
                 if claimed is not None:
                     self._queue.append(claimed)
         if not self._queue:
@@ -225,6 +228,33 @@ class Daemon:
         for _ in batch:
             self._queue.popleft()
         return len(batch)
+
+    def _claim(self, path: Path) -> Claimed | None:
+        """Claim ``path``. Something unexpected while claiming it fails that file: it is claimed
+        under a bare name and goes to failed/ with the reason; if even that fails, it stays in
+        the inbox until the next start (logged)."""
+        try:
+            return self.work.claim(path)
+        except TransientError:
+            raise
+        except Exception as exc:
+            reason = contain("claiming", for_log(str(path)), exc)
+        try:
+            claimed = self.work.claim(path, bare=True)
+        except TransientError:
+            raise
+        except Exception as exc:
+            log.error(
+                "cannot claim %s at all (%s: %s): leaving it in the inbox until the next start",
+                path,
+                type(exc).__name__,
+                exc,
+            )
+            self.inbox.leave(path)
+            return None
+        if claimed is not None:
+            self._internal[claimed.token] = reason
+        return claimed
 
     def _beat(self) -> None:
         now = time.monotonic()
@@ -246,6 +276,9 @@ class Daemon:
                 self._file(job, Path(plan.destination_path))
         if not todo:
             return
+        for job in todo:
+            if job.claimed.token in self._internal:  # its claim went wrong (see _claim)
+                job.outcome, job.reason = "failed", self._internal[job.claimed.token]
         started = datetime.now(UTC)
         list(self._hashers.map(self._hash, todo))  # reading and hashing overlap across files
         model = self.predictor.model
@@ -253,14 +286,15 @@ class Daemon:
         fresh = self._screen(todo, known)
         finished_at = datetime.now(UTC)
         self.work.check()  # files unreadable because the share dropped are not failures to record
-        results = [self._result(j, started, finished_at) for j in fresh]  # facts about content: kept
+        results = {j.claimed.token: r for j in fresh if (r := self._result(j, started, finished_at))}
         todo = self._still_mine(todo)
         audits = [self._plan(j, finished_at) for j in todo]
-        self.store.record_batch(results, audits, before_commit=lambda: self.faults.reach("in-commit"))
+        recorded = self._record(todo, results, audits)
         self.faults.reach("after-commit")
-        for job, audit in zip(todo, audits, strict=True):
+        for job, audit in recorded:
             self._file(job, Path(audit.destination_path or ""))
             self.counts[job.outcome] += 1
+            self._internal.pop(job.claimed.token, None)
         seconds = time.perf_counter() - start
         log.info(
             "batch: %d files (%d screened, %d duplicates, %d failed) in %.2f s, %.1f images/s",
@@ -271,6 +305,53 @@ class Daemon:
             seconds,
             len(jobs) / seconds if seconds else 0,
         )
+
+    def _record(
+        self, jobs: list[_Job], results: dict[str, ResultRecord], audits: list[AuditRecord]
+    ) -> list[tuple[_Job, AuditRecord]]:
+        """Commit the batch in one transaction; the jobs recorded, with their audit rows.
+
+        Should the batch fail for a reason no retry fixes (a row of one file that the
+        database will not take), each file is committed alone, and a file whose rows still
+        fail is recorded as failed, with the reason, and no result. One whose failure row
+        cannot be written either stays claimed until the next start (logged).
+        """
+        kept = [results[j.claimed.token] for j in jobs if j.claimed.token in results]
+        try:
+            self.store.record_batch(kept, audits, before_commit=lambda: self.faults.reach("in-commit"))
+            return list(zip(jobs, audits, strict=True))
+        except TransientError:
+            raise
+        except Exception as exc:
+            log.warning(
+                "cannot record the batch (%s: %s); recording its files one by one", type(exc).__name__, exc
+            )
+        recorded = []
+        for job, audit in zip(jobs, audits, strict=True):
+            result = results.get(job.claimed.token)
+            try:
+                self.store.record_batch([result] if result else [], [audit])
+                recorded.append((job, audit))
+                continue
+            except TransientError:
+                raise
+            except Exception as exc:
+                job.outcome, job.reason = "failed", contain("recording", job.claimed.source, exc)
+            audit = self._plan(job, audit.at)
+            try:
+                self.store.record_batch([], [audit])
+            except TransientError:
+                raise
+            except Exception as exc:
+                log.error(
+                    "%s: cannot record it even as failed (%s: %s); it stays claimed until the next start",
+                    job.claimed.source,
+                    type(exc).__name__,
+                    exc,
+                )
+                continue
+            recorded.append((job, audit))
+        return recorded
 
     def _still_mine(self, jobs: list[_Job]) -> list[_Job]:
         """The jobs whose file is still in the work area. One that is gone was adopted by a
@@ -289,6 +370,8 @@ class Daemon:
             job.sha256, job.size = sha256_file(job.claimed.path)
         except OSError as exc:
             job.outcome, job.reason = "failed", f"cannot read file: {exc.strerror or exc}"
+        except Exception as exc:
+            job.outcome, job.reason = "failed", contain("hashing", job.claimed.source, exc)
 
     def _screen(self, jobs: list[_Job], known: dict[str, StoredResult]) -> list[_Job]:
         """Infer content not seen before; the rest are duplicates of an earlier result."""
@@ -319,17 +402,22 @@ class Daemon:
                 )
         return [j for j in to_infer if j.outcome == "screened"]
 
-    def _result(self, job: _Job, started: datetime, finished: datetime) -> ResultRecord:
+    def _result(self, job: _Job, started: datetime, finished: datetime) -> ResultRecord | None:
+        """The result row of a screened file; None (and the file failed) if it cannot be built."""
         assert job.prediction is not None and job.sha256 is not None
         queued = datetime.fromtimestamp(job.claimed.claimed_at, UTC)
-        return result_record(
-            self.predictor,
-            job.prediction,
-            job.sha256,
-            queued_at=queued,
-            started_at=started,
-            finished_at=finished,
-        )
+        try:
+            return result_record(
+                self.predictor,
+                job.prediction,
+                job.sha256,
+                queued_at=queued,
+                started_at=started,
+                finished_at=finished,
+            )
+        except Exception as exc:
+            job.outcome, job.reason = "failed", contain("recording the result of", job.claimed.source, exc)
+            return None
 
     def _plan(self, job: _Job, when: datetime) -> AuditRecord:
         """Where the file will go: decided, and recorded, before it moves."""
@@ -381,7 +469,50 @@ class Daemon:
             raise TransientError(
                 f"cannot file {job.claimed.source} into {destination.parent}: {exc.strerror or exc}"
             ) from exc
+        except TransientError:
+            raise
+        except Exception as exc:
+            self._file_as_failed(job, contain("filing", job.claimed.source, exc))
+            return
         self.work.release(job.claimed)
         verdict = job.label if job.outcome == "screened" else job.outcome
         extra = f" ({job.reason})" if job.reason else ""
         log.info("%s: %s%s -> %s", job.claimed.source, verdict, extra, moved)
+
+    def _file_as_failed(self, job: _Job, reason: str) -> None:
+        """Something unexpected stopped the planned move (or its sidecar): the file goes to
+        failed/ instead, its audit row saying so. Should that fail too, the file stays claimed
+        until the next start, which tries again."""
+        job.outcome, job.reason = "failed", reason
+        target = self.folders.failed_folder(datetime.now(UTC)) / job.claimed.name
+        self.store.refile(job.event_id, reason=reason, destination_path=str(target))
+
+        def placed(moved: Path) -> None:
+            if moved != target:
+                self.store.set_destination(job.event_id, str(moved))
+            details = {"reason": reason, "source": job.claimed.source, "sha256": job.sha256}
+            try:
+                write_error_sidecar(moved, {**details, "at": datetime.now(UTC).isoformat()})
+            except Exception as exc:
+                log.warning(
+                    "%s: no error sidecar (%s: %s); the audit row has the reason",
+                    moved,
+                    type(exc).__name__,
+                    exc,
+                )
+
+        try:
+            moved = move_no_clobber(job.claimed.path, target.parent, target.name, placed=placed)
+        except TransientError:
+            raise
+        except Exception as exc:
+            log.error(
+                "%s: cannot file it into %s either (%s: %s); it stays claimed until the next start",
+                job.claimed.source,
+                target.parent,
+                type(exc).__name__,
+                exc,
+            )
+            return
+        self.work.release(job.claimed)
+        log.info("%s: failed (%s) -> %s", job.claimed.source, reason, moved)

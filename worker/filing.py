@@ -20,7 +20,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-NAME_MAX = 255  # bytes, for one path component on Linux file systems
+from worker.names import NAME_MAX, as_hex, as_text, cut, fit
+
+__all__ = ["NAME_MAX", "dated_folder", "fit", "move_no_clobber", "safe_component", "write_error_sidecar"]
+
 _UNSAFE_COMPONENT = re.compile(r"[/\\\x00]")
 
 
@@ -30,21 +33,10 @@ def safe_component(text: str) -> str:
     return "_" + cleaned if cleaned in (".", "..") else cleaned
 
 
-def fit_name(name: str, suffix: str = "") -> str:
-    """``name`` with ``suffix`` before its extension, cut so the whole fits NAME_MAX bytes."""
-    stem, dot, ext = name.rpartition(".")
-    if not dot or not stem or len(ext) > 16:
-        stem, ext = name, ""
-    ext = f".{ext}" if ext else ""
-    budget = NAME_MAX - len((suffix + ext).encode())
-    stem_bytes = stem.encode()[:budget]
-    return stem_bytes.decode(errors="ignore") + suffix + ext
-
-
 def _candidates(name: str) -> Iterator[str]:
-    yield fit_name(name)
+    yield fit(name)
     for n in range(1, 100_000):
-        yield fit_name(name, f"-{n}")
+        yield fit(name, f"-{n}")
     raise FileExistsError(f"no free name for {name!r}")
 
 
@@ -59,7 +51,8 @@ def move_no_clobber(
 
     ``placed(new_path)`` runs once the file has its new name and, where the file system has
     hard links, still its old one: what it writes (a sidecar, a corrected database row) is
-    done before the old name goes. A move interrupted at that point (a crash) is finished by
+    done before the old name goes. Should it raise, the move is taken back: the file is left
+    under its old name alone, and the error raised. A move interrupted at that point (a crash) is finished by
     the next call: a candidate that is already a hard link to ``src`` is this file, not a
     name taken by another one.
     """
@@ -74,12 +67,27 @@ def move_no_clobber(
             kept = True  # linked here by a move that died before removing the old name
         fsync_dir(folder)
         if placed is not None:
-            placed(dst)
+            try:
+                placed(dst)
+            except BaseException:
+                _undo(src, dst, kept)  # the file keeps one name: where it was
+                raise
         if kept:
             src.unlink()
         fsync_dir(src.parent)
         return dst
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _undo(src: Path, dst: Path, kept: bool) -> None:
+    """Take back a move whose ``placed`` step raised: the file is left under ``src`` alone."""
+    try:
+        if kept:
+            dst.unlink()
+        else:
+            dst.rename(src)
+    except OSError:
+        pass  # still under both names, or at dst alone: the next move finishes it either way
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -147,11 +155,18 @@ def fsync_dir(folder: Path) -> None:
 
 
 def write_error_sidecar(moved: Path, details: dict[str, Any]) -> Path:
-    """``<name>.error.json`` beside a failed file: why it failed, when, its hash."""
-    tail = ".error.json"
-    head = moved.name.encode()[: NAME_MAX - len(tail)].decode(errors="ignore")
-    sidecar = moved.with_name(head + tail)
-    tmp = moved.with_name(f".{head}.tmp")  # one per file: a crash's leftover is reused, not left behind
-    tmp.write_text(json.dumps({"file": moved.name, **details}, indent=2, default=str) + "\n")
+    """``<name>.error.json`` beside a failed file: why it failed, when, its hash.
+
+    Names in it are text as ``worker.names.as_text`` writes them, with ``<key>_hex`` beside
+    any that is not valid UTF-8, so the JSON is valid UTF-8 and still names the file exactly.
+    """
+    head = cut(moved.name, NAME_MAX - len(".error.json"))
+    sidecar = moved.with_name(head + ".error.json")
+    tmp = moved.with_name(f".{cut(head, NAME_MAX - 5)}.tmp")  # one per file: a crash's leftover is reused
+    fields: dict[str, Any] = {"file": moved.name, **details}
+    for key in [k for k, v in fields.items() if isinstance(v, str) and as_hex(v)]:
+        fields[f"{key}_hex"] = as_hex(fields[key])
+        fields[key] = as_text(fields[key])
+    tmp.write_text(json.dumps(fields, indent=2, default=str) + "\n", encoding="utf-8")
     tmp.replace(sidecar)
     return sidecar

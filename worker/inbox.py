@@ -68,6 +68,7 @@ class Inbox:
         self._ready: deque[Path] = deque()
         self._queued: set[Path] = set()
         self._told: set[Path] = set()  # odd entries already logged once
+        self._left: set[Path] = set()  # files not to hand out again (``leave``)
         self._next_rescan = 0.0
         self._observer: Observer | PollingObserver | None = None
         self._watched: tuple[int, int] | None = None
@@ -141,6 +142,12 @@ class Inbox:
         """Files seen and not yet handed out (waiting for stability or ready)."""
         return len(self._waiting) + len(self._ready)
 
+    def leave(self, path: Path) -> None:
+        """Never hand ``path`` out again in this process: something unexpected stopped its claim
+        twice (the daemon has logged why), so it stays in the inbox until the next start."""
+        self._left.add(path)
+        self._waiting.pop(path, None)
+
     def take(self, limit: int) -> list[Path]:
         """Up to ``limit`` complete files, oldest first; rescans when one is due."""
         self._refresh()
@@ -177,6 +184,8 @@ class Inbox:
             self._observe(path, now)
 
     def _observe(self, path: Path, now: float) -> None:
+        if path in self._left:
+            return
         try:
             st = path.lstat()
         except FileNotFoundError:

@@ -1,27 +1,23 @@
-"""Logging for journald: one record, one line, no forged lines.
+"""Logging for journald: one record, one line, no forged lines, nothing a terminal obeys.
 
-A file name may contain a newline or other control characters; logged raw, it could start
-what looks like a new, made-up log line. The formatter escapes them in every message
-(tracebacks, added after the message, keep their lines).
+A file name may contain a newline, an ANSI escape sequence or bytes that are not UTF-8;
+logged raw, it could start what looks like a new, made-up log line, recolour or retitle
+an operator's terminal, or fail to encode. The formatter escapes them in every message
+(``worker.names.for_log``); tracebacks, added after the message, keep their lines.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+from worker.names import for_log
+
 FORMAT = "%(levelname)s %(name)s: %(message)s"
-
-
-def escape_controls(text: str) -> str:
-    r"""``a\nb`` -> ``a\\nb``: control characters written as Python escapes."""
-    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
 
 
 class OneLineFormatter(logging.Formatter):
     def formatMessage(self, record: logging.LogRecord) -> str:
-        return escape_controls(super().formatMessage(record))
+        return for_log(super().formatMessage(record))
 
 
 def configure(level: str) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 import warnings
 from dataclasses import asdict, dataclass
@@ -24,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from worker.boundary import contain
 from worker.config import InferenceSettings
 from worker.decode import DecodedImage, Limits
 from worker.errors import TransientError, XrayScreenError
@@ -81,14 +83,18 @@ class Prepare:
         decode_ms = np.zeros(n)
         for i, path in enumerate(batch["path"]):
             try:
-                sha[i], file_size[i] = sha256_file(Path(path))
+                sha[i], file_size[i] = sha256_file(Path(os.fsdecode(path)))
             except OSError as exc:
                 status[i], reason[i], retry[i] = FAILED, f"cannot read file: {exc.strerror or exc}", True
+            except Exception as exc:  # the fault boundary of worker/boundary.py
+                status[i], reason[i], retry[i] = FAILED, contain("hashing", os.fsdecode(path), exc), True
         for i in np.flatnonzero(np.isin(sha, list(self._known(sha[status == READY])))):
             status[i] = KNOWN  # screened before: no need to decode it again
         for i in np.flatnonzero(status == READY):
             try:
-                item, decoded, decode_ms[i] = prepare(self.model, Path(batch["path"][i]), self.limits)
+                item, decoded, decode_ms[i] = prepare(
+                    self.model, Path(os.fsdecode(batch["path"][i])), self.limits
+                )
             except XrayScreenError as exc:
                 status[i], reason[i], retry[i] = FAILED, str(exc), isinstance(exc, TransientError)
                 continue

@@ -2,6 +2,8 @@
 
 One line per file read in the run (screened, duplicate or failed), written after its batch
 is committed and flushed at once, so the file never names a result the database lacks.
+A path that is not valid UTF-8 is written as text with ``\\xNN`` for each undecodable
+byte, and its exact bytes in hex in ``path_hex`` (empty, or absent in JSON, otherwise).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from worker.errors import ConfigError
+from worker.names import as_fields, as_hex, as_text
 
 FORMATS = {".csv": "csv", ".jsonl": "jsonl"}
 
@@ -58,6 +61,7 @@ class ResultsFile:
                     *(f"probability_{c}" for c in self.classes),
                     "reason",
                     "content_sha256",
+                    "path_hex",
                 ]
             )
         self._fh.flush()
@@ -68,17 +72,18 @@ class ResultsFile:
                 probs = v.probabilities or {}
                 self._csv.writerow(
                     [
-                        v.path,
+                        as_text(v.path),
                         v.outcome,
                         v.label or "",
                         _number(v.positive_probability),
                         *(_number(probs.get(c)) for c in self.classes),
                         v.reason or "",
                         v.content_sha256 or "",
+                        as_hex(v.path) or "",
                     ]
                 )
             else:
-                self._fh.write(json.dumps(asdict(v)) + "\n")
+                self._fh.write(json.dumps({**asdict(v), **as_fields("path", v.path)}) + "\n")
         self._fh.flush()
 
     def close(self) -> None:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+from worker.boundary import contain
 from worker.db.store import AuditRecord, ResultRecord, ScannedRecord, Store, StoredResult
 from worker.discover import FoundFile
 from worker.errors import TransientError
@@ -62,6 +63,8 @@ class ScanJob:
             self.sha256, self.size = sha256_file(self.found.path)
         except OSError as exc:
             self.fail(f"cannot read file: {exc.strerror or exc}", retry_next_run=True)
+        except Exception as exc:  # our fault, not the file's: tried again next run
+            self.fail(contain("hashing", self.path, exc), retry_next_run=True)
         return self
 
     def fail(self, reason: str, *, retry_next_run: bool) -> None:
@@ -128,36 +131,89 @@ class ScanCommitter:
         """Results, audit rows and index rows of ``jobs`` in one transaction (``TransientError``
         if the database stays unavailable: nothing of this batch is then committed)."""
         start = time.perf_counter()
-        model_sha = self.model_sha256
-        results = [self._result(j) for j in jobs if j.outcome == "screened"]
-        audits = [self._audit(j) for j in jobs]
-        scanned = [
-            ScannedRecord(
-                path=j.path,
-                model_sha256=model_sha,
-                size=j.found.size,  # as the walk saw it: a later change is noticed next run
-                mtime_ns=j.found.mtime_ns,
-                content_sha256=j.sha256,
-                outcome=j.outcome,  # type: ignore[arg-type]
+        try:
+            results = [self._result(j) for j in jobs if j.outcome == "screened"]
+            audits = [self._audit(j) for j in jobs]
+            scanned = [self._scanned(j) for j in jobs if not j.retry_next_run]
+            self.retrying(lambda: self.store.record_batch(results, audits, scanned))
+        except TransientError:
+            raise
+        except Exception as exc:
+            log.warning(
+                "cannot record the batch (%s: %s); recording its files one by one", type(exc).__name__, exc
             )
-            for j in jobs
-            if not j.retry_next_run
-        ]
-        self.retrying(lambda: self.store.record_batch(results, audits, scanned))
+            jobs = self._commit_one_by_one(jobs)
         for job in jobs:
             self._count(job)
         if self.on_commit:
-            self.on_commit([_verdict(j) for j in jobs])
+            self._report([_verdict(j) for j in jobs])
         log.info(
             "batch: %d files (%d screened, %d duplicates, %d failed) committed in %.2f s",
             len(jobs),
-            len(results),
+            sum(j.outcome == "screened" for j in jobs),
             sum(j.outcome == "duplicate" for j in jobs),
             sum(j.outcome == "failed" for j in jobs),
             time.perf_counter() - start,
         )
         if self.progress:
             self.progress.update(self.counts)
+
+    def _commit_one_by_one(self, jobs: list[ScanJob]) -> list[ScanJob]:
+        """Each job in a transaction of its own; one whose rows the database will not take is
+        recorded as failed (an internal error, tried again next run), with no result. One that
+        cannot be recorded even so is left out, and read again next run. The jobs recorded."""
+        recorded = []
+        for job in jobs:
+            try:
+                self.retrying(lambda job=job: self._record_alone(job))
+                recorded.append(job)
+                continue
+            except TransientError:
+                raise
+            except Exception as exc:
+                job.fail(contain("recording", job.path, exc), retry_next_run=True)
+                job.prediction = job.label = job.probabilities = job.positive_probability = None
+                job.positive = False
+            try:
+                self.retrying(lambda job=job: self._record_alone(job))
+            except TransientError:
+                raise
+            except Exception as exc:
+                log.error("%s: cannot record it even as failed (%s: %s)", job.path, type(exc).__name__, exc)
+                continue
+            recorded.append(job)
+        return recorded
+
+    def _record_alone(self, job: ScanJob) -> None:
+        results = [self._result(job)] if job.outcome == "screened" else []
+        scanned = [] if job.retry_next_run else [self._scanned(job)]
+        self.store.record_batch(results, [self._audit(job)], scanned)
+
+    def _report(self, verdicts: list[FileVerdict]) -> None:
+        """Hand the committed verdicts to ``on_commit`` (``--output``), one at a time when a
+        batch of them fails: a verdict that cannot be written is logged, the rest are written."""
+        assert self.on_commit is not None
+        try:
+            self.on_commit(verdicts)
+            return
+        except Exception:
+            if len(verdicts) == 1:
+                raise
+        for verdict in verdicts:
+            try:
+                self.on_commit([verdict])
+            except Exception as exc:
+                contain("writing the --output line of", verdict.path, exc)
+
+    def _scanned(self, job: ScanJob) -> ScannedRecord:
+        return ScannedRecord(
+            path=job.path,
+            model_sha256=self.model_sha256,
+            size=job.found.size,  # as the walk saw it: a later change is noticed next run
+            mtime_ns=job.found.mtime_ns,
+            content_sha256=job.sha256,
+            outcome=job.outcome,  # type: ignore[arg-type]
+        )
 
     def retrying(self, call: Callable[[], T]) -> T:
         """``call()``, again after a pause while the database is unavailable; then give up."""

@@ -22,6 +22,7 @@ one does; the archive is only read.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -180,7 +181,8 @@ class RayScanner(ScanRun):
             blocks.append(
                 pa.table(
                     {
-                        "path": pa.array([str(f.path) for f in block], pa.string()),
+                        # Bytes, not text: Arrow strings must be UTF-8, a share's names need not be.
+                        "path": pa.array([os.fsencode(f.path) for f in block], pa.binary()),
                         "size": pa.array([f.size for f in block], pa.int64()),
                         "mtime_ns": pa.array([f.mtime_ns for f in block], pa.int64()),
                     }
@@ -244,7 +246,7 @@ class _Row:
 
     def __init__(self, batch: dict[str, np.ndarray], i: int):
         self.batch, self.i = batch, i
-        self.path = str(batch["path"][i])
+        self.path = os.fsdecode(batch["path"][i])
         self.sha256 = str(batch["sha256"][i])
         self.status = str(batch["status"][i])
         self.reason = str(batch["reason"][i])

@@ -134,13 +134,17 @@ class AuditEvent(Base):
     # Chosen by the worker: retrying a batch whose commit was in doubt cannot log a file twice.
     event_id: Mapped[uuid.UUID]
     at: Mapped[datetime]
+    # Paths as text; a name that is not valid UTF-8 has its undecodable bytes written as \xNN
+    # here and its exact bytes, in hex, in the *_hex column (NULL for every other name).
     source_path: Mapped[str] = mapped_column(Text)
+    source_path_hex: Mapped[str | None] = mapped_column(Text)
     file_size: Mapped[int | None] = mapped_column(BigInteger())
     # NULL when the file could not be read.
     content_sha256: Mapped[str | None] = mapped_column(Sha256)
     outcome: Mapped[str] = mapped_column(String(16))
     reason: Mapped[str | None] = mapped_column(Text)
     destination_path: Mapped[str | None] = mapped_column(Text)
+    destination_path_hex: Mapped[str | None] = mapped_column(Text)
     worker_host: Mapped[str]
     worker_id: Mapped[str]
     model_sha256: Mapped[str | None] = mapped_column(Sha256)
@@ -168,7 +172,8 @@ class ScannedFile(Base):
 
     __tablename__ = "scanned_files"
 
-    # The path as the scan found it (absolute, links not resolved).
+    # The path as the scan found it (absolute, links not resolved), as text; for a name that
+    # is not valid UTF-8, its exact bytes in hex in path_hex (see AuditEvent.source_path).
     path: Mapped[str] = mapped_column(Text, primary_key=True)
     model_sha256: Mapped[str] = mapped_column(Sha256, primary_key=True)
     size: Mapped[int] = mapped_column(BigInteger())
@@ -178,6 +183,8 @@ class ScannedFile(Base):
     outcome: Mapped[str] = mapped_column(String(16))
     result_id: Mapped[int | None] = mapped_column(RowId, ForeignKey("results.id"))
     recorded_at: Mapped[datetime]
+    # Empty for a valid UTF-8 name. Part of the key: two names may read the same as text.
+    path_hex: Mapped[str] = mapped_column(Text, primary_key=True, server_default="")
 
     __table_args__ = (CheckConstraint("outcome IN ('screened', 'duplicate', 'failed')", name="outcome"),)
 

@@ -24,6 +24,7 @@ from worker.db.errors import database_errors
 from worker.db.migrate import require_head
 from worker.db.schema import audit_events, scanned_files
 from worker.db.schema import results as results_table
+from worker.names import as_hex, as_text, from_stored
 
 Outcome = Literal["screened", "duplicate", "failed"]
 # Keeps IN (...) lists and multi-row inserts well under every backend's parameter limit.
@@ -192,25 +193,34 @@ class Store:
                 stmt = _insert_ignoring_duplicates(conn, audit_events, ["event_id"])
                 audits_inserted += len(conn.execute(stmt.returning(audit_events.c.id), chunk).all())
             # One row per key (an upsert may not touch a row twice), in one lock order.
-            latest = {(s.path, s.model_sha256): s for s in scanned}
+            latest = {(as_text(s.path), s.model_sha256, as_hex(s.path) or ""): s for s in scanned}
             scanned_rows = [self._scanned_row(latest[key], ids) for key in sorted(latest)]
             for chunk in chunks(scanned_rows, CHUNK):
-                conn.execute(_upsert(conn, scanned_files, ["path", "model_sha256"]), chunk)
+                conn.execute(_upsert(conn, scanned_files, ["path", "model_sha256", "path_hex"]), chunk)
             if before_commit is not None:
                 before_commit()
         return BatchSummary(inserted, len(rows) - inserted, audits_inserted)
 
     def scan_index(self, paths: Iterable[str], model_sha256: str) -> dict[str, FileStamp]:
-        """Size and mtime of these paths when this model's scans last handled them, by path."""
+        """Size and mtime of these paths when this model's scans last handled them, by path.
+
+        Two names that read the same as text (a literal ``\\xe9`` in one, a byte 0xE9 in the
+        other) have rows of their own, told apart by ``path_hex``.
+        """
         s = scanned_files.c
+        by_text: dict[str, list[str]] = {}
+        for path in set(paths):
+            by_text.setdefault(as_text(path), []).append(path)
         found: dict[str, FileStamp] = {}
         with database_errors(), reader(self.engine).connect() as conn:
-            for chunk in chunks(sorted(set(paths)), CHUNK):
-                query = select(s.path, s.size, s.mtime_ns).where(
+            for chunk in chunks(sorted(by_text), CHUNK):
+                query = select(s.path, s.path_hex, s.size, s.mtime_ns).where(
                     s.model_sha256 == model_sha256, s.path.in_(chunk)
                 )
                 for row in conn.execute(query):
-                    found[row.path] = FileStamp(row.size, row.mtime_ns)
+                    for path in by_text[row.path]:
+                        if (as_hex(path) or "") == row.path_hex:
+                            found[path] = FileStamp(row.size, row.mtime_ns)
         return found
 
     def known_results(self, content_sha256s: Iterable[str], model_sha256: str) -> dict[str, StoredResult]:
@@ -236,12 +246,16 @@ class Store:
         a = audit_events.c
         with database_errors(), reader(self.engine).connect() as conn:
             for chunk in chunks(sorted(set(event_ids)), CHUNK):
-                query = select(a.event_id, a.destination_path, a.outcome, a.reason, a.content_sha256).where(
+                columns = (a.destination_path, a.destination_path_hex, a.outcome, a.reason, a.content_sha256)
+                query = select(a.event_id, *columns).where(
                     a.event_id.in_(chunk), a.destination_path.is_not(None)
                 )
                 for row in conn.execute(query):
                     found[row.event_id] = FilingPlan(
-                        row.destination_path, row.outcome, row.reason, row.content_sha256
+                        from_stored(row.destination_path, row.destination_path_hex),
+                        row.outcome,
+                        row.reason,
+                        row.content_sha256,
                     )
         return found
 
@@ -251,7 +265,25 @@ class Store:
             conn.execute(
                 audit_events.update()
                 .where(audit_events.c.event_id == event_id)
-                .values(destination_path=destination_path)
+                .values(
+                    destination_path=as_text(destination_path),
+                    destination_path_hex=as_hex(destination_path),
+                )
+            )
+
+    def refile(self, event_id: uuid.UUID, *, reason: str, destination_path: str) -> None:
+        """A committed file that could not be filed as planned: it failed, for ``reason``, and
+        goes to ``destination_path`` instead."""
+        with database_errors(), self.engine.begin() as conn:
+            conn.execute(
+                audit_events.update()
+                .where(audit_events.c.event_id == event_id)
+                .values(
+                    outcome="failed",
+                    reason=as_text(reason),
+                    destination_path=as_text(destination_path),
+                    destination_path_hex=as_hex(destination_path),
+                )
             )
 
     def _result_row(self, record: ResultRecord) -> dict[str, Any]:
@@ -263,12 +295,26 @@ class Store:
 
     @staticmethod
     def _audit_row(record: AuditRecord, result_id: int | None) -> dict[str, Any]:
-        return {**_columns(record), "result_id": result_id}
+        destination = record.destination_path
+        return {
+            **_columns(record),
+            "source_path": as_text(record.source_path),
+            "source_path_hex": as_hex(record.source_path),
+            "destination_path": None if destination is None else as_text(destination),
+            "destination_path_hex": None if destination is None else as_hex(destination),
+            "reason": None if record.reason is None else as_text(record.reason),
+            "result_id": result_id,
+        }
 
     @staticmethod
     def _scanned_row(record: ScannedRecord, ids: dict[tuple[str, str], int]) -> dict[str, Any]:
         key = (record.model_sha256, record.content_sha256 or "")
-        return {**_columns(record), "result_id": ids.get(key)}
+        return {
+            **_columns(record),
+            "path": as_text(record.path),
+            "path_hex": as_hex(record.path) or "",
+            "result_id": ids.get(key),
+        }
 
 
 def chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
