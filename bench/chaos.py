@@ -50,6 +50,8 @@ from pathlib import Path
 from sqlalchemy import create_engine, make_url, text
 from sqlalchemy.pool import NullPool
 
+from worker.names import for_log, from_stored
+
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(os.environ.get("XRAY_SCREEN_DATA", ROOT.parent / "shared" / "data"))
 EXE = Path(sys.executable).with_name("xray-worker")
@@ -57,7 +59,31 @@ DEFAULT_PG = (
     os.environ.get("XRAY_SCREEN_TEST_POSTGRES_URL") or "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
 FAULT_POINTS = ("in-commit", "after-commit", "mid-move")
+PLAIN = ("img-", "dup-", "bad-")  # how every input that is not AWKWARD is named
+# Awkward names among the inputs: not UTF-8, at NAME_MAX, control characters, look-alikes.
+AWKWARD = [
+    b"\xe9t\xe9 chaos.jpeg",
+    b"\xe9" * 250 + b".jpeg",
+    b"c" * 250 + b".jpeg",
+    b" leading space chaos.jpeg",
+    b"trailing dot chaos.",
+    b"new\nline \x1b[31mchaos.jpeg",
+    b'quote\'s "$(chaos)".jpeg',
+    b"Chaos-Case.jpeg",
+    b"chaos-case.jpeg",
+    "chaos-\u00e9.jpeg".encode(),
+    "chaos-e\u0301.jpeg".encode(),
+    b"\xff\xfe chaos.png",
+]
 WORKER_ID = "chaos"
+
+
+@dataclass(frozen=True)
+class Audit:
+    source_path: str  # as the worker named it: worker.names.from_stored of the two columns
+    destination_path: str | None
+    outcome: str
+    content_sha256: str | None
 
 
 @dataclass(frozen=True)
@@ -75,6 +101,7 @@ class Kill:
     claimed: int = 0  # files in the work area when it died
     committed_not_moved: int = 0  # of those, how many had their audit row committed
     two_names: int = 0  # of those, how many were also linked at their destination
+    awkward: int = 0  # of those, how many had one of the AWKWARD names
 
 
 @dataclass
@@ -112,6 +139,10 @@ def make_inputs(staging: Path, files: int, rng: random.Random) -> list[Input]:
         write(f"img-{i:04d}.jpeg", data, True)
     for i in range(max(2, files // 50)):
         write(f"dup-{i:03d}.jpeg", rng.choice(blobs), True)
+    for i, raw in enumerate(AWKWARD):  # names a share can hold (issue 18), claimed when killed too
+        data = rng.choice(sources).read_bytes() + f"\nawkward {i}\n".encode()
+        blobs.append(data)
+        write(os.fsdecode(raw), data, True)
     for i in range(max(2, files // 100)):
         cut = sources[(7 * i) % len(sources)].read_bytes()[: 3000 + i]
         if i % 2:
@@ -194,6 +225,7 @@ class Site:
         claimed = self.claimed()
         kill.claimed = len(claimed)
         kill.two_names = sum(p.stat().st_nlink > 1 for p in claimed)
+        kill.awkward = sum(not p.name.partition("~")[2].startswith(PLAIN) for p in claimed)
         ids = [
             str(uuid.uuid5(uuid.NAMESPACE_URL, f"xray-screen-claim:{p.name.partition('~')[0]}"))
             for p in claimed
@@ -250,9 +282,15 @@ def check(site: Site, inputs: list[Input]) -> tuple[list[str], dict[str, int]]:
         per_key = conn.execute(
             text("SELECT content_sha256, count(*) FROM results GROUP BY content_sha256, model_sha256")
         ).all()
-        audits = conn.execute(
-            text("SELECT source_path, destination_path, outcome, content_sha256 FROM audit_events")
-        ).all()
+        audits = [
+            Audit(from_stored(a[0], a[1]), a[2] and from_stored(a[2], a[3]), a[4], a[5])
+            for a in conn.execute(
+                text(
+                    "SELECT source_path, source_path_hex, destination_path, destination_path_hex,"
+                    " outcome, content_sha256 FROM audit_events"
+                )
+            )
+        ]
     bad += [f"result stored {n} times for content {sha[:12]}" for sha, n in per_key if n != 1]
     decodable = {i.sha256 for i in inputs if i.decodable}
     stored = {sha for sha, _ in per_key}
@@ -459,17 +497,18 @@ def markdown(report: Report) -> str:
         f"{report.lives - 1} restarts, {report.seconds:.0f} s; outcomes {report.outcomes}; "
         f"invariant violations: {len(report.violations)}",
         "",
-        "| life | killed | s after ready | claimed | committed, not moved | linked in both places |",
-        "|---|---|---|---|---|---|",
+        "| life | killed | s after ready | claimed | of them awkward names | committed, not moved "
+        "| linked in both places |",
+        "|---|---|---|---|---|---|---|",
     ]
     lines += [
-        f"| {k.life} | {k.how} | {k.seconds_after_ready:.2f} | {k.claimed} | {k.committed_not_moved} "
-        f"| {k.two_names} |"
+        f"| {k.life} | {k.how} | {k.seconds_after_ready:.2f} | {k.claimed} | {k.awkward} "
+        f"| {k.committed_not_moved} | {k.two_names} |"
         for k in report.kills
     ]
     if report.outage:
         lines.append(f"\nDatabase away: {report.outage}")
-    lines += [f"- VIOLATION: {v}" for v in report.violations]
+    lines += [f"- VIOLATION: {for_log(v)}" for v in report.violations]
     return "\n".join(lines)
 
 

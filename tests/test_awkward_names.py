@@ -24,12 +24,11 @@ from hostile_files import encode, grey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import create_engine, select
-from test_daemon import Site
+from test_daemon import Site, make_site
 
 from worker.claim import WORK_DIR
 from worker.cli import cli
 from worker.config import InferenceSettings
-from worker.daemon import Folders
 from worker.db import migrate
 from worker.db.engine import make_engine
 from worker.db.schema import audit_events, scanned_files
@@ -69,15 +68,7 @@ AWKWARD: list[bytes] = [
 
 @pytest.fixture
 def site(tmp_path: Path, loaded_model) -> Site:
-    """As in test_daemon: real SQLite, the session's small model, batches of 4."""
-    url = f"sqlite:///{tmp_path / 'results.db'}"
-    migrate.upgrade(make_engine(url, create=True))
-    inbox = tmp_path / "inbox"
-    inbox.mkdir()
-    folders = Folders(tmp_path / "processed", tmp_path / "failed")
-    return Site(
-        tmp_path, inbox, folders, Store(url), Predictor(loaded_model, InferenceSettings(batch_size=4))
-    )
+    return make_site(tmp_path, loaded_model)
 
 
 def jpeg(n: int) -> bytes:

@@ -27,16 +27,19 @@ ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = sorted((ROOT / "samples").glob("*.[jd]*[gm]"))  # the 4 JPEGs and 2 DICOMs
 
 
-@pytest.fixture
-def site(tmp_path: Path, loaded_model):
+def make_site(tmp_path: Path, model) -> Site:
+    """An inbox, processed/ and failed/ under ``tmp_path``, real SQLite, batches of 4."""
     url = f"sqlite:///{tmp_path / 'results.db'}"
     migrate.upgrade(make_engine(url, create=True))
     folders = Folders(tmp_path / "processed", tmp_path / "failed")
     inbox = tmp_path / "inbox"
     inbox.mkdir()
-    return Site(
-        tmp_path, inbox, folders, Store(url), Predictor(loaded_model, InferenceSettings(batch_size=4))
-    )
+    return Site(tmp_path, inbox, folders, Store(url), Predictor(model, InferenceSettings(batch_size=4)))
+
+
+@pytest.fixture
+def site(tmp_path: Path, loaded_model):
+    return make_site(tmp_path, loaded_model)
 
 
 class Site:

@@ -42,19 +42,14 @@ from hostile_files import (
     rle_overrun,
 )
 from PIL import Image
-from test_daemon import Site
+from test_daemon import Site, make_site
 
 import worker.daemon as daemon_module
 from worker.claim import WORK_DIR
-from worker.config import InferenceSettings
-from worker.daemon import Daemon, Folders
-from worker.db import migrate
-from worker.db.engine import make_engine
+from worker.daemon import Daemon
 from worker.db.schema import audit_events, results
-from worker.db.store import Store
 from worker.filing import NAME_MAX
 from worker.inbox import Inbox
-from worker.inference import Predictor
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "samples" / "person1946_bacteria_4874.jpeg"
@@ -187,15 +182,7 @@ CASES = [
 
 @pytest.fixture
 def site(tmp_path: Path, loaded_model) -> Site:
-    """As in test_daemon: real SQLite, the session's small model, batches of 4."""
-    url = f"sqlite:///{tmp_path / 'results.db'}"
-    migrate.upgrade(make_engine(url, create=True))
-    inbox = tmp_path / "inbox"
-    inbox.mkdir()
-    folders = Folders(tmp_path / "processed", tmp_path / "failed")
-    return Site(
-        tmp_path, inbox, folders, Store(url), Predictor(loaded_model, InferenceSettings(batch_size=4))
-    )
+    return make_site(tmp_path, loaded_model)
 
 
 def with_tricks(daemon: Daemon, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -27,6 +27,7 @@ from worker.db.store import Store
 from worker.decode import DEFAULT_LIMITS
 from worker.errors import ConfigError
 from worker.inference import Failure, Predictor
+from worker.names import from_stored
 from worker.ray_stages import FAILED, KNOWN, READY, Prepare, Screen, StageSpec
 from worker.scan_ray import Pool, RayScanner, RayScreening, size_pool
 
@@ -211,6 +212,10 @@ class Archive:
         copies.mkdir()
         for f in picked[:3]:
             shutil.copy2(f, copies / f"copy-{f.name}")
+        for n, raw in enumerate([b"\xe9t\xe9 archive.jpeg", b"new\nline \x1b[31m.jpeg", b"\xff\xfe.jpeg"]):
+            # names a share can hold but Arrow's strings cannot: the paths travel as bytes
+            data = picked[n].read_bytes() + b"\nawkward %d\n" % n  # same pixels, another content
+            (copies / os.fsdecode(raw)).write_bytes(data)
         (self.root / "cut.jpeg").write_bytes(picked[0].read_bytes()[:3000])
         (self.root / "readme.txt").write_text("export notes\n")
         self.count = sum(1 for p in self.root.rglob("*") if p.is_file())
@@ -331,7 +336,8 @@ def test_a_ray_scan_stopped_mid_run_resumes_where_it_committed(tmp_path: Path, d
     assert rest.returncode == 0, rest.stderr
     assert f"{first} skipped" in rest.stderr
     with engine.connect() as conn:
-        paths = [r.source_path for r in conn.execute(select(audit_events.c.source_path))]
+        a = audit_events.c
+        paths = [from_stored(r[0], r[1]) for r in conn.execute(select(a.source_path, a.source_path_hex))]
     assert sorted(paths) == sorted(str(p) for p in archive.root.rglob("*") if p.is_file())  # once each
     engine.dispose()
 

@@ -7,6 +7,7 @@ workers sharing one inbox and one PostgreSQL database.
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from pathlib import Path
@@ -106,3 +107,41 @@ def test_two_polling_workers_share_one_inbox(make_site, full_res_dir, postgres_d
     assert set(per_worker) == {"a", "b"}, per_worker  # both did some of the work
     assert sum(per_worker.values()) == 80
     assert (site.inbox / ".xray-screen" / "a").is_dir()
+
+
+def test_the_names_that_crash_looped_the_daemon_are_filed_and_it_stays_up(make_site, full_res_dir):
+    """Issue 18: a Latin-1 name killed ``watch`` in its claim (each restart died on it again,
+    and the files claimed with it waited forever). The real daemon, 13 awkward names, one run."""
+    site = make_site()
+    proc = site.start()
+    names = [
+        b"\xe9t\xe9.jpeg",
+        b" leading space.jpeg",
+        b"b" * 245 + b".jpeg",  # 250 bytes: with the claim's prefix, past NAME_MAX
+        b"trailing dot.",
+        b"new\nline.jpeg",
+        b"tab\tname.jpeg",
+        b"ansi \x1b[2J\x1b]0;pwned\x07.jpeg",
+        b'quote\'s "$(reboot)".jpeg',
+        "Röntgen-胸部.jpeg".encode(),
+        b"Case.jpeg",
+        b"case.jpeg",
+        b"\xff\xfe.jpeg",
+        "e\u0301.jpeg".encode(),
+    ]
+    landing = site.root / "landing"
+    landing.mkdir()
+    for raw, src in zip(names, real_jpegs(full_res_dir, len(names)), strict=True):
+        shutil.copy(src, landing / "x")
+        os.rename(landing / "x", os.fsencode(site.inbox) + b"/" + raw)  # noqa: PTH104 - a bytes name
+    wait_for(lambda: len(site.filed()) == len(names) or proc.poll() is not None, 60, site.log())
+    assert proc.poll() is None, f"the daemon died:\n{site.log()}"
+    assert site.stop(proc) == 0
+    filed = sorted(os.fsencode(p.name) for p in site.filed())
+    assert filed == sorted(names)  # each under its own name
+    assert all(p.is_relative_to(site.processed) for p in site.filed())
+    assert site.waiting() == [] and site.claimed() == []
+    assert len(site.audit_rows()) == len(names)
+    log = site.log()
+    assert "Traceback" not in log and "\x1b" not in log
+    assert "\\xe9t\\xe9.jpeg: " in log

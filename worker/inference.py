@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from worker.boundary import contain
 from worker.config import InferenceSettings
 from worker.decode import DEFAULT_LIMITS, DecodedImage, Limits
 from worker.errors import ConfigError, DecodeError, XrayScreenError
@@ -196,16 +197,16 @@ def prepare(
 ) -> tuple[Any, DecodedImage, float]:
     """Decode one file and apply the learner's item transforms: (item tensor, decoded image, ms).
 
-    Raises ``XrayScreenError`` only: a decoder bug (even a Rust panic) fails this file alone.
+    Raises ``XrayScreenError`` only: a decoder bug (even a Rust panic) fails this file alone,
+    as an internal error (``worker/boundary.py``).
     """
     start = time.perf_counter()
     try:
         item, decoded = model.decode_and_prepare(path, limits)
     except (XrayScreenError, KeyboardInterrupt, SystemExit):
         raise
-    except BaseException as exc:
-        log.exception("unexpected error decoding %s", path)
-        raise DecodeError(f"unexpected decoder error: {type(exc).__name__}: {exc}") from exc
+    except BaseException as exc:  # a Rust panic is a BaseException
+        raise DecodeError(contain("decoding", str(path), exc)) from exc
     return item, decoded, (time.perf_counter() - start) * 1000
 
 
