@@ -11,7 +11,7 @@ They arrive in waves, before and while the real ``xray-worker watch`` runs (ship
 by default), and the daemon is killed with SIGKILL KILLS times and restarted each time:
 most kills come from outside at random moments (a random delay, or a random number of
 committed files), and three lives are started with a crash point armed
-(``worker/faults.py``): inside the batch transaction, right after the commit, and in the
+(``worker/runtime/faults.py``): inside the batch transaction, right after the commit, and in the
 middle of a move. The last life runs until every file is handled and stops with SIGTERM.
 
 Then the invariants: every input is in exactly one place (processed/ if decodable, else

@@ -31,7 +31,7 @@ MODEL = ROOT / "models" / "pneumonia-resnet18" / "export.pkl"
 def model_only(device: str, batch_sizes: list[int]) -> list[tuple[int, str, str, float]]:
     import torch
 
-    from worker.learner import load_model
+    from worker.model.learner import load_model
 
     model = load_model(MODEL, trust=True)
     net = model.learner.model.eval().to(device)

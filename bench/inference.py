@@ -6,7 +6,7 @@ Rows:
 1. the seed's way: a learner built as the seed built it (ImageBlock, Resize, resnet18),
    ``load_learner`` + ``learn.predict`` per file;
 2. fastai batched: ``test_dl`` + ``get_preds`` with this project's learner;
-3. ``xray-worker predict``'s path (``worker.inference.Predictor``);
+3. ``xray-worker predict``'s path (``worker.model.predictor.Predictor``);
 4. the bounds: decode-only (the pipeline's decoder and item transforms, all cores),
    model-only (ready tensors), and 1 / (1/decode + 1/model) for cores that do both.
 
@@ -79,8 +79,8 @@ def child(kind: str, model_path: Path, files: list[Path], rounds: int, batch_siz
     import json
 
     from worker.config import InferenceSettings  # imports worker first: as the CLI does
-    from worker.inference import Predictor
-    from worker.learner import load_model
+    from worker.model.learner import load_model
+    from worker.model.predictor import Predictor
 
     model = load_model(model_path, trust=True)
     predictor = Predictor(model, InferenceSettings(batch_size=batch_size, device="cpu"))
@@ -168,7 +168,7 @@ def main() -> None:
     from fastai.learner import load_learner
 
     from worker.config import DEFAULT_MODEL
-    from worker.learner import load_model
+    from worker.model.learner import load_model
 
     files = sorted((DATA / "chest_xray_full").rglob("*.jpeg"))
     workdir = Path(tempfile.mkdtemp(prefix="xray-bench-"))

@@ -67,8 +67,8 @@ def planning_rates(corpus: Path, work: Path, url: str, files: int = 50_000) -> d
     from types import SimpleNamespace
 
     from worker.db.store import ScannedRecord, Store, chunks
-    from worker.discover import walk_files
-    from worker.scan_ray import RayScanner
+    from worker.scan.ray.driver import RayScanner
+    from worker.sources.walk import walk_files
 
     tree = work / "links"
     sources = sorted(corpus.iterdir())
@@ -103,8 +103,8 @@ def stage_rates(corpus: Path, work: Path) -> dict:
 
     from worker.config import InferenceSettings, ModelSettings
     from worker.decode import DEFAULT_LIMITS
-    from worker.learner import load_model
-    from worker.ray_stages import Prepare, Screen, StageSpec
+    from worker.model.learner import load_model
+    from worker.scan.ray.stages import Prepare, Screen, StageSpec
 
     m = ModelSettings()
     model = load_model(m.path, sha256=m.expected_sha256())

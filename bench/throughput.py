@@ -88,8 +88,8 @@ def row_bounds(files: list[Path], work: Path) -> dict:
     from concurrent.futures import ThreadPoolExecutor
 
     from worker.config import InferenceSettings
-    from worker.inference import Predictor
-    from worker.learner import load_model
+    from worker.model.learner import load_model
+    from worker.model.predictor import Predictor
 
     model = load_model(MODEL, trust=True)
     predictor = Predictor(model, InferenceSettings(batch_size=64, device="cpu"))

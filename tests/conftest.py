@@ -60,6 +60,6 @@ def trained_model(tmp_path_factory: pytest.TempPathFactory, small_train_dir: Pat
 
 @pytest.fixture(scope="session")
 def loaded_model(trained_model: Path):
-    from worker.learner import load_model
+    from worker.model.learner import load_model
 
     return load_model(trained_model, trust=True)

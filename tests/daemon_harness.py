@@ -21,10 +21,10 @@ from typing import Any
 import pytest
 from sqlalchemy import ColumnElement, Row, Table, create_engine, func, select
 
-from worker.claim import WORK_DIR
 from worker.db import migrate
 from worker.db.engine import make_engine
 from worker.db.schema import audit_events
+from worker.sources.claim import WORK_DIR
 
 EXE = Path(sys.executable).with_name("xray-worker")
 READY = "ready: screening"

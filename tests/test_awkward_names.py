@@ -26,18 +26,18 @@ from hypothesis import strategies as st
 from sqlalchemy import create_engine, select
 from test_daemon import Site, make_site
 
-from worker.claim import WORK_DIR
-from worker.cli import cli
+from worker.cli.main import cli
 from worker.config import InferenceSettings
 from worker.db import migrate
 from worker.db.engine import make_engine
 from worker.db.schema import audit_events, scanned_files
 from worker.db.store import Store
-from worker.discover import walk_files
-from worker.inference import Predictor
 from worker.logs import OneLineFormatter
+from worker.model.predictor import Predictor
 from worker.names import NAME_MAX, from_stored
-from worker.scan import Scanner
+from worker.scan.local import Scanner
+from worker.sources.claim import WORK_DIR
+from worker.sources.walk import walk_files
 
 pytest_plugins = ["db_fixtures"]
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from worker.cli import cli
-from worker.learner import file_sha256
+from worker.cli.main import cli
+from worker.model.learner import file_sha256
 
 
 def all_commands(group=cli, prefix=()):

@@ -92,7 +92,7 @@ def test_shipped_model_hash_is_pinned_only_for_the_shipped_path(tmp_path: Path):
 def test_the_lease_comes_from_the_file_the_environment_or_a_set_flag(tmp_path: Path):
     import click
 
-    from worker.cli_daemon import daemon_settings, watch
+    from worker.cli.watch import daemon_settings, watch
 
     path = write(tmp_path, "[inbox]\nlease_seconds = 120\n")
     assert load_settings(None, environ={}).inbox.lease_seconds == 600

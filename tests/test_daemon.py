@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from worker.claim import WORK_DIR, WorkArea
 from worker.config import InferenceSettings
 from worker.daemon import Daemon, Folders
 from worker.db import migrate
@@ -19,9 +18,10 @@ from worker.db.engine import make_engine
 from worker.db.schema import audit_events, results
 from worker.db.store import Store
 from worker.errors import TransientError
-from worker.faults import Faults
-from worker.inbox import Inbox
-from worker.inference import Predictor
+from worker.model.predictor import Predictor
+from worker.runtime.faults import Faults
+from worker.sources.claim import WORK_DIR, WorkArea
+from worker.sources.inbox import Inbox
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = sorted((ROOT / "samples").glob("*.[jd]*[gm]"))  # the 4 JPEGs and 2 DICOMs

@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 from db_support import populate
 
-from worker.cli import cli
+from worker.cli.main import cli
 from worker.db.engine import make_engine
 from worker.db.migrate import head_revision
 from worker.db.store import Store

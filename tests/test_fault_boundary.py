@@ -1,4 +1,4 @@
-"""The fault boundary around each file (worker/boundary.py): an exception nobody foresaw, at any
+"""The fault boundary around each file (worker/runtime/boundary.py): an exception nobody foresaw, at any
 stage, for one file among many, fails that file with ``internal error: <type>: <message>``,
 gives it an audit row and a place in failed/, logs its traceback once, and the daemon or the
 scan goes on with the others.
@@ -17,18 +17,18 @@ from hostile_files import encode, grey
 from sqlalchemy import select
 from test_daemon import Site, make_site
 
-import worker.claim as claim_module
 import worker.daemon as daemon_module
-import worker.scan_commit as scan_commit_module
+import worker.scan.commit as scan_commit_module
+import worker.sources.claim as claim_module
 from worker.config import InferenceSettings
 from worker.db import migrate
 from worker.db.engine import make_engine
 from worker.db.schema import audit_events, results, scanned_files
 from worker.db.store import Store
-from worker.discover import walk_files
-from worker.inference import Predictor
-from worker.results_file import ResultsFile
-from worker.scan import Scanner
+from worker.model.predictor import Predictor
+from worker.scan.local import Scanner
+from worker.sinks.results_file import ResultsFile
+from worker.sources.walk import walk_files
 
 VICTIM = "victim.jpeg"
 FILES = [f"film-{n}.jpeg" for n in range(7)] + [VICTIM]

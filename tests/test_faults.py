@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from worker.errors import ConfigError
-from worker.faults import Faults
+from worker.runtime.faults import Faults
 
 
 class Killed(Exception):

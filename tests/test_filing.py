@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from worker import filing
-from worker.claim import WORK_DIR, WorkArea
+from worker.sinks import filing
 from worker.errors import ConfigError
-from worker.filing import dated_folder, fit, move_no_clobber, safe_component, write_error_sidecar
-from worker.inbox import Inbox
+from worker.sinks.filing import dated_folder, fit, move_no_clobber, safe_component, write_error_sidecar
+from worker.sources.claim import WORK_DIR, WorkArea
+from worker.sources.inbox import Inbox
 
 
 def test_move_never_overwrites(tmp_path: Path):

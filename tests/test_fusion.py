@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torchvision.models import resnet18
 
-from worker.fusion import fold_batchnorm
+from worker.model.fusion import fold_batchnorm
 
 
 def _randomise_bn(model: nn.Module) -> None:

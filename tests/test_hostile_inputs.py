@@ -45,11 +45,11 @@ from PIL import Image
 from test_daemon import Site, make_site
 
 import worker.daemon as daemon_module
-from worker.claim import WORK_DIR
 from worker.daemon import Daemon
 from worker.db.schema import audit_events, results
-from worker.filing import NAME_MAX
-from worker.inbox import Inbox
+from worker.sinks.filing import NAME_MAX
+from worker.sources.claim import WORK_DIR
+from worker.sources.inbox import Inbox
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "samples" / "person1946_bacteria_4874.jpeg"
@@ -293,7 +293,9 @@ def test_hostile_inputs_end_where_the_readme_says(site: Site, tmp_path: Path, mo
     assert inbox_now == {c.name for c in CASES if c.outcome == "left"} | {"ward1", "ward2"}
     # one warning for each link and FIFO, however often the inbox was rescanned (30 times)
     warnings = [
-        r.getMessage() for r in caplog.records if r.name == "worker.inbox" and r.levelno == logging.WARNING
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "worker.sources.inbox" and r.levelno == logging.WARNING
     ]
     assert sorted(warnings) == sorted(
         f"leaving {site.inbox / n} in the inbox: a {kind} is never followed or moved"

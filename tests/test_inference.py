@@ -10,8 +10,8 @@ import pytest
 
 from worker.config import InferenceSettings
 from worker.errors import ModelError
-from worker.inference import Failure, Prediction, Predictor
-from worker.learner import XrayImage, file_sha256, load_model
+from worker.model.learner import XrayImage, file_sha256, load_model
+from worker.model.predictor import Failure, Prediction, Predictor
 
 
 def real_files(full_res_dir: Path, dicom_dir: Path) -> list[Path]:

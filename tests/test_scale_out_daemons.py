@@ -21,10 +21,10 @@ from daemon_harness import Site, wait_for
 from db_support import POSTGRES_URL
 from sqlalchemy import URL
 
-from worker.claim import WORK_DIR
 from worker.db.schema import results
-from worker.hashing import sha256_file
-from worker.lease import beat_interval
+from worker.pipeline.hashing import sha256_file
+from worker.runtime.lease import beat_interval
+from worker.sources.claim import WORK_DIR
 
 pytest_plugins = ["db_fixtures"]
 pytestmark = [

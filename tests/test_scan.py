@@ -22,18 +22,18 @@ from db_support import MODEL_A, audit, result, sha
 from sqlalchemy import create_engine, select
 from sqlalchemy.exc import IntegrityError
 
-from worker.cli import cli
+from worker.cli.main import cli
 from worker.config import InferenceSettings
 from worker.db import migrate
 from worker.db.engine import make_engine
 from worker.db.schema import audit_events, results, scanned_files
 from worker.db.store import FileStamp, ScannedRecord, Store
-from worker.discover import FileFilter, walk_files
 from worker.errors import TransientError
-from worker.inference import Predictor
-from worker.progress import Progress, ScanCounts
-from worker.retry import Backoff
-from worker.scan import Scanner
+from worker.model.predictor import Predictor
+from worker.runtime.retry import Backoff
+from worker.scan.local import Scanner
+from worker.scan.progress import Progress, ScanCounts
+from worker.sources.walk import FileFilter, walk_files
 
 pytest_plugins = ["db_fixtures"]
 

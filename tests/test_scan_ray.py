@@ -26,10 +26,10 @@ from worker.db.schema import audit_events, results, scanned_files
 from worker.db.store import Store
 from worker.decode import DEFAULT_LIMITS
 from worker.errors import ConfigError
-from worker.inference import Failure, Predictor
+from worker.model.predictor import Failure, Predictor
 from worker.names import from_stored
-from worker.ray_stages import FAILED, KNOWN, READY, Prepare, Screen, StageSpec
-from worker.scan_ray import Pool, RayScanner, RayScreening, size_pool
+from worker.scan.ray.driver import Pool, RayScanner, RayScreening, size_pool
+from worker.scan.ray.stages import FAILED, KNOWN, READY, Prepare, Screen, StageSpec
 
 pytest_plugins = ["db_fixtures"]
 EXE = Path(sys.executable).with_name("xray-worker")
@@ -67,7 +67,7 @@ def test_pools_are_sized_to_the_cluster(resources, settings, device, expected):
 
 
 def test_without_ray_installed_the_message_says_how_to_install_it(monkeypatch):
-    from worker.ray_cluster import import_ray
+    from worker.scan.ray.cluster import import_ray
 
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
     with pytest.raises(ConfigError, match=r"pip install -e '\.\[ray\]'"):
@@ -80,7 +80,7 @@ def test_without_ray_installed_the_message_says_how_to_install_it(monkeypatch):
 @pytest.fixture(scope="module")
 def shipped_model():
     from worker.config import ModelSettings
-    from worker.learner import load_model
+    from worker.model.learner import load_model
 
     m = ModelSettings()
     return load_model(m.path, sha256=m.expected_sha256())

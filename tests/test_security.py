@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from worker.cli import cli
+from worker.cli.main import cli
 from worker.config import load_settings
 from worker.daemon import Folders
 from worker.errors import ConfigError
-from worker.filing import move_no_clobber, write_error_sidecar
+from worker.sinks.filing import move_no_clobber, write_error_sidecar
 
 WHEN = datetime(2026, 11, 25, 12, 0)
 

@@ -14,10 +14,10 @@ from torchvision.models import resnet18
 
 from training.cli import cli as train_cli
 from training.data import class_root, labelled_files
-from worker.cli import cli as worker_cli
+from worker.cli.main import cli as worker_cli
 from worker.config import InferenceSettings
-from worker.inference import Predictor
-from worker.learner import file_sha256, load_model
+from worker.model.learner import file_sha256, load_model
+from worker.model.predictor import Predictor
 
 TINY = ["--size", "64", "--epochs", "1", "--batch-size", "16"]
 

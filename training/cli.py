@@ -167,7 +167,7 @@ def evaluate_command(
     from training.evaluation import evaluate_files, pick_threshold, write_report
     from worker.config import InferenceSettings
     from worker.errors import ModelError
-    from worker.learner import file_sha256, load_model
+    from worker.model.learner import file_sha256, load_model
 
     if store and target_sensitivity is None:
         raise click.UsageError("--store needs --target-sensitivity")

@@ -10,7 +10,7 @@ from fastai.data.block import CategoryBlock, DataBlock, TransformBlock
 from fastai.data.transforms import IntToFloatTensor, Normalize, RandomSplitter, get_files, parent_label
 from fastai.vision.augment import Resize, ResizeMethod
 
-from worker.learner import OpenXray
+from worker.model.learner import OpenXray
 
 XRAY_EXTENSIONS = (".png", ".jpg", ".jpeg", ".dcm", ".dicom")
 KAGGLE_SPLITS = ("train", "val", "test")

@@ -13,8 +13,8 @@ import numpy as np
 from training import plots
 from training.metrics import summarize, threshold_for_sensitivity, youden_threshold
 from worker.config import InferenceSettings
-from worker.inference import Failure, Prediction, Predictor
-from worker.learner import LoadedModel
+from worker.model.learner import LoadedModel
+from worker.model.predictor import Failure, Prediction, Predictor
 
 
 @dataclass

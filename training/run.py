@@ -18,7 +18,7 @@ from training.data import class_root
 from training.evaluation import evaluate_files, pick_threshold, write_report
 from training.recipe import Recipe, build_learner, fit
 from training.split import patient_id
-from worker.learner import file_sha256, load_model
+from worker.model.learner import file_sha256, load_model
 
 
 def versions() -> dict[str, str]:

@@ -28,20 +28,20 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from worker.boundary import contain
-from worker.claim import Claimed, WorkArea
 from worker.db.store import AuditRecord, ResultRecord, Store, StoredResult
 from worker.errors import TransientError
-from worker.faults import Faults
-from worker.filing import move_no_clobber, safe_component, write_error_sidecar
-from worker.hashing import sha256_file
-from worker.inbox import Inbox
-from worker.inference import Failure, Prediction, Predictor
-from worker.lease import Heartbeat, beat_interval
+from worker.model.predictor import Failure, Prediction, Predictor
 from worker.names import for_log
-from worker.records import result_record
-from worker.retry import Backoff
-from worker.sdnotify import Notifier
+from worker.pipeline.hashing import sha256_file
+from worker.pipeline.records import result_record
+from worker.runtime.boundary import contain
+from worker.runtime.faults import Faults
+from worker.runtime.lease import Heartbeat, beat_interval
+from worker.runtime.retry import Backoff
+from worker.runtime.sdnotify import Notifier
+from worker.sinks.filing import move_no_clobber, safe_component, write_error_sidecar
+from worker.sources.claim import Claimed, WorkArea
+from worker.sources.inbox import Inbox
 
 log = logging.getLogger(__name__)
 WINDOW_BATCHES = 4
@@ -116,7 +116,7 @@ class Daemon:
         self.notifier = notifier or Notifier({})
         self.status_interval = status_interval
         self.lease_seconds = lease_seconds
-        # Beats and looks for dead workers a few times per lease (worker/lease.py).
+        # Beats and looks for dead workers a few times per lease (worker/runtime/lease.py).
         self.beat_interval = beat_interval(lease_seconds)
         self._heartbeat = Heartbeat(work.heartbeat, self.beat_interval)
         self.faults = faults or Faults()  # crash points for bench/chaos.py; inert by default

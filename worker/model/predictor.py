@@ -21,12 +21,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from worker.boundary import contain
 from worker.config import InferenceSettings
 from worker.decode import DEFAULT_LIMITS, DecodedImage, Limits
 from worker.errors import ConfigError, DecodeError, XrayScreenError
-from worker.fusion import fold_batchnorm
-from worker.learner import LoadedModel
+from worker.model.fusion import fold_batchnorm
+from worker.model.learner import LoadedModel
+from worker.runtime.boundary import contain
 
 log = logging.getLogger(__name__)
 
@@ -198,7 +198,7 @@ def prepare(
     """Decode one file and apply the learner's item transforms: (item tensor, decoded image, ms).
 
     Raises ``XrayScreenError`` only: a decoder bug (even a Rust panic) fails this file alone,
-    as an internal error (``worker/boundary.py``).
+    as an internal error (``worker/runtime/boundary.py``).
     """
     start = time.perf_counter()
     try:

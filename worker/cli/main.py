@@ -13,10 +13,10 @@ from typing import Any
 import click
 
 from worker import __version__, exitcodes, logs
-from worker.cli_common import ExitError, model_options, model_overrides, open_predictor, settings_for
-from worker.cli_daemon import healthcheck, watch
-from worker.cli_db import db, report
-from worker.cli_scan import scan
+from worker.cli.common import ExitError, model_options, model_overrides, open_predictor, settings_for
+from worker.cli.db import db, report
+from worker.cli.scan import scan
+from worker.cli.watch import healthcheck, watch
 
 log = logging.getLogger("worker")
 
@@ -64,9 +64,9 @@ def predict(ctx: click.Context, paths: tuple[Path, ...], as_json: bool, **flags:
       xray-worker predict chest.jpeg
       chest.jpeg  PNEUMONIA  NORMAL=0.0269 PNEUMONIA=0.9731
     """
-    from worker.discover import expand_paths
-    from worker.inference import Failure
+    from worker.model.predictor import Failure
     from worker.names import as_fields, for_log
+    from worker.sources.walk import expand_paths
 
     settings = settings_for(ctx, **model_overrides(flags))
     predictor = open_predictor(settings)

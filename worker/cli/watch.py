@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from worker.cli_common import (
+from worker.cli.common import (
     ExitError,
     model_options,
     model_overrides,
@@ -23,7 +23,7 @@ from worker.cli_common import (
 )
 from worker.config import Settings
 from worker.errors import ConfigError, ModelError, XrayScreenError
-from worker.signals import two_stage_shutdown
+from worker.runtime.signals import two_stage_shutdown
 
 log = logging.getLogger("worker")
 
@@ -102,10 +102,10 @@ def watch(ctx: click.Context, **flags: Any) -> None:
       xray-worker watch --inbox /srv/xray/inbox --processed /srv/xray/processed \\
                         --failed /srv/xray/failed --db sqlite:////var/lib/xray-screen/results.db
     """
-    from worker.claim import WorkArea, default_worker_id
     from worker.daemon import Daemon, Folders
-    from worker.inbox import Inbox
-    from worker.sdnotify import Notifier
+    from worker.runtime.sdnotify import Notifier
+    from worker.sources.claim import WorkArea, default_worker_id
+    from worker.sources.inbox import Inbox
 
     settings = daemon_settings(ctx, flags)
     faults = _faults()
@@ -160,7 +160,7 @@ def watch(ctx: click.Context, **flags: Any) -> None:
 
 def _faults() -> Any:
     """Crash points for bench/chaos.py, from XRAY_SCREEN_FAULT (unset: none)."""
-    from worker.faults import Faults
+    from worker.runtime.faults import Faults
 
     try:
         return Faults.from_environ(os.environ)

@@ -7,12 +7,12 @@ and database rows), spread over a Ray cluster:
    changed, one query per chunk; those files become the work list, in blocks of
    ``[ray] block_files``. Only paths, sizes and mtimes are held: about 150 bytes a file;
 2. ``Prepare`` actors (one CPU each): hash, skip content this model already screened,
-   decode and apply the learner's item transforms (``worker.ray_stages``);
+   decode and apply the learner's item transforms (``worker.scan.ray.stages``);
 3. ``Screen`` actors (``num_gpus`` each, one pool sized to the cluster): the batched model,
    with ``[inference] batch_size``;
 4. commit (driver): each batch that comes back is settled (content screened earlier, in the
    database or in this run, is a duplicate with that verdict) and committed with the
-   results, audit rows and skip-index rows in one transaction (``worker.scan_commit``).
+   results, audit rows and skip-index rows in one transaction (``worker.scan.commit``).
 
 Ray Data streams the work list through the actors, so decoding, inference and the
 database overlap. A scan stopped at any point resumes at its last commit, as the local
@@ -33,12 +33,12 @@ from typing import Any
 import numpy as np
 
 from worker.db.store import StoredResult, chunks
-from worker.discover import FoundFile
 from worker.errors import ClusterError
-from worker.inference import Prediction
-from worker.progress import ScanCounts
-from worker.ray_stages import FAILED, READY, Prepare, Screen, StageSpec, decoded_from_facts
-from worker.scan_commit import ScanJob, ScanRun
+from worker.model.predictor import Prediction
+from worker.scan.commit import ScanJob, ScanRun
+from worker.scan.progress import ScanCounts
+from worker.scan.ray.stages import FAILED, READY, Prepare, Screen, StageSpec, decoded_from_facts
+from worker.sources.walk import FoundFile
 
 log = logging.getLogger("worker.scan")
 INDEX_CHUNK = 500  # paths per skip-index query while planning

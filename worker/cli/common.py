@@ -58,7 +58,7 @@ def model_options(func: Any) -> Any:
 
 def open_model(settings: Settings) -> Any:
     """Load the model, refused unless its SHA-256 is the configured one (exit 78)."""
-    from worker.learner import load_model
+    from worker.model.learner import load_model
 
     m = settings.model
     try:
@@ -75,7 +75,7 @@ def decode_limits(settings: Settings) -> Any:
 
 def open_predictor(settings: Settings) -> Any:
     """Load the model (checked) and build the batched predictor."""
-    from worker.inference import Predictor
+    from worker.model.predictor import Predictor
 
     model = open_model(settings)
     try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from worker.db.store import ResultRecord
-from worker.inference import Prediction, Predictor
+from worker.model.predictor import Prediction, Predictor
 
 
 def result_record(

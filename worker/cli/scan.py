@@ -15,7 +15,7 @@ from typing import Any
 import click
 
 from worker import exitcodes
-from worker.cli_common import (
+from worker.cli.common import (
     ExitError,
     decode_limits,
     model_options,
@@ -25,13 +25,13 @@ from worker.cli_common import (
     open_store,
     settings_for,
 )
-from worker.cli_db import Since
+from worker.cli.db import Since
 from worker.config import Settings
-from worker.discover import FileFilter, distinct_roots, walk_files
 from worker.errors import ClusterError, ConfigError, TransientError
-from worker.progress import Progress, summary_lines
-from worker.results_file import ResultsFile, output_format
-from worker.signals import two_stage_shutdown
+from worker.runtime.signals import two_stage_shutdown
+from worker.scan.progress import Progress, summary_lines
+from worker.sinks.results_file import ResultsFile, output_format
+from worker.sources.walk import FileFilter, distinct_roots, walk_files
 
 log = logging.getLogger("worker")
 
@@ -176,7 +176,7 @@ def _open_engine(stack: ExitStack, settings: Settings) -> tuple[list[str], Calla
         model = open_model(settings)
         resources = _enter_ray(stack, settings)
         return model.vocab, lambda **common: _ray_scanner(settings, model, resources, common)
-    from worker.scan import Scanner  # imports torch: not for --help
+    from worker.scan.local import Scanner  # imports torch: not for --help
 
     predictor = open_predictor(settings)
     size = settings.inference.batch_size
@@ -185,7 +185,7 @@ def _open_engine(stack: ExitStack, settings: Settings) -> tuple[list[str], Calla
 
 def _enter_ray(stack: ExitStack, settings: Settings) -> dict[str, float]:
     """Join the cluster (or start a local one) until the scan ends."""
-    from worker.ray_cluster import ray_session
+    from worker.scan.ray.cluster import ray_session
 
     try:
         return stack.enter_context(ray_session(settings.ray))
@@ -196,8 +196,8 @@ def _enter_ray(stack: ExitStack, settings: Settings) -> dict[str, float]:
 
 
 def _ray_scanner(settings: Settings, model: Any, resources: dict[str, float], common: dict[str, Any]) -> Any:
-    from worker.ray_stages import StageSpec
-    from worker.scan_ray import RayScanner, RayScreening, size_pool
+    from worker.scan.ray.driver import RayScanner, RayScreening, size_pool
+    from worker.scan.ray.stages import StageSpec
 
     pool = size_pool(resources, settings.ray, settings.inference.device)
     inference = settings.inference

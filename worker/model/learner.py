@@ -8,6 +8,7 @@ path stable.
 
 from __future__ import annotations
 
+import pickle
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ from PIL import Image
 
 from worker.decode import DEFAULT_LIMITS, DecodedImage, Limits, decode_file
 from worker.errors import ModelError
-from worker.hashing import sha256_file
+from worker.pipeline.hashing import sha256_file
 
 # Bump when decode_file's output pixels change for the same input file.
 # 2: baseline-JPEG DICOMs decoded by Pillow (libjpeg-turbo), within one grey level of v1.
@@ -121,6 +122,26 @@ class LoadedModel:
         return self.to_item(decoded), decoded
 
 
+# Where this project's classes in a learner (OpenXray, XrayImage, TensorXray) lived when
+# older models were exported: a pickle names its classes by module, and models outlive moves.
+MOVED_MODULES = {"worker.learner": "worker.model.learner"}
+
+
+class _Unpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        return super().find_class(MOVED_MODULES.get(module, module), name)
+
+
+class _MovedModules:
+    """``pickle``, as ``torch.load`` uses it, with the moved modules found where they are now."""
+
+    Unpickler = _Unpickler
+
+    @staticmethod
+    def load(file: Any, **kwargs: Any) -> Any:
+        return _Unpickler(file, **kwargs).load()
+
+
 def file_sha256(path: Path) -> str:
     return sha256_file(path)[0]
 
@@ -148,7 +169,7 @@ def load_model(path: Path, *, sha256: str = "", trust: bool = False, positive_cl
         with warnings.catch_warnings():
             # fastai warns that pickle is unsafe; the file's hash was checked above.
             warnings.filterwarnings("ignore", message=".*load_learner.*insecure pickle")
-            learner = load_learner(path, cpu=True)
+            learner = load_learner(path, cpu=True, pickle_module=_MovedModules)
     except Exception as exc:  # a pickle can raise anything; say which file and why
         raise ModelError(f"cannot load model {path}: {type(exc).__name__}: {exc}") from exc
     if not isinstance(learner, Learner):

@@ -2,14 +2,14 @@
 
 They are the local engine's own steps, moved: ``Prepare`` hashes each file, asks the
 database whether this model already screened that content (then the file is not decoded
-at all), and decodes the rest through ``worker.inference.prepare`` (the shared decoder and
+at all), and decodes the rest through ``worker.model.predictor.prepare`` (the shared decoder and
 the learner's item transforms). ``Screen`` runs batches through a ``Predictor``: the same
 BatchNorm folding, batch transforms, device handling and labelling as ``xray-worker scan``
 on one machine. Every actor loads the model itself and refuses it unless its SHA-256 is the
 one the driver loaded, so a node with another file cannot screen.
 
 Rows travel as plain columns (strings, numbers, one uint8 tensor); ``facts`` and
-``probabilities`` are JSON, decoded again on the driver by ``worker.scan_ray``.
+``probabilities`` are JSON, decoded again on the driver by ``worker.scan.ray.driver``.
 """
 
 from __future__ import annotations
@@ -25,11 +25,11 @@ from typing import Any
 
 import numpy as np
 
-from worker.boundary import contain
 from worker.config import InferenceSettings
 from worker.decode import DecodedImage, Limits
 from worker.errors import TransientError, XrayScreenError
-from worker.hashing import sha256_file
+from worker.pipeline.hashing import sha256_file
+from worker.runtime.boundary import contain
 
 log = logging.getLogger(__name__)
 # fastai's import touches torch.jit.script, deprecated in recent torch: not the operator's
@@ -52,7 +52,7 @@ class StageSpec:
     database_url: str  # Prepare asks it which contents are already screened
 
     def load_model(self) -> Any:
-        from worker.learner import load_model
+        from worker.model.learner import load_model
 
         return load_model(Path(self.model_path), sha256=self.model_sha256, positive_class=self.positive_class)
 
@@ -69,7 +69,7 @@ class Prepare:
         self.item_shape = tuple(self.model.blank_item().shape)
 
     def __call__(self, batch: Batch) -> Batch:
-        from worker.inference import prepare
+        from worker.model.predictor import prepare
 
         n = len(batch["path"])
         started = np.full(n, time.time())
@@ -86,7 +86,7 @@ class Prepare:
                 sha[i], file_size[i] = sha256_file(Path(os.fsdecode(path)))
             except OSError as exc:
                 status[i], reason[i], retry[i] = FAILED, f"cannot read file: {exc.strerror or exc}", True
-            except Exception as exc:  # the fault boundary of worker/boundary.py
+            except Exception as exc:  # the fault boundary of worker/runtime/boundary.py
                 status[i], reason[i], retry[i] = FAILED, contain("hashing", os.fsdecode(path), exc), True
         for i in np.flatnonzero(np.isin(sha, list(self._known(sha[status == READY])))):
             status[i] = KNOWN  # screened before: no need to decode it again
@@ -132,7 +132,7 @@ class Screen:
     """Item tensors -> labels and class probabilities, on this actor's GPU (else its CPUs)."""
 
     def __init__(self, spec: StageSpec):
-        from worker.inference import Predictor
+        from worker.model.predictor import Predictor
 
         model = spec.load_model()
         self.tensor_type = type(model.blank_item())

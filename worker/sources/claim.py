@@ -5,7 +5,7 @@ A claim is one atomic rename into this worker's work area on the same file syste
 rename succeeds. The work area is the worker's queue: a file stays there until its
 outcome is committed and it has been filed, so a crash at any moment leaves it where a
 restart finds it. A worker that died (its heartbeat file is older than the lease, see
-``worker/lease.py``) has its claimed files taken over by a live one.
+``worker/runtime/lease.py``) has its claimed files taken over by a live one.
 """
 
 from __future__ import annotations

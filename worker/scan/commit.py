@@ -1,7 +1,7 @@
 """What a scan knows about each file, and how a batch of verdicts is committed.
 
 Shared by both scan engines (local threads in ``worker.scan``, Ray Data in
-``worker.scan_ray``): the same records, the same transaction (results, audit rows with no
+``worker.scan.ray.driver``): the same records, the same transaction (results, audit rows with no
 destination, and the skip index's rows), the same retries, the same counts. So the
 database cannot tell which engine screened a file, except by the device column.
 """
@@ -17,16 +17,16 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from worker.boundary import contain
 from worker.db.store import AuditRecord, ResultRecord, ScannedRecord, Store, StoredResult
-from worker.discover import FoundFile
 from worker.errors import TransientError
-from worker.hashing import sha256_file
-from worker.inference import Failure, Outcome, Prediction
-from worker.progress import Progress, ScanCounts
-from worker.records import result_record
-from worker.results_file import FileVerdict
-from worker.retry import Backoff
+from worker.model.predictor import Failure, Outcome, Prediction
+from worker.pipeline.hashing import sha256_file
+from worker.pipeline.records import result_record
+from worker.runtime.boundary import contain
+from worker.runtime.retry import Backoff
+from worker.scan.progress import Progress, ScanCounts
+from worker.sinks.results_file import FileVerdict
+from worker.sources.walk import FoundFile
 
 log = logging.getLogger("worker.scan")
 T = TypeVar("T")

@@ -34,10 +34,10 @@ from pathlib import Path
 from typing import Any
 
 from worker.db.store import chunks
-from worker.discover import FoundFile
-from worker.inference import Outcome, Predictor
-from worker.progress import ScanCounts
-from worker.scan_commit import ScanJob, ScanRun
+from worker.model.predictor import Outcome, Predictor
+from worker.scan.commit import ScanJob, ScanRun
+from worker.scan.progress import ScanCounts
+from worker.sources.walk import FoundFile
 
 log = logging.getLogger(__name__)
 

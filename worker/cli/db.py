@@ -12,7 +12,7 @@ import click
 from sqlalchemy import Engine
 
 from worker import exitcodes
-from worker.cli_common import ExitError, settings_for
+from worker.cli.common import ExitError, settings_for
 from worker.db import migrate
 from worker.db.engine import make_engine, safe_url
 from worker.db.errors import database_errors

@@ -25,8 +25,8 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 from watchdog.observers.polling import PollingObserver
 
-from worker.claim import WORK_DIR
 from worker.config import DEFAULT_IGNORE
+from worker.sources.claim import WORK_DIR
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,2 @@
+"""The model: the exported learner, checked and described (``learner``), its preprocessing
+(``preprocess``), BatchNorm folding (``fusion``) and batched inference (``predictor``)."""
