@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from worker.sinks import filing
 from worker.errors import ConfigError
+from worker.sinks import filing
 from worker.sinks.filing import dated_folder, fit, move_no_clobber, safe_component, write_error_sidecar
 from worker.sources.claim import WORK_DIR, WorkArea
 from worker.sources.inbox import Inbox

@@ -30,7 +30,7 @@ from worker.db.schema import audit_events, results, scanned_files
 from worker.db.store import FileStamp, ScannedRecord, Store
 from worker.errors import TransientError
 from worker.model.predictor import Predictor
-from worker.runtime.retry import Backoff
+from worker.runtime.retry import RetryPolicy
 from worker.scan.local import Scanner
 from worker.scan.progress import Progress, ScanCounts
 from worker.sources.walk import FileFilter, walk_files
@@ -269,14 +269,14 @@ def test_a_database_outage_is_retried_then_reported(
         return real(*args, **kwargs)
 
     monkeypatch.setattr(store, "record_batch", flaky)
-    quick = Backoff(initial=0.01, maximum=0.01)
-    counts = scanner(root, store, predictor, backoff=quick).run()
+    quick = RetryPolicy(initial=0.01, maximum=0.01, attempts=8)
+    counts = scanner(root, store, predictor, retry=quick).run()
     assert counts.screened == 6 and calls["n"] > 2
 
     (root / "new.jpeg").write_bytes(jpegs[7].read_bytes())
     monkeypatch.setattr(store, "record_batch", lambda *a, **k: (_ for _ in ()).throw(TransientError("down")))
     with pytest.raises(TransientError):
-        scanner(root, store, predictor, backoff=quick, attempts=3).run()
+        scanner(root, store, predictor, retry=RetryPolicy(initial=0.01, maximum=0.01, attempts=3)).run()
 
 
 def test_the_command_exits_75_when_the_database_stays_down(archive: Archive, monkeypatch):
@@ -284,7 +284,7 @@ def test_the_command_exits_75_when_the_database_stays_down(archive: Archive, mon
         raise TransientError("database unavailable: OperationalError: connection refused")
 
     monkeypatch.setattr(Store, "record_batch", down)
-    monkeypatch.setattr(Backoff, "next_delay", lambda self: 0.0)
+    monkeypatch.setattr(RetryPolicy, "delay", lambda self, exc, attempt: 0.0 if attempt < 8 else None)
     result = archive.scan()
     assert result.exit_code == 75, result.output
     assert "scan stopped, database unavailable (database unavailable: " in result.stderr

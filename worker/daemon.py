@@ -37,7 +37,7 @@ from worker.pipeline.records import result_record
 from worker.runtime.boundary import contain
 from worker.runtime.faults import Faults
 from worker.runtime.lease import Heartbeat, beat_interval
-from worker.runtime.retry import Backoff
+from worker.runtime.retry import Backoff, wait
 from worker.runtime.sdnotify import Notifier
 from worker.sinks.filing import move_no_clobber, safe_component, write_error_sidecar
 from worker.sources.claim import Claimed, WorkArea
@@ -174,10 +174,10 @@ class Daemon:
                 try:
                     done = self.step()
                 except TransientError as exc:
-                    delay = self.backoff.next_delay()
+                    delay = self.backoff.next_delay(exc) or self.backoff.policy.maximum
                     log.warning("%s; retrying in %.1f s (files stay claimed)", exc, delay)
                     self.notifier.status(f"waiting: {exc}")
-                    self._stop.wait(delay)
+                    wait(self._stop, delay)
                     continue
                 self.backoff.reset()
                 if not done:

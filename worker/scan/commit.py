@@ -23,14 +23,18 @@ from worker.model.predictor import Failure, Outcome, Prediction
 from worker.pipeline.hashing import sha256_file
 from worker.pipeline.records import result_record
 from worker.runtime.boundary import contain
-from worker.runtime.retry import Backoff
+from worker.runtime.retry import RetryPolicy, retrying
 from worker.scan.progress import Progress, ScanCounts
 from worker.sinks.results_file import FileVerdict
 from worker.sources.walk import FoundFile
 
 log = logging.getLogger("worker.scan")
 T = TypeVar("T")
-WORKER_ID = "scan"  # audit rows written by scans say so in worker_id
+WORKER_ID = "scan"
+# A scan gives up after 8 failed attempts in a row: about two minutes of database outage.
+SCAN_RETRY = RetryPolicy(
+    initial=1.0, maximum=60.0, attempts=8
+)  # audit rows written by scans say so in worker_id
 
 
 @dataclass(eq=False)
@@ -111,16 +115,16 @@ class ScanCommitter:
         worker_host: str,
         progress: Progress | None = None,
         on_commit: Callable[[list[FileVerdict]], None] | None = None,
-        attempts: int = 8,  # with the default backoff: about two minutes of outage
-        backoff: Backoff | None = None,
+        retry: RetryPolicy | None = None,
+        stop: threading.Event | None = None,
     ):
         self.store = store
         self.screening = screening
         self.worker_host = worker_host
         self.progress = progress
         self.on_commit = on_commit
-        self.attempts = attempts
-        self.backoff = backoff or Backoff(initial=1.0, maximum=60.0)
+        self.retry = retry or SCAN_RETRY
+        self.stop = stop or threading.Event()  # set by ``ScanRun.stop()``: ends any wait
         self.counts = ScanCounts()
 
     @property
@@ -216,20 +220,13 @@ class ScanCommitter:
         )
 
     def retrying(self, call: Callable[[], T]) -> T:
-        """``call()``, again after a pause while the database is unavailable; then give up."""
-        for attempt in range(1, self.attempts + 1):
-            try:
-                result = call()
-            except TransientError as exc:
-                if attempt == self.attempts:
-                    raise
-                delay = self.backoff.next_delay()
-                log.warning("%s; retrying in %.1f s (attempt %d of %d)", exc, delay, attempt, self.attempts)
-                time.sleep(delay)
-                continue
-            self.backoff.reset()
-            return result
-        raise AssertionError("unreachable")  # pragma: no cover
+        """``call()``, again after the policy's pause while the database is unavailable; then give
+        up (``TransientError``). ``stop()`` ends a pause at once."""
+
+        def describe(exc: BaseException, delay: float, attempt: int) -> str:
+            return f"{exc}; retrying in {delay:.1f} s (attempt {attempt} of {self.retry.attempts})"
+
+        return retrying(call, self.retry, self.stop, describe=describe)
 
     def _count(self, job: ScanJob) -> None:
         c = self.counts
@@ -279,11 +276,11 @@ class ScanRun:
 
     def __init__(self, *, limit: int | None = None, **commit: Any):
         """``commit``: the ``ScanCommitter``'s arguments (store, screening, worker_host, progress,
-        on_commit, attempts, backoff), passed on as they are."""
-        self.committer = ScanCommitter(**commit)
+        on_commit, retry), passed on as they are."""
+        self._stop = threading.Event()
+        self.committer = ScanCommitter(stop=self._stop, **commit)
         self.store, self.progress = self.committer.store, self.committer.progress
         self.limit = limit
-        self._stop = threading.Event()
         self._planned = 0  # files read this run (the limit counts these)
 
     @property

@@ -59,6 +59,7 @@ class Scanner(ScanRun):
         self.batch_size = batch_size or predictor.batch_size
         self._screening: deque[ScanJob] = deque()  # handed to the predictor, in its order
         self._first: dict[str, ScanJob] = {}  # content -> the file screening it, until committed
+        self._committed: deque[ScanJob] = deque()  # filled by the commit thread, emptied here
         self._ready: list[ScanJob] = []  # decided, waiting for the next commit
         self._committer: ThreadPoolExecutor | None = None
         self._committing: Future[None] | None = None  # the commit in flight, if any
@@ -156,6 +157,7 @@ class Scanner(ScanRun):
 
     def _settle(self, read: _Read) -> list[ScanJob]:
         """Settle failures and duplicates; return what needs the model."""
+        self._forget_committed()  # before the lookups below: a content is in _first or in the db
         self.counts.skipped += read.skipped
         self._planned += len(read.jobs)
         model_sha = self.predictor.model.sha256
@@ -193,10 +195,17 @@ class Scanner(ScanRun):
         job.twins = []
 
     def _commit(self, jobs: list[ScanJob]) -> None:
+        """In the commit thread: commit, then tell the main thread (which alone touches
+        ``_first``) which files are in the database now."""
         self.committer.commit(jobs)
-        for job in jobs:
+        self._committed.extend(jobs)
+
+    def _forget_committed(self) -> None:
+        """Contents committed since the last look are found by ``known_results`` from now on."""
+        while self._committed:
+            job = self._committed.popleft()
             if job.sha256 and self._first.get(job.sha256) is job:
-                del self._first[job.sha256]  # known_results finds it from now on
+                del self._first[job.sha256]
 
 
 @dataclass
