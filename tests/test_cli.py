@@ -14,6 +14,8 @@ from click.testing import CliRunner
 from worker.cli.main import cli
 from worker.model.learner import file_sha256
 
+ROOT = Path(__file__).resolve().parent.parent
+
 
 def all_commands(group=cli, prefix=()):
     for name, command in group.commands.items():
@@ -136,3 +138,20 @@ def test_watch_refuses_a_database_not_at_head(trained_model: Path, tmp_path: Pat
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 78
     assert "xray-worker db upgrade" in result.output
+
+
+def test_predict_on_a_folder_of_links_says_what_it_skipped(tmp_path: Path):
+    """A folder of 3 symbolic links, a hidden file and a FIFO: nothing to screen, and why."""
+    target = ROOT / "samples" / "person1946_bacteria_4874.jpeg"
+    folder = tmp_path / "links"
+    folder.mkdir()
+    for n in range(3):
+        (folder / f"film-{n}.jpeg").symlink_to(target)
+    (folder / ".hidden.jpeg").write_bytes(target.read_bytes())
+    os.mkfifo(folder / "pipe")
+    result = CliRunner().invoke(cli, ["predict", str(folder)])
+    assert result.exit_code == 1
+    assert (
+        "no files to screen under the given paths (skipped: 1 hidden entries, "
+        "1 special files (FIFOs, sockets, devices), 3 symbolic links (never followed))"
+    ) in result.output

@@ -1,4 +1,5 @@
-"""What the xray-worker commands share: errors with exit codes, settings, the model."""
+"""What the xray-worker commands share: errors mapped to exit codes (in one place), settings,
+the model options."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import click
 
 from worker import exitcodes
 from worker.config import Settings, load_settings
-from worker.errors import ConfigError, ModelError
+from worker.errors import ConfigError, ModelError, TransientError
 
 
 class ExitError(click.ClickException):
@@ -20,12 +21,26 @@ class ExitError(click.ClickException):
         self.exit_code = exit_code
 
 
+class Commands(click.Group):
+    """The command group whose ``invoke`` maps the project's errors to exit codes, for every
+    command below it: the one place where an error becomes an exit status.
+
+    ``ConfigError``/``ModelError``: 78 (fix the settings or the model); ``TransientError``:
+    75 (the database or the cluster is unavailable: try again later).
+    """
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (ConfigError, ModelError) as exc:
+            raise ExitError(str(exc), exitcodes.CONFIG) from None
+        except TransientError as exc:
+            raise ExitError(str(exc), exitcodes.TEMPFAIL) from None
+
+
 def settings_for(ctx: click.Context, **overrides: Any) -> Settings:
-    """Load the settings once, with this command's flags as the top layer."""
-    try:
-        return load_settings(ctx.obj["config_path"], overrides=overrides)
-    except ConfigError as exc:
-        raise ExitError(str(exc)) from None
+    """Load the settings once, with this command's flags as the top layer (``ConfigError``)."""
+    return load_settings(ctx.obj["config_path"], overrides=overrides)
 
 
 def model_options(func: Any) -> Any:
@@ -56,34 +71,6 @@ def model_options(func: Any) -> Any:
     return func
 
 
-def open_model(settings: Settings) -> Any:
-    """Load the model, refused unless its SHA-256 is the configured one (exit 78)."""
-    from worker.model.learner import load_model
-
-    m = settings.model
-    try:
-        return load_model(m.path, sha256=m.expected_sha256(), trust=m.trust, positive_class=m.positive_class)
-    except ModelError as exc:
-        raise ExitError(str(exc)) from None
-
-
-def decode_limits(settings: Settings) -> Any:
-    from worker.decode import Limits
-
-    return Limits(settings.decode.max_pixels, settings.decode.max_side, settings.decode.min_side)
-
-
-def open_predictor(settings: Settings) -> Any:
-    """Load the model (checked) and build the batched predictor."""
-    from worker.model.predictor import Predictor
-
-    model = open_model(settings)
-    try:
-        return Predictor(model, settings.inference, decode_limits(settings))
-    except (ModelError, ConfigError) as exc:
-        raise ExitError(str(exc)) from None
-
-
 def model_overrides(flags: dict[str, Any]) -> dict[str, Any]:
     """The model flags as settings overrides (None leaves the lower layers alone)."""
     return {
@@ -93,19 +80,3 @@ def model_overrides(flags: dict[str, Any]) -> dict[str, Any]:
         "inference.device": flags.pop("device", None),
         "inference.batch_size": flags.pop("batch_size", None),
     }
-
-
-def open_store(settings: Settings) -> Any:
-    """The results database, refused unless at head (exit 78) or reachable (exit 75)."""
-    from worker.db.engine import safe_url
-    from worker.db.store import Store
-    from worker.errors import TransientError
-
-    try:
-        store = Store(settings.database.url, store_patient_ids=settings.database.store_patient_ids)
-        store.require_head()
-    except ConfigError as exc:
-        raise ExitError(str(exc)) from None
-    except TransientError as exc:
-        raise ExitError(f"{safe_url(settings.database.url)}: {exc}", exitcodes.TEMPFAIL) from None
-    return store

@@ -11,8 +11,7 @@ from typing import Any
 import click
 from sqlalchemy import Engine
 
-from worker import exitcodes
-from worker.cli.common import ExitError, settings_for
+from worker.cli.common import settings_for
 from worker.db import migrate
 from worker.db.engine import make_engine, safe_url
 from worker.db.errors import database_errors
@@ -61,23 +60,18 @@ def report_options(func: Any) -> Any:
     return db_option(func)
 
 
-def exit_error(message: str, code: int = exitcodes.CONFIG) -> click.ClickException:
-    return ExitError(message, code)
-
-
 @contextmanager
 def open_engine(ctx: click.Context, db_url: str | None, *, create: bool = False) -> Iterator[Engine]:
-    """The configured database; any database problem becomes a one-line error for the operator."""
+    """The configured database; any database problem becomes a one-line error (naming the
+    database, without its password), which ``worker.cli.common.Commands`` maps to an exit code."""
     url = settings_for(ctx, **{"database.url": db_url}).database.url
     engine = None
     try:
         with database_errors():
             engine = make_engine(url, create=create)
             yield engine
-    except ConfigError as exc:
-        raise exit_error(str(exc)) from None
     except TransientError as exc:
-        raise exit_error(f"{safe_url(url)}: {exc}", exitcodes.TEMPFAIL) from None
+        raise TransientError(f"{safe_url(url)}: {exc}") from None
     finally:
         if engine is not None:
             engine.dispose()
@@ -142,7 +136,7 @@ def current(ctx: click.Context, check: bool, db_url: str | None) -> None:
         return
     message = f"{where}: {revision or 'none (empty)'}, expected {head}: run `xray-worker db upgrade`"
     if check:
-        raise exit_error(message)
+        raise ConfigError(message)
     click.echo(message)
 
 

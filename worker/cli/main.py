@@ -13,7 +13,8 @@ from typing import Any
 import click
 
 from worker import __version__, exitcodes, logs
-from worker.cli.common import ExitError, model_options, model_overrides, open_predictor, settings_for
+from worker.app import files_named, is_failure, open_predictor
+from worker.cli.common import Commands, ExitError, model_options, model_overrides, settings_for
 from worker.cli.db import db, report
 from worker.cli.scan import scan
 from worker.cli.watch import healthcheck, watch
@@ -21,7 +22,7 @@ from worker.cli.watch import healthcheck, watch
 log = logging.getLogger("worker")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(cls=Commands, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option(
     "--config",
     "config_path",
@@ -64,9 +65,7 @@ def predict(ctx: click.Context, paths: tuple[Path, ...], as_json: bool, **flags:
       xray-worker predict chest.jpeg
       chest.jpeg  PNEUMONIA  NORMAL=0.0269 PNEUMONIA=0.9731
     """
-    from worker.model.predictor import Failure
     from worker.names import as_fields, for_log
-    from worker.sources.walk import expand_paths
 
     settings = settings_for(ctx, **model_overrides(flags))
     predictor = open_predictor(settings)
@@ -79,8 +78,9 @@ def predict(ctx: click.Context, paths: tuple[Path, ...], as_json: bool, **flags:
     click.echo(f"model {model.name} {model.version} (SHA-256 {model.sha256[:12]}...): {rule}", err=True)
     counts: Counter[str] = Counter()
     start = time.perf_counter()
-    for outcome in predictor.predict(expand_paths(paths)):
-        if isinstance(outcome, Failure):
+    skipped: Counter[str] = Counter()
+    for outcome in predictor.predict(files_named(paths, skipped)):
+        if is_failure(outcome):
             counts["failed"] += 1
             if as_json:
                 click.echo(json.dumps({**as_fields("path", str(outcome.path)), "error": outcome.reason}))
@@ -101,7 +101,13 @@ def predict(ctx: click.Context, paths: tuple[Path, ...], as_json: bool, **flags:
         f"{total} files in {seconds:.1f} s{rate} on {predictor.device_name}: {summary or 'none'}", err=True
     )
     if total == 0:
-        raise ExitError("no files found under the given paths", exitcodes.SOME_FILES_FAILED)
+        why = ", ".join(f"{n} {kind}" for kind, n in sorted(skipped.items()))
+        raise ExitError(
+            f"no files to screen under the given paths{f' (skipped: {why})' if why else ''}",
+            exitcodes.SOME_FILES_FAILED,
+        )
+    if skipped:
+        click.echo("skipped: " + ", ".join(f"{n} {kind}" for kind, n in sorted(skipped.items())), err=True)
     if counts["failed"]:
         sys.exit(exitcodes.SOME_FILES_FAILED)
 

@@ -5,9 +5,7 @@ from __future__ import annotations
 import logging
 import socket
 import sys
-from collections.abc import Callable
 from contextlib import AbstractContextManager, ExitStack
-from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -15,23 +13,12 @@ from typing import Any
 import click
 
 from worker import exitcodes
-from worker.cli.common import (
-    ExitError,
-    decode_limits,
-    model_options,
-    model_overrides,
-    open_model,
-    open_predictor,
-    open_store,
-    settings_for,
-)
+from worker.app import open_scan_engine, open_store, output_format, results_file, scan_files, scan_roots
+from worker.cli.common import ExitError, model_options, model_overrides, settings_for
 from worker.cli.db import Since
-from worker.config import Settings
 from worker.errors import ClusterError, ConfigError, TransientError
 from worker.runtime.signals import two_stage_shutdown
 from worker.scan.progress import Progress, summary_lines
-from worker.sinks.results_file import ResultsFile, output_format
-from worker.sources.walk import FileFilter, distinct_roots, walk_files
 
 log = logging.getLogger("worker")
 
@@ -122,31 +109,27 @@ def scan(
             "ray.address": ray_address,
         },
     )
-    folders = _archive_roots(settings)
+    folders = scan_roots(settings)
     if output is not None:
         _check_output(output, folders)
     store = open_store(settings)
     with ExitStack() as stack:
         stack.callback(store.close)
-        vocab, make_scanner = _open_engine(stack, settings)
-        try:
-            results_file = ResultsFile(output, vocab) if output else None
-        except OSError as exc:
-            raise ExitError(f"cannot write --output {output}: {exc.strerror or exc}") from None
+        vocab, make_scanner = open_scan_engine(stack, settings)
+        out = results_file(output, vocab) if output else None
         progress = Progress(sys.stderr, interval=settings.scan.progress_interval, limit=limit)
 
         def unreadable(folder: Path, exc: OSError) -> None:
             log.warning("cannot read %s: %s", folder, exc.strerror or exc)
             scanner.counts.unreadable_folders += 1
 
-        s = settings.scan
         scanner = make_scanner(
-            files=walk_files(folders, FileFilter(s.include, s.exclude, since), on_error=unreadable),
+            files=scan_files(settings, folders, since, unreadable),
             store=store,
             worker_host=socket.gethostname(),
             limit=limit,
             progress=progress,
-            on_commit=results_file.write if results_file else None,
+            on_commit=out.write if out else None,
         )
         how, code = "done", exitcodes.OK
         try:
@@ -158,8 +141,8 @@ def scan(
             how, code = f"stopped, database unavailable ({exc})", exitcodes.TEMPFAIL
         finally:
             progress.finish()
-            if results_file:
-                results_file.close()
+            if out:
+                out.close()
     if scanner.stopping:
         how, code = "interrupted (the next run goes on from here)", exitcodes.INTERRUPTED
     elif code == exitcodes.OK and scanner.at_limit:
@@ -169,67 +152,11 @@ def scan(
     sys.exit(code)
 
 
-def _open_engine(stack: ExitStack, settings: Settings) -> tuple[list[str], Callable[..., Any]]:
-    """Load the model for the chosen engine (before any cluster is joined, so a bad model
-    fails fast); return its classes and a function that builds the scanner."""
-    if settings.scan.engine == "ray":
-        model = open_model(settings)
-        resources = _enter_ray(stack, settings)
-        return model.vocab, lambda **common: _ray_scanner(settings, model, resources, common)
-    from worker.scan.local import Scanner  # imports torch: not for --help
-
-    predictor = open_predictor(settings)
-    size = settings.inference.batch_size
-    return predictor.model.vocab, lambda **common: Scanner(predictor=predictor, batch_size=size, **common)
-
-
-def _enter_ray(stack: ExitStack, settings: Settings) -> dict[str, float]:
-    """Join the cluster (or start a local one) until the scan ends."""
-    from worker.scan.ray.cluster import ray_session
-
-    try:
-        return stack.enter_context(ray_session(settings.ray))
-    except ConfigError as exc:
-        raise ExitError(str(exc)) from None
-    except TransientError as exc:
-        raise ExitError(str(exc), exitcodes.TEMPFAIL) from None
-
-
-def _ray_scanner(settings: Settings, model: Any, resources: dict[str, float], common: dict[str, Any]) -> Any:
-    from worker.scan.ray.driver import RayScanner, RayScreening, size_pool
-    from worker.scan.ray.stages import StageSpec
-
-    pool = size_pool(resources, settings.ray, settings.inference.device)
-    inference = settings.inference
-    if not pool.gpus_per_actor:  # CPU actors: as many torch threads as CPUs reserved
-        inference = replace(inference, device="cpu", torch_threads=max(1, round(pool.cpus_per_actor)))
-    spec = StageSpec(
-        model_path=str(model.path.resolve()),
-        model_sha256=model.sha256,
-        positive_class=model.positive_class,
-        inference=inference,
-        limits=decode_limits(settings),
-        database_url=settings.database.url,
-    )
-    screening = RayScreening(model, spec, pool, settings.ray.block_files)
-    return RayScanner(screening=screening, **common)
-
-
-def _archive_roots(settings: Settings) -> list[Path]:
-    roots = distinct_roots(Path(r) for r in settings.scan.roots)
-    if not roots:
-        raise ExitError("no folders to scan: name them (xray-worker scan /srv/archive) or set [scan] roots")
-    for root in roots:
-        if not root.exists():
-            raise ExitError(f"archive folder {root} does not exist (a typo, or a share not mounted?)")
-    return roots
-
-
 def _check_output(output: Path, roots: list[Path]) -> None:
     try:
         output_format(output)
     except ConfigError as exc:
-        raise ExitError(str(exc), exitcodes.USAGE) from None
+        raise ExitError(str(exc), exitcodes.USAGE) from None  # a usage error, not a setting
     where = output.expanduser().absolute().resolve()
     for root in roots:
         if where.is_relative_to(root.resolve()):

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-import os
-import socket
 import sys
 import uuid
 from pathlib import Path
@@ -13,14 +10,8 @@ from typing import Any
 
 import click
 
-from worker.cli.common import (
-    ExitError,
-    model_options,
-    model_overrides,
-    open_predictor,
-    open_store,
-    settings_for,
-)
+from worker.app import build_daemon, faults_from_environ, open_predictor, open_store
+from worker.cli.common import model_options, model_overrides, settings_for
 from worker.config import Settings
 from worker.errors import ConfigError, ModelError, XrayScreenError
 from worker.runtime.signals import two_stage_shutdown
@@ -102,50 +93,8 @@ def watch(ctx: click.Context, **flags: Any) -> None:
       xray-worker watch --inbox /srv/xray/inbox --processed /srv/xray/processed \\
                         --failed /srv/xray/failed --db sqlite:////var/lib/xray-screen/results.db
     """
-    from worker.daemon import Daemon, Folders
-    from worker.runtime.sdnotify import Notifier
-    from worker.sources.claim import WorkArea, default_worker_id
-    from worker.sources.inbox import Inbox
-
     settings = daemon_settings(ctx, flags)
-    faults = _faults()
-    box = dataclasses.replace(
-        settings.inbox,
-        path=box_path(settings.inbox.path),
-        processed=box_path(settings.inbox.processed),
-        failed=box_path(settings.inbox.failed),
-    )
-    os.umask(int(box.umask, 8))  # before anything is created: folders, sidecars, the database
-    store = open_store(settings)
-    predictor = open_predictor(settings)
-    predictor.warm_up()
-    try:
-        for folder in (box.path, box.processed, box.failed):
-            folder.mkdir(parents=True, exist_ok=True)
-        work = WorkArea(box.path, box.worker_id or default_worker_id())
-    except (OSError, ConfigError) as exc:
-        raise ExitError(f"cannot use the inbox {box.path}: {exc}") from None
-    daemon = Daemon(
-        inbox=Inbox(
-            box.path,
-            recursive=box.recursive,
-            ignore=box.ignore,
-            stability_seconds=box.stability_seconds,
-            polling=box.polling,
-            poll_interval=box.poll_interval,
-            rescan_interval=box.rescan_interval,
-        ),
-        work=work,
-        predictor=predictor,
-        store=store,
-        folders=Folders(box.processed, box.failed, box.layout),
-        batch_size=settings.inference.batch_size,
-        max_wait=box.max_wait_ms / 1000,
-        worker_host=socket.gethostname(),
-        notifier=Notifier(),
-        lease_seconds=box.lease_seconds,
-        faults=faults,
-    )
+    daemon = build_daemon(settings, faults=faults_from_environ())
     with two_stage_shutdown(
         daemon.stop,
         on_first=lambda name: log.info(
@@ -156,21 +105,6 @@ def watch(ctx: click.Context, **flags: Any) -> None:
         ),
     ):
         daemon.run()
-
-
-def _faults() -> Any:
-    """Crash points for bench/chaos.py, from XRAY_SCREEN_FAULT (unset: none)."""
-    from worker.runtime.faults import Faults
-
-    try:
-        return Faults.from_environ(os.environ)
-    except ConfigError as exc:
-        raise ExitError(str(exc)) from None
-
-
-def box_path(path: Path) -> Path:
-    """Absolute, so that the audit trail says exactly where files were and went."""
-    return path.expanduser().absolute()
 
 
 @click.command()
@@ -189,8 +123,8 @@ def healthcheck(ctx: click.Context, **flags: Any) -> None:
     """
     try:
         settings = daemon_settings(ctx, flags)
-    except ExitError as exc:
-        click.echo(f"FAIL  settings: {exc.message}")
+    except ConfigError as exc:
+        click.echo(f"FAIL  settings: {exc}")
         sys.exit(1)
     checks = [("settings valid" + (f" ({settings.source})" if settings.source else " (defaults)"), None)]
     box = settings.inbox
@@ -217,15 +151,10 @@ def _writable(folder: Path) -> str | None:
 
 def _database_check(settings: Settings) -> tuple[str, str | None]:
     from worker.db.engine import safe_url
-    from worker.db.store import Store
 
     text = f"database {safe_url(settings.database.url)} reachable and at head"
     try:
-        store = Store(settings.database.url)
-        try:
-            store.require_head()
-        finally:
-            store.close()
+        open_store(settings).close()
     except XrayScreenError as exc:
         return text, str(exc)
     return text, None
@@ -235,8 +164,6 @@ def _model_check(settings: Settings) -> tuple[str, str | None]:
     text = f"model {settings.model.path} matches its pinned SHA-256 and loads"
     try:
         open_predictor(settings)
-    except ExitError as exc:
-        return text, exc.message
-    except ModelError as exc:
+    except (ModelError, ConfigError) as exc:
         return text, str(exc)
     return text, None

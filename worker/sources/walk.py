@@ -5,37 +5,46 @@ from __future__ import annotations
 
 import fnmatch
 import os
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 
-def expand_paths(paths: Iterable[Path]) -> Iterator[Path]:
+def expand_paths(paths: Iterable[Path], skipped: Counter[str] | None = None) -> Iterator[Path]:
     """Files as named; folders walked recursively in name order, hidden entries skipped.
 
     Symbolic links inside folders are not followed. Whether a file is an image is
-    decided later, by its content.
+    decided later, by its content. What a walk leaves out is counted in ``skipped``, by
+    kind (``symbolic links``, ``hidden entries``, ``special files``, ``unreadable folders``),
+    so that a command that found nothing can say why.
     """
+    skipped = Counter() if skipped is None else skipped
     for path in paths:
         if path.is_dir():
-            yield from _walk(path)
+            yield from _walk(path, skipped)
         else:
             yield path
 
 
-def _walk(root: Path) -> Iterator[Path]:
+def _walk(root: Path, skipped: Counter[str]) -> Iterator[Path]:
     try:
         entries = sorted(os.scandir(root), key=lambda e: e.name)
     except OSError:
+        skipped["unreadable folders"] += 1
         return
     for entry in entries:
         if entry.name.startswith("."):
-            continue
-        if entry.is_dir(follow_symlinks=False):
-            yield from _walk(Path(entry.path))
+            skipped["hidden entries"] += 1
+        elif entry.is_symlink():
+            skipped["symbolic links (never followed)"] += 1
+        elif entry.is_dir(follow_symlinks=False):
+            yield from _walk(Path(entry.path), skipped)
         elif entry.is_file(follow_symlinks=False):
             yield Path(entry.path)
+        else:
+            skipped["special files (FIFOs, sockets, devices)"] += 1
 
 
 @dataclass(frozen=True)
