@@ -52,6 +52,9 @@ from sqlalchemy.pool import NullPool
 
 from worker.names import for_log, from_stored
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "support"))
+from outputs import filed as filed_under  # the tests' own helper
+
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(os.environ.get("XRAY_SCREEN_DATA", ROOT.parent / "shared" / "data"))
 EXE = Path(sys.executable).with_name("xray-worker")
@@ -212,13 +215,7 @@ class Site:
         return [p for p in self.work.glob("*/*~*") if p.is_file()] if self.work.exists() else []
 
     def filed(self) -> list[Path]:
-        return [
-            p
-            for base in (self.processed, self.failed)
-            if base.exists()
-            for p in base.rglob("*")
-            if p.is_file() and not p.name.endswith(".error.json")
-        ]
+        return filed_under(self.processed, self.failed)
 
     def snapshot(self, kill: Kill) -> None:
         """What the dead daemon left in flight."""

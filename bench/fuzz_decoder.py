@@ -42,7 +42,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(os.environ.get("XRAY_SCREEN_DATA", ROOT.parent / "shared" / "data"))
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # worker, and the shared test-file builders
+sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "support")]  # worker, and the shared test-file builders
 
 EXIT_FINDINGS, EXIT_HANG, EXIT_MEMORY = 1, 3, 4
 INSTRUMENTED = ["worker.decode", "PIL", "pydicom"]

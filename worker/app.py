@@ -14,15 +14,17 @@ import dataclasses
 import logging
 import os
 import socket
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
+from worker import exitcodes
 from worker.config import Settings
-from worker.errors import ConfigError, TransientError
+from worker.errors import ClusterError, ConfigError, TransientError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -51,35 +53,114 @@ def open_predictor(settings: Settings, model: Any = None) -> Any:
     return Predictor(model or open_model(settings), settings.inference, decode_limits(settings))
 
 
-def files_named(paths: Iterable[Path], skipped: Any = None) -> Iterator[Path]:
-    """``predict``'s files: as named, folders walked (``worker.sources.walk.expand_paths``)."""
+def predict_files(
+    settings: Settings, paths: Iterable[Path], out: TextIO, err: TextIO, *, as_json: bool
+) -> int:
+    """``predict``: screen the files named (folders walked), one line each; the exit status
+    (1 when a file failed, or when nothing was found, with what was skipped and why)."""
+    from worker.sinks.console import Console, describe
     from worker.sources.walk import expand_paths
 
-    return expand_paths(paths, skipped)
-
-
-def is_failure(outcome: Any) -> bool:
-    """True for a file the predictor could not screen (a ``Failure``, with its reason)."""
-    from worker.model.predictor import Failure
-
-    return isinstance(outcome, Failure)
+    predictor = open_predictor(settings)
+    console = Console(predictor, out, err, as_json=as_json)
+    console.header()
+    skipped: Counter[str] = Counter()
+    for answer in predictor.predict(expand_paths(paths, skipped)):
+        console.write(answer)
+    if console.summary(skipped) == 0:
+        why = f" (skipped: {describe(skipped)})" if skipped else ""
+        err.write(f"Error: no files to screen under the given paths{why}\n")
+        return exitcodes.SOME_FILES_FAILED
+    return exitcodes.SOME_FILES_FAILED if console.counts["failed"] else exitcodes.OK
 
 
 # -- the database --------------------------------------------------------------------
 
 
-def open_store(settings: Settings) -> Any:
-    """The results database; ``ConfigError`` unless at head, ``TransientError`` if unreachable."""
-    from worker.db.engine import safe_url
+def open_store(settings: Settings, *, create: bool = True) -> Any:
+    """The results database at the newest schema (``open_database``): a new SQLite file is
+    created on first use; ``ConfigError`` unless at head, ``TransientError`` if unreachable."""
     from worker.db.store import Store
 
-    store = Store(settings.database.url, store_patient_ids=settings.database.store_patient_ids)
+    engine = open_database(settings.database.url, create=create)
+    return Store(engine, store_patient_ids=settings.database.store_patient_ids)
+
+
+def open_database(url: str, *, create: bool = True) -> Any:
+    """An engine for the results database, which is at the newest schema.
+
+    A SQLite file that does not exist yet is created at the newest schema, with one log
+    line saying so (``create``: what ``scan``, ``watch`` and ``report`` do, so that the
+    embedded default needs no set-up). A database that exists is only checked: one that
+    is behind (or empty) is refused with ``ConfigError`` naming ``xray-worker db upgrade``,
+    since upgrading a site's database is an operator's act; PostgreSQL is never created
+    or migrated here. ``TransientError``, naming the database, when it cannot be reached.
+    """
+    from worker.db import migrate
+    from worker.db.engine import make_engine, safe_url, sqlite_file
+    from worker.db.errors import database_errors
+
+    path = sqlite_file(url)
+    engine = None
     try:
-        store.require_head()
+        with database_errors():
+            if create and path is not None and not path.exists() and _create_sqlite(url, path):
+                log.warning(
+                    "created the results database %s at schema %s: there was none yet "
+                    "(if one was expected, check [database] url)",
+                    path,
+                    migrate.head_revision(),
+                )
+            engine = make_engine(url)
+            migrate.require_head(engine)
     except TransientError as exc:
-        store.close()
-        raise TransientError(f"{safe_url(settings.database.url)}: {exc}") from None
-    return store
+        if engine is not None:
+            engine.dispose()
+        raise TransientError(f"{safe_url(url)}: {exc}") from None
+    except BaseException:
+        if engine is not None:
+            engine.dispose()
+        raise
+    return engine
+
+
+def _create_sqlite(url: str, path: Path) -> bool:
+    """Create the SQLite file ``path`` at the newest schema, all at once: it is built under a
+    temporary name beside it and linked into place, so that no process ever sees it empty
+    or half-migrated. False when another process created it meanwhile (theirs is kept)."""
+    import sqlite3
+    import uuid
+    from contextlib import closing, suppress
+
+    from sqlalchemy import make_url
+
+    from worker.db import migrate
+    from worker.db.engine import make_engine
+
+    draft = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.new")
+    try:
+        engine = make_engine(make_url(url).set(database=str(draft)), create=True)
+        try:
+            migrate.upgrade(engine)
+        finally:
+            engine.dispose()
+        with closing(sqlite3.connect(draft)) as conn:  # all of it into the file itself, not its WAL
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        try:
+            path.hardlink_to(draft)  # never replaces a file that appeared meanwhile
+        except FileExistsError:
+            return False
+        except OSError:  # a file system without hard links: nearly as good
+            if path.exists():
+                return False
+            draft.replace(path)
+        return True
+    except OSError as exc:
+        raise ConfigError(f"cannot create the results database {path}: {exc.strerror or exc}") from None
+    finally:
+        for leftover in (draft, draft.with_name(draft.name + "-wal"), draft.with_name(draft.name + "-shm")):
+            with suppress(OSError):  # not there: linked and gone, or never made
+                leftover.unlink()
 
 
 # -- watch ---------------------------------------------------------------------------
@@ -92,8 +173,9 @@ def absolute(path: Path) -> Path:
 
 def build_daemon(settings: Settings, *, faults: Any = None) -> Any:
     """The inbox daemon: umask, folders, work area, inbox watcher, warmed-up predictor, store."""
-    from worker.daemon import Daemon, Folders
+    from worker.daemon import Daemon
     from worker.runtime.sdnotify import Notifier
+    from worker.sinks.filer import Folders
     from worker.sources.claim import WorkArea, default_worker_id
     from worker.sources.inbox import Inbox
 
@@ -172,8 +254,25 @@ def scan_files(
     return walk_files(roots, FileFilter(s.include, s.exclude, since), on_error=on_error)
 
 
+def check_output(output: Path, roots: list[Path]) -> None:
+    """``--output`` must end in .csv or .jsonl and lie outside the archive (``UsageError``)."""
+    from worker.sinks.results_file import output_format
+
+    try:
+        output_format(output)
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
+    where = output.expanduser().absolute().resolve()
+    for root in roots:
+        if where.is_relative_to(root.resolve()):
+            raise UsageError(
+                f"--output {output} is inside the archive folder {root}, which a scan never "
+                "writes to: put it somewhere else"
+            )
+
+
 def results_file(output: Path, classes: Iterable[str]) -> Any:
-    """``--output``: the sink that writes each committed verdict to CSV or JSON Lines."""
+    """``--output``: the sink that writes each committed item to CSV or JSON Lines."""
     from worker.sinks.results_file import ResultsFile
 
     try:
@@ -182,10 +281,66 @@ def results_file(output: Path, classes: Iterable[str]) -> Any:
         raise ConfigError(f"cannot write --output {output}: {exc.strerror or exc}") from None
 
 
-def output_format(output: Path) -> str:
-    from worker.sinks.results_file import output_format as fmt
+def run_scan(
+    settings: Settings, *, since: datetime | None, limit: int | None, output: Path | None, err: TextIO
+) -> tuple[list[str], int]:
+    """``scan``: walk the [scan] roots into the database until done, stopped or at ``limit``;
+    the summary's lines and the exit status (0 done, 130 stopped by a signal, 75 database or
+    cluster unavailable). Progress goes to ``err``; the first SIGINT/SIGTERM commits the
+    files in hand, a second exits at once."""
+    from worker.runtime.signals import two_stage_shutdown
+    from worker.scan.progress import Progress, summary_lines
 
-    return fmt(output)
+    folders = scan_roots(settings)
+    if output is not None:
+        check_output(output, folders)
+    store = open_store(settings)
+    with ExitStack() as stack:
+        stack.callback(store.close)
+        vocab, make_scanner = open_scan_engine(stack, settings)
+        out = results_file(output, vocab) if output else None
+        if out:
+            stack.callback(out.close)
+        progress = Progress(err, interval=settings.scan.progress_interval, limit=limit)
+        stack.callback(progress.finish)
+
+        def unreadable(folder: Path, exc: OSError) -> None:
+            log.warning("cannot read %s: %s", folder, exc.strerror or exc)
+            scanner.counts.unreadable_folders += 1
+
+        scanner = make_scanner(
+            files=scan_files(settings, folders, since, unreadable),
+            store=store,
+            worker_host=socket.gethostname(),
+            limit=limit,
+            progress=progress,
+            on_commit=out.write if out else None,
+        )
+        how, code = "done", exitcodes.OK
+        shutdown = two_stage_shutdown(
+            scanner.stop,
+            on_first=lambda name: _say(
+                err, f"\n{name}: committing the files in hand, then stopping (again to exit at once)"
+            ),
+            on_second=lambda name: _say(err, f"{name} again: exiting now; the next run redoes the batch"),
+        )
+        try:
+            with shutdown:
+                scanner.run()
+        except ClusterError as exc:
+            how, code = f"stopped: {exc}", exitcodes.TEMPFAIL
+        except TransientError as exc:
+            how, code = f"stopped, database unavailable ({exc})", exitcodes.TEMPFAIL
+    if scanner.stopping:
+        how, code = "interrupted (the next run goes on from here)", exitcodes.INTERRUPTED
+    elif code == exitcodes.OK and scanner.at_limit:
+        how = f"stopped at --limit {limit} (the next run goes on from here)"
+    return summary_lines(scanner.counts, progress.elapsed, how), code
+
+
+def _say(stream: TextIO, text: str) -> None:
+    stream.write(text + "\n")
+    stream.flush()
 
 
 def open_scan_engine(stack: ExitStack, settings: Settings) -> tuple[list[str], Callable[..., Any]]:

@@ -3,11 +3,23 @@
 Layers, lowest first: built-in defaults < config.toml < environment variables
 ``XRAY_SCREEN_<SECTION>_<KEY>`` < command-line flags. Every error names the key and the
 place the bad value came from, so an operator can fix it without reading code.
+
+Where the defaults point depends on how the package is installed:
+
+- In a source checkout (an editable install, ``pip install -e .``): the shipped model is
+  ``models/pneumonia-resnet18/export.pkl`` and the state (inbox, processed, failed, the
+  SQLite database) lives in ``var/`` of the checkout, whatever the working directory.
+- Installed from a wheel: the shipped model is inside the package
+  (``worker/shipped_model/export.pkl`` in site-packages), and the state defaults to
+  ``var/`` relative to the working directory at the time it is used (``./var/inbox``,
+  ``sqlite:///var/xray-screen.db``); site-packages is no place for data. A service sets
+  these in its config file instead (README, "Deploying from a wheel").
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib.resources
 import os
 import re
 import tomllib
@@ -21,10 +33,36 @@ from worker.errors import ConfigError
 
 ENV_PREFIX = "XRAY_SCREEN_"
 CONFIG_ENV = "XRAY_SCREEN_CONFIG"
+# The folder above the package: the checkout, or site-packages when installed from a wheel.
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# A source checkout has its pyproject.toml and migrations/ there; site-packages has neither.
+IN_CHECKOUT = (PROJECT_ROOT / "pyproject.toml").is_file() and (PROJECT_ROOT / "migrations").is_dir()
 ROOT_CONFIG = PROJECT_ROOT / "config.toml"
-DEFAULT_MODEL = PROJECT_ROOT / "models" / "pneumonia-resnet18" / "export.pkl"
-DEFAULT_DATABASE = PROJECT_ROOT / "var" / "xray-screen.db"
+
+
+def shipped_path(in_package: str, in_checkout: str) -> Path:
+    """A file or folder that ships with the code: inside ``worker`` in a wheel, else in the checkout.
+
+    ``in_package`` is the path below the ``worker`` package where the wheel puts it (mapped there
+    by ``[tool.setuptools.package-dir]`` in pyproject.toml), ``in_checkout`` its path in the
+    repository. The packaged copy wins when it is there; otherwise the checkout's when this is a
+    checkout. Installed without it, the packaged path is returned, so that the error names the
+    place it was expected.
+    """
+    checkout = PROJECT_ROOT / in_checkout
+    packaged = importlib.resources.files("worker").joinpath(*in_package.split("/"))
+    if not isinstance(packaged, Path):  # imported from a zip file: no real file to hand on
+        return checkout
+    if packaged.exists() or not IN_CHECKOUT:
+        return packaged.resolve()
+    return checkout
+
+
+DEFAULT_MODEL = shipped_path("shipped_model/export.pkl", "models/pneumonia-resnet18/export.pkl")
+# The worker's state (inbox, processed, failed, the SQLite file): the checkout's var/, or, when
+# installed from a wheel, var/ in the working directory (left relative: resolved when used).
+DEFAULT_VAR = PROJECT_ROOT / "var" if IN_CHECKOUT else Path("var")
+DEFAULT_DATABASE = DEFAULT_VAR / "xray-screen.db"
 # The shipped model's hash, pinned here so that the default model loads with no settings at
 # all, and a swapped file is refused. Update it only together with models/pneumonia-resnet18/.
 SHIPPED_MODEL_SHA256 = "9d114c675cec5e5399278de68cf495665b7990e03c40ed961c0961cd474c963b"
@@ -90,10 +128,10 @@ DEFAULT_IGNORE = ("*.part", "*.tmp", "*.filepart", "*.crdownload", ".~*", "~$*")
 @dataclass(frozen=True)
 class InboxSettings:
     # The folder radiographers or a PACS export drop X-rays into (often a network share).
-    path: Path = PROJECT_ROOT / "var" / "inbox"
+    path: Path = DEFAULT_VAR / "inbox"
     # Screened files go to processed/<layout>/<name>; unreadable ones to failed/<date>/<name>.
-    processed: Path = PROJECT_ROOT / "var" / "processed"
-    failed: Path = PROJECT_ROOT / "var" / "failed"
+    processed: Path = DEFAULT_VAR / "processed"
+    failed: Path = DEFAULT_VAR / "failed"
     # Folders under processed/: {label}, {date} (YYYY-MM-DD), {year}, {month}, {day}.
     layout: str = "{label}/{date}"
     # Also take files from subfolders of the inbox.

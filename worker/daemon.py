@@ -24,60 +24,32 @@ import time
 import uuid
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from worker.db.store import AuditRecord, ResultRecord, Store, StoredResult
+from worker.db.store import Store
 from worker.errors import TransientError
-from worker.model.predictor import Failure, Prediction, Predictor
+from worker.model.predictor import Predictor
 from worker.names import for_log
-from worker.pipeline.hashing import sha256_file
-from worker.pipeline.records import result_record
+from worker.outcome import Outcome
+from worker.pipeline.commit import Committer
+from worker.pipeline.counts import Counts
+from worker.pipeline.item import Item
+from worker.pipeline.settle import Settler
 from worker.runtime.boundary import contain
 from worker.runtime.faults import Faults
 from worker.runtime.lease import Heartbeat, beat_interval
 from worker.runtime.retry import Backoff, wait
 from worker.runtime.sdnotify import Notifier
-from worker.sinks.filing import move_no_clobber, safe_component, write_error_sidecar
+from worker.sinks.filer import Filer, Folders
 from worker.sources.claim import Claimed, WorkArea
 from worker.sources.inbox import Inbox
 
 log = logging.getLogger(__name__)
 WINDOW_BATCHES = 4
-
-
-@dataclass(frozen=True)
-class Folders:
-    processed: Path
-    failed: Path
-    layout: str = "{label}/{date}"
-
-    def processed_folder(self, label: str, when: datetime) -> Path:
-        parts = self.layout.format(
-            label=safe_component(label),
-            date=when.strftime("%Y-%m-%d"),
-            year=when.strftime("%Y"),
-            month=when.strftime("%m"),
-            day=when.strftime("%d"),
-        )
-        return self.processed.joinpath(*(safe_component(p) for p in parts.split("/") if p))
-
-    def failed_folder(self, when: datetime) -> Path:
-        return self.failed / when.strftime("%Y-%m-%d")
-
-
-@dataclass
-class _Job:
-    claimed: Claimed
-    event_id: uuid.UUID
-    sha256: str | None = None
-    size: int | None = None
-    outcome: str = ""
-    label: str | None = None
-    reason: str | None = None
-    folder: Path | None = None
-    prediction: Prediction | None = None
+# A file that cannot be read (an I/O error, not its content) stays claimed and is tried again
+# at later steps; after this many attempts in a row it is filed into failed/ with the reason.
+READ_ATTEMPTS = 3
 
 
 def event_id_for(claimed: Claimed) -> uuid.UUID:
@@ -121,9 +93,19 @@ class Daemon:
         self._heartbeat = Heartbeat(work.heartbeat, self.beat_interval)
         self.faults = faults or Faults()  # crash points for bench/chaos.py; inert by default
         self.backoff = Backoff()
-        self.counts: dict[str, int] = {"screened": 0, "duplicate": 0, "failed": 0}
+        self.committer = Committer(
+            store=store,
+            screening=predictor,
+            worker_host=worker_host,
+            worker_id=work.worker_id,
+            destination=lambda item: folders.destination(item, item.source.name),
+            before_commit=lambda: self.faults.reach("in-commit"),
+        )
+        self.filer = Filer(store, folders, reach=lambda point: self.faults.reach(point))
         self._queue: deque[Claimed] = deque()
         self._internal: dict[str, str] = {}  # claim token -> why its file fails (an internal error)
+        self._attempts: dict[str, int] = {}  # claim token -> failed reads in a row
+        self._retry: list[Claimed] = []  # this step's files to read again at a later one
         self._stop = threading.Event()
         self._hashers = ThreadPoolExecutor(predictor.workers, thread_name_prefix="hash")
         self._last_beat = 0.0
@@ -198,10 +180,14 @@ class Daemon:
             waits.append(self.notifier.watchdog_interval)
         return max(0.01, min(waits))
 
+    @property
+    def counts(self) -> Counts:
+        return self.committer.counts
+
     def status(self) -> str:
         c = self.counts
         return (
-            f"{c['screened']} screened, {c['duplicate']} duplicates, {c['failed']} failed; "
+            f"{c.screened} screened, {c.duplicates} duplicates, {c.failed.total()} failed; "
             f"{len(self._queue)} claimed, {self.inbox.backlog()} waiting"
         )
 
@@ -224,10 +210,12 @@ class Daemon:
         if not (full or old or self._stop.is_set()):
             return 0
         batch = [self._queue[i] for i in range(min(self.window, len(self._queue)))]
+        self._retry = []
         self.process(batch)  # raises TransientError with the batch still queued
         for _ in batch:
             self._queue.popleft()
-        return len(batch)
+        self._queue.extend(self._retry)  # behind the files waiting: a pause before the next read
+        return len(batch) - len(self._retry)
 
     def _claim(self, path: Path) -> Claimed | None:
         """Claim ``path``. Something unexpected while claiming it fails that file: it is claimed
@@ -265,254 +253,92 @@ class Daemon:
             self.work.heartbeat()
 
     def process(self, batch: list[Claimed]) -> None:
+        """Hash, settle, screen, commit and file one batch (``worker/pipeline``). Files that
+        could not be read just now stay claimed, in ``self._queue``, for a later step."""
         start = time.perf_counter()
-        jobs = [_Job(c, event_id_for(c)) for c in batch]
-        plans = self.store.plans_of([j.event_id for j in jobs])
-        todo = [j for j in jobs if j.event_id not in plans]
-        for job in jobs:
-            plan = plans.get(job.event_id)
+        items = [self._item(c) for c in batch]
+        plans = self.store.plans_of([i.event_id for i in items])
+        for item in items:
+            plan = plans.get(item.event_id)
             if plan is not None:  # committed before a crash: only the move is left
-                job.outcome, job.reason, job.sha256 = plan.outcome, plan.reason, plan.content_sha256
-                self._file(job, Path(plan.destination_path))
+                item.outcome, item.reason, item.sha256 = (
+                    Outcome(plan.outcome),
+                    plan.reason,
+                    plan.content_sha256,
+                )
+                self._file(item, Path(plan.destination_path))
+        todo = [i for i in items if i.event_id not in plans]
         if not todo:
             return
-        for job in todo:
-            if job.claimed.token in self._internal:  # its claim went wrong (see _claim)
-                job.outcome, job.reason = "failed", self._internal[job.claimed.token]
-        started = datetime.now(UTC)
-        list(self._hashers.map(self._hash, todo))  # reading and hashing overlap across files
+        list(self._hashers.map(Item.hash, [i for i in todo if not i.decided]))  # reads overlap
+        settler = Settler()
         model = self.predictor.model
-        known = self.store.known_results([j.sha256 for j in todo if j.sha256], model.sha256)
-        fresh = self._screen(todo, known)
-        finished_at = datetime.now(UTC)
+        known = self.store.known_results(settler.unknown(todo), model.sha256)
+        to_screen, decided = settler.settle(todo, known)
+        answers = self.predictor.predict([i.path for i in to_screen])
+        for item, answer in zip(to_screen, answers, strict=True):
+            decided += settler.decide(item, answer, model.positive_class)
         self.work.check()  # files unreadable because the share dropped are not failures to record
-        results = {j.claimed.token: r for j in fresh if (r := self._result(j, started, finished_at))}
-        todo = self._still_mine(todo)
-        audits = [self._plan(j, finished_at) for j in todo]
-        recorded = self._record(todo, results, audits)
+        ready = [i for i in self._still_mine(decided) if not self._try_again_later(i)]
+        recorded = self.committer.commit(ready, started=start)
         self.faults.reach("after-commit")
-        for job, audit in recorded:
-            self._file(job, Path(audit.destination_path or ""))
-            self.counts[job.outcome] += 1
-            self._internal.pop(job.claimed.token, None)
-        seconds = time.perf_counter() - start
-        log.info(
-            "batch: %d files (%d screened, %d duplicates, %d failed) in %.2f s, %.1f images/s",
-            len(jobs),
-            sum(j.outcome == "screened" for j in todo),
-            sum(j.outcome == "duplicate" for j in todo),
-            sum(j.outcome == "failed" for j in todo),
-            seconds,
-            len(jobs) / seconds if seconds else 0,
+        for item in recorded:
+            self._file(item, Path(item.destination or ""))
+            self._internal.pop(item.source.token, None)
+            self._attempts.pop(item.source.token, None)
+
+    def _item(self, claimed: Claimed) -> Item:
+        item = Item(
+            path=claimed.path,
+            name=str(self.work.inbox / claimed.source),
+            event_id=event_id_for(claimed),
+            source=claimed,
+            queued_at=datetime.fromtimestamp(claimed.claimed_at, UTC),
         )
+        if claimed.token in self._internal:  # its claim went wrong (see _claim)
+            item.fail(self._internal[claimed.token])
+        return item
 
-    def _record(
-        self, jobs: list[_Job], results: dict[str, ResultRecord], audits: list[AuditRecord]
-    ) -> list[tuple[_Job, AuditRecord]]:
-        """Commit the batch in one transaction; the jobs recorded, with their audit rows.
+    def _try_again_later(self, item: Item) -> bool:
+        """A file that could not be read just now stays claimed for another attempt, up to
+        ``READ_ATTEMPTS`` in a row; then it is filed into failed/ like any other failure."""
+        if not item.retry:
+            return False
+        token = item.source.token
+        attempts = self._attempts[token] = self._attempts.get(token, 0) + 1
+        if attempts >= READ_ATTEMPTS:
+            log.warning("%s: %s, %d times: giving up on it", item.source.source, item.reason, attempts)
+            return False
+        log.warning(
+            "%s: %s; trying it again later (attempt %d of %d)",
+            item.source.source,
+            item.reason,
+            attempts,
+            READ_ATTEMPTS,
+        )
+        self._retry.append(item.source)
+        return True
 
-        Should the batch fail for a reason no retry fixes (a row of one file that the
-        database will not take), each file is committed alone, and a file whose rows still
-        fail is recorded as failed, with the reason, and no result. One whose failure row
-        cannot be written either stays claimed until the next start (logged).
-        """
-        kept = [results[j.claimed.token] for j in jobs if j.claimed.token in results]
-        try:
-            self.store.record_batch(kept, audits, before_commit=lambda: self.faults.reach("in-commit"))
-            return list(zip(jobs, audits, strict=True))
-        except TransientError:
-            raise
-        except Exception as exc:
-            log.warning(
-                "cannot record the batch (%s: %s); recording its files one by one", type(exc).__name__, exc
-            )
-        recorded = []
-        for job, audit in zip(jobs, audits, strict=True):
-            result = results.get(job.claimed.token)
-            try:
-                self.store.record_batch([result] if result else [], [audit])
-                recorded.append((job, audit))
-                continue
-            except TransientError:
-                raise
-            except Exception as exc:
-                job.outcome, job.reason = "failed", contain("recording", job.claimed.source, exc)
-            audit = self._plan(job, audit.at)
-            try:
-                self.store.record_batch([], [audit])
-            except TransientError:
-                raise
-            except Exception as exc:
-                log.error(
-                    "%s: cannot record it even as failed (%s: %s); it stays claimed until the next start",
-                    job.claimed.source,
-                    type(exc).__name__,
-                    exc,
-                )
-                continue
-            recorded.append((job, audit))
-        return recorded
-
-    def _still_mine(self, jobs: list[_Job]) -> list[_Job]:
+    def _still_mine(self, items: list[Item]) -> list[Item]:
         """The jobs whose file is still in the work area. One that is gone was adopted by a
         worker that took this one for dead (silent for longer than the lease): it is that
         worker's now, and recording it here (as unreadable) would send it to failed/."""
         mine = []
-        for job in jobs:
-            if os.path.lexists(job.claimed.path):
-                mine.append(job)
+        for item in items:
+            if os.path.lexists(item.path):
+                mine.append(item)
             else:
-                log.warning("%s: taken over by another worker; leaving it to that one", job.claimed.source)
+                log.warning("%s: taken over by another worker; leaving it to that one", item.source.source)
         return mine
 
-    def _hash(self, job: _Job) -> None:
+    def _file(self, item: Item, destination: Path) -> None:
+        """Move the claimed file to its recorded destination, then forget the claim."""
+        claimed: Claimed = item.source
         try:
-            job.sha256, job.size = sha256_file(job.claimed.path)
-        except OSError as exc:
-            job.outcome, job.reason = "failed", f"cannot read file: {exc.strerror or exc}"
-        except Exception as exc:
-            job.outcome, job.reason = "failed", contain("hashing", job.claimed.source, exc)
-
-    def _screen(self, jobs: list[_Job], known: dict[str, StoredResult]) -> list[_Job]:
-        """Infer content not seen before; the rest are duplicates of an earlier result."""
-        first: dict[str, _Job] = {}
-        to_infer: list[_Job] = []
-        for job in jobs:
-            if job.outcome == "failed" or job.sha256 is None:
-                continue
-            if job.sha256 in known:
-                job.outcome, job.label = "duplicate", known[job.sha256].label
-            elif job.sha256 in first:
-                job.outcome = "duplicate"  # same content twice in this batch
-            else:
-                first[job.sha256] = job
-                to_infer.append(job)
-        outcomes = self.predictor.predict([j.claimed.path for j in to_infer])
-        for job, outcome in zip(to_infer, outcomes, strict=True):
-            if isinstance(outcome, Failure):
-                job.outcome, job.reason = "failed", outcome.reason
-            else:
-                job.outcome, job.label, job.prediction = "screened", outcome.label, outcome
-        for job in jobs:
-            if job.outcome == "duplicate" and job.label is None:
-                twin = first[job.sha256 or ""]
-                job.label = twin.label
-                job.outcome, job.reason = (
-                    ("failed", twin.reason) if twin.outcome == "failed" else ("duplicate", None)
-                )
-        return [j for j in to_infer if j.outcome == "screened"]
-
-    def _result(self, job: _Job, started: datetime, finished: datetime) -> ResultRecord | None:
-        """The result row of a screened file; None (and the file failed) if it cannot be built."""
-        assert job.prediction is not None and job.sha256 is not None
-        queued = datetime.fromtimestamp(job.claimed.claimed_at, UTC)
-        try:
-            return result_record(
-                self.predictor,
-                job.prediction,
-                job.sha256,
-                queued_at=queued,
-                started_at=started,
-                finished_at=finished,
-            )
-        except Exception as exc:
-            job.outcome, job.reason = "failed", contain("recording the result of", job.claimed.source, exc)
-            return None
-
-    def _plan(self, job: _Job, when: datetime) -> AuditRecord:
-        """Where the file will go: decided, and recorded, before it moves."""
-        if job.outcome == "failed":
-            folder = self.folders.failed_folder(when)
-        else:
-            folder = self.folders.processed_folder(job.label or "UNKNOWN", when)
-        return AuditRecord(
-            source_path=str(self.work.inbox / job.claimed.source),
-            file_size=job.size,
-            content_sha256=job.sha256,
-            outcome=job.outcome,  # type: ignore[arg-type]
-            worker_host=self.worker_host,
-            worker_id=self.work.worker_id,
-            reason=job.reason,
-            destination_path=str(folder / job.claimed.name),
-            model_sha256=self.predictor.model.sha256,
-            at=when,
-            event_id=job.event_id,
-        )
-
-    def _file(self, job: _Job, destination: Path) -> None:
-        """Move the claimed file to its recorded destination (a free name beside it if taken)."""
-
-        def placed(moved: Path) -> None:
-            # The file is at ``moved`` and still in the work area: a crash from here on is
-            # finished by the restart, so the row and the sidecar are written now, not after.
-            if moved != destination:
-                self.store.set_destination(job.event_id, str(moved))
-            if job.outcome == "failed":
-                write_error_sidecar(
-                    moved,
-                    {
-                        "reason": job.reason,
-                        "source": job.claimed.source,
-                        "sha256": job.sha256,
-                        "at": datetime.now(UTC).isoformat(),
-                    },
-                )
-            self.faults.reach("mid-move")
-
-        try:
-            moved = move_no_clobber(job.claimed.path, destination.parent, destination.name, placed=placed)
-        except OSError as exc:
-            if isinstance(exc, FileNotFoundError) and not job.claimed.path.exists():
-                self.work.check()  # the whole inbox gone (a share that dropped) is not "moved"
-                self.work.release(job.claimed)  # moved already, before a crash
-                return
-            raise TransientError(
-                f"cannot file {job.claimed.source} into {destination.parent}: {exc.strerror or exc}"
-            ) from exc
-        except TransientError:
-            raise
-        except Exception as exc:
-            self._file_as_failed(job, contain("filing", job.claimed.source, exc))
+            moved = self.filer.file(item, destination, claimed.name)
+        except FileNotFoundError:
+            self.work.check()  # the whole inbox gone (a share that dropped) is not "moved"
+            self.work.release(claimed)  # moved already, before a crash
             return
-        self.work.release(job.claimed)
-        verdict = job.label if job.outcome == "screened" else job.outcome
-        extra = f" ({job.reason})" if job.reason else ""
-        log.info("%s: %s%s -> %s", job.claimed.source, verdict, extra, moved)
-
-    def _file_as_failed(self, job: _Job, reason: str) -> None:
-        """Something unexpected stopped the planned move (or its sidecar): the file goes to
-        failed/ instead, its audit row saying so. Should that fail too, the file stays claimed
-        until the next start, which tries again."""
-        job.outcome, job.reason = "failed", reason
-        target = self.folders.failed_folder(datetime.now(UTC)) / job.claimed.name
-        self.store.refile(job.event_id, reason=reason, destination_path=str(target))
-
-        def placed(moved: Path) -> None:
-            if moved != target:
-                self.store.set_destination(job.event_id, str(moved))
-            details = {"reason": reason, "source": job.claimed.source, "sha256": job.sha256}
-            try:
-                write_error_sidecar(moved, {**details, "at": datetime.now(UTC).isoformat()})
-            except Exception as exc:
-                log.warning(
-                    "%s: no error sidecar (%s: %s); the audit row has the reason",
-                    moved,
-                    type(exc).__name__,
-                    exc,
-                )
-
-        try:
-            moved = move_no_clobber(job.claimed.path, target.parent, target.name, placed=placed)
-        except TransientError:
-            raise
-        except Exception as exc:
-            log.error(
-                "%s: cannot file it into %s either (%s: %s); it stays claimed until the next start",
-                job.claimed.source,
-                target.parent,
-                type(exc).__name__,
-                exc,
-            )
-            return
-        self.work.release(job.claimed)
-        log.info("%s: failed (%s) -> %s", job.claimed.source, reason, moved)
+        if moved is not None:
+            self.work.release(claimed)

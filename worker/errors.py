@@ -3,6 +3,7 @@
 - PermanentError: this file can never succeed; it goes to failed/ with its reason.
 - TransientError: the world is temporarily wrong (database down, share gone); retry later.
 - ConfigError / ModelError: the process cannot start; exit with a clear message.
+- UsageError: the command line is wrong (exit 2).
 """
 
 from __future__ import annotations
@@ -38,6 +39,10 @@ class ClusterError(TransientError):
 
 class ConfigError(XrayScreenError):
     """A setting is missing or invalid; the message names the key and where it came from."""
+
+
+class UsageError(XrayScreenError):
+    """The command line asks for something that cannot be done (exit 2): the message says why."""
 
 
 class ModelError(XrayScreenError):

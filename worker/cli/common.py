@@ -10,7 +10,7 @@ import click
 
 from worker import exitcodes
 from worker.config import Settings, load_settings
-from worker.errors import ConfigError, ModelError, TransientError
+from worker.errors import ConfigError, ModelError, TransientError, UsageError
 
 
 class ExitError(click.ClickException):
@@ -25,7 +25,8 @@ class Commands(click.Group):
     """The command group whose ``invoke`` maps the project's errors to exit codes, for every
     command below it: the one place where an error becomes an exit status.
 
-    ``ConfigError``/``ModelError``: 78 (fix the settings or the model); ``TransientError``:
+    ``ConfigError``/``ModelError``: 78 (fix the settings or the model); ``UsageError``: 2;
+    ``TransientError``:
     75 (the database or the cluster is unavailable: try again later).
     """
 
@@ -34,6 +35,8 @@ class Commands(click.Group):
             return super().invoke(ctx)
         except (ConfigError, ModelError) as exc:
             raise ExitError(str(exc), exitcodes.CONFIG) from None
+        except UsageError as exc:
+            raise ExitError(str(exc), exitcodes.USAGE) from None
         except TransientError as exc:
             raise ExitError(str(exc), exitcodes.TEMPFAIL) from None
 

@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
-import time
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import click
 
-from worker import __version__, exitcodes, logs
-from worker.app import files_named, is_failure, open_predictor
-from worker.cli.common import Commands, ExitError, model_options, model_overrides, settings_for
+from worker import __version__, logs
+from worker.app import predict_files
+from worker.cli.common import Commands, model_options, model_overrides, settings_for
 from worker.cli.db import db, report
 from worker.cli.scan import scan
 from worker.cli.watch import healthcheck, watch
@@ -65,73 +62,8 @@ def predict(ctx: click.Context, paths: tuple[Path, ...], as_json: bool, **flags:
       xray-worker predict chest.jpeg
       chest.jpeg  PNEUMONIA  NORMAL=0.0269 PNEUMONIA=0.9731
     """
-    from worker.names import as_fields, for_log
-
     settings = settings_for(ctx, **model_overrides(flags))
-    predictor = open_predictor(settings)
-    model = predictor.model
-    rule = (
-        f"{model.positive_class} when P({model.positive_class}) >= {predictor.threshold:.4f}"
-        if predictor.threshold
-        else "the most probable class"
-    )
-    click.echo(f"model {model.name} {model.version} (SHA-256 {model.sha256[:12]}...): {rule}", err=True)
-    counts: Counter[str] = Counter()
-    start = time.perf_counter()
-    skipped: Counter[str] = Counter()
-    for outcome in predictor.predict(files_named(paths, skipped)):
-        if is_failure(outcome):
-            counts["failed"] += 1
-            if as_json:
-                click.echo(json.dumps({**as_fields("path", str(outcome.path)), "error": outcome.reason}))
-            else:
-                click.echo(f"{for_log(str(outcome.path))}  ERROR  {outcome.reason}", err=True)
-            continue
-        counts[outcome.label] += 1
-        if as_json:
-            click.echo(json.dumps(_prediction_record(outcome, predictor)))
-        else:
-            probs = " ".join(f"{name}={p:.4f}" for name, p in outcome.probabilities.items())
-            click.echo(f"{for_log(str(outcome.path))}  {outcome.label}  {probs}")
-    seconds = time.perf_counter() - start
-    total = sum(counts.values())
-    summary = ", ".join(f"{n} {label}" for label, n in sorted(counts.items()))
-    rate = f" ({total / seconds:.1f} images/s)" if seconds > 0 and total else ""
-    click.echo(
-        f"{total} files in {seconds:.1f} s{rate} on {predictor.device_name}: {summary or 'none'}", err=True
-    )
-    if total == 0:
-        why = ", ".join(f"{n} {kind}" for kind, n in sorted(skipped.items()))
-        raise ExitError(
-            f"no files to screen under the given paths{f' (skipped: {why})' if why else ''}",
-            exitcodes.SOME_FILES_FAILED,
-        )
-    if skipped:
-        click.echo("skipped: " + ", ".join(f"{n} {kind}" for kind, n in sorted(skipped.items())), err=True)
-    if counts["failed"]:
-        sys.exit(exitcodes.SOME_FILES_FAILED)
-
-
-def _prediction_record(outcome: Any, predictor: Any) -> dict[str, Any]:
-    from worker.names import as_fields
-
-    decoded = outcome.decoded
-    record: dict[str, Any] = {
-        **as_fields("path", str(outcome.path)),
-        "label": outcome.label,
-        "probabilities": outcome.probabilities,
-        "positive_class": predictor.model.positive_class,
-        "positive_probability": outcome.positive_probability,
-        "format": decoded.format,
-        "width": decoded.width,
-        "height": decoded.height,
-        "model_sha256": predictor.model.sha256,
-        "preprocessing": predictor.model.preprocessing.version,
-    }
-    if decoded.dicom is not None:
-        record["sop_instance_uid"] = decoded.dicom.sop_instance_uid
-        record["modality"] = decoded.dicom.modality
-    return record
+    sys.exit(predict_files(settings, paths, sys.stdout, sys.stderr, as_json=as_json))
 
 
 cli.add_command(db)

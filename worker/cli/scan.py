@@ -2,25 +2,16 @@
 
 from __future__ import annotations
 
-import logging
-import socket
 import sys
-from contextlib import AbstractContextManager, ExitStack
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import click
 
-from worker import exitcodes
-from worker.app import open_scan_engine, open_store, output_format, results_file, scan_files, scan_roots
-from worker.cli.common import ExitError, model_options, model_overrides, settings_for
+from worker.app import run_scan
+from worker.cli.common import model_options, model_overrides, settings_for
 from worker.cli.db import Since
-from worker.errors import ClusterError, ConfigError, TransientError
-from worker.runtime.signals import two_stage_shutdown
-from worker.scan.progress import Progress, summary_lines
-
-log = logging.getLogger("worker")
 
 
 @click.command()
@@ -109,72 +100,7 @@ def scan(
             "ray.address": ray_address,
         },
     )
-    folders = scan_roots(settings)
-    if output is not None:
-        _check_output(output, folders)
-    store = open_store(settings)
-    with ExitStack() as stack:
-        stack.callback(store.close)
-        vocab, make_scanner = open_scan_engine(stack, settings)
-        out = results_file(output, vocab) if output else None
-        progress = Progress(sys.stderr, interval=settings.scan.progress_interval, limit=limit)
-
-        def unreadable(folder: Path, exc: OSError) -> None:
-            log.warning("cannot read %s: %s", folder, exc.strerror or exc)
-            scanner.counts.unreadable_folders += 1
-
-        scanner = make_scanner(
-            files=scan_files(settings, folders, since, unreadable),
-            store=store,
-            worker_host=socket.gethostname(),
-            limit=limit,
-            progress=progress,
-            on_commit=out.write if out else None,
-        )
-        how, code = "done", exitcodes.OK
-        try:
-            with _graceful_signals(scanner):
-                scanner.run()
-        except ClusterError as exc:
-            how, code = f"stopped: {exc}", exitcodes.TEMPFAIL
-        except TransientError as exc:
-            how, code = f"stopped, database unavailable ({exc})", exitcodes.TEMPFAIL
-        finally:
-            progress.finish()
-            if out:
-                out.close()
-    if scanner.stopping:
-        how, code = "interrupted (the next run goes on from here)", exitcodes.INTERRUPTED
-    elif code == exitcodes.OK and scanner.at_limit:
-        how = f"stopped at --limit {limit} (the next run goes on from here)"
-    for line in summary_lines(scanner.counts, progress.elapsed, how):
+    lines, code = run_scan(settings, since=since, limit=limit, output=output, err=sys.stderr)
+    for line in lines:
         click.echo(line, err=True)
     sys.exit(code)
-
-
-def _check_output(output: Path, roots: list[Path]) -> None:
-    try:
-        output_format(output)
-    except ConfigError as exc:
-        raise ExitError(str(exc), exitcodes.USAGE) from None  # a usage error, not a setting
-    where = output.expanduser().absolute().resolve()
-    for root in roots:
-        if where.is_relative_to(root.resolve()):
-            raise ExitError(
-                f"--output {output} is inside the archive folder {root}, which a scan never "
-                "writes to: put it somewhere else",
-                exitcodes.USAGE,
-            )
-
-
-def _graceful_signals(scanner: Any) -> AbstractContextManager[None]:
-    """First SIGINT/SIGTERM: finish and commit what is in hand, then stop. Second: exit now."""
-    return two_stage_shutdown(
-        scanner.stop,
-        on_first=lambda name: click.echo(
-            f"\n{name}: committing the files in hand, then stopping (again to exit at once)", err=True
-        ),
-        on_second=lambda name: click.echo(
-            f"{name} again: exiting now; the next run redoes the batch", err=True
-        ),
-    )

@@ -154,7 +154,7 @@ def _database_check(settings: Settings) -> tuple[str, str | None]:
 
     text = f"database {safe_url(settings.database.url)} reachable and at head"
     try:
-        open_store(settings).close()
+        open_store(settings, create=False).close()  # a check creates nothing
     except XrayScreenError as exc:
         return text, str(exc)
     return text, None

@@ -73,10 +73,19 @@ def make_engine(url: str | URL, *, create: bool = False) -> Engine:
     )
 
 
+def sqlite_file(url: str | URL) -> Path | None:
+    """The file of a SQLite URL, resolved (it may not exist yet); None for another backend."""
+    parsed = parse_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return None
+    if not parsed.database or parsed.database == ":memory:" or parsed.database.startswith("file:"):
+        raise ConfigError(f"[database] url {parsed}: the results database must be a file (sqlite:///path.db)")
+    return Path(parsed.database).expanduser().resolve()
+
+
 def _sqlite_engine(url: URL, *, create: bool) -> Engine:
-    if not url.database or url.database == ":memory:" or url.database.startswith("file:"):
-        raise ConfigError(f"[database] url {url}: the results database must be a file (sqlite:///path.db)")
-    path = Path(url.database).expanduser().resolve()
+    path = sqlite_file(url)
+    assert path is not None  # a SQLite URL
     if not path.exists():
         if not create:
             raise ConfigError(f"no database at {path}: run `xray-worker db upgrade` to create it")

@@ -1,8 +1,9 @@
 """Alembic, configured from code: works from any directory, with the URL from the settings.
 
-The migration scripts live in ``migrations/`` at the project root. The worker refuses a
-database that is not at the newest revision (``require_head``), naming the command that
-fixes it.
+The migration scripts live in ``migrations/`` at the project root; the wheel carries them
+as ``worker/db/migrations/`` (``worker.config.shipped_path``), so an installed worker finds
+them with no checkout around. The worker refuses a database that is not at the newest
+revision (``require_head``), naming the command that fixes it.
 """
 
 from __future__ import annotations
@@ -13,15 +14,20 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, Engine
 
-from worker.config import PROJECT_ROOT
+from worker.config import shipped_path
 from worker.db.engine import reader, safe_url
 from worker.errors import ConfigError
 
-MIGRATIONS = PROJECT_ROOT / "migrations"
+MIGRATIONS = shipped_path("db/migrations", "migrations")
 
 
 def alembic_config(connection: Connection | None = None) -> Config:
     """An Alembic config for ``migrations/``; env.py runs on ``connection`` when one is given."""
+    if not (MIGRATIONS / "env.py").is_file():
+        raise ConfigError(
+            f"the database migrations are missing: no {MIGRATIONS / 'env.py'} "
+            "(a broken install of xray-screen: reinstall it)"
+        )
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     config.set_main_option("path_separator", "os")

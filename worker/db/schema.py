@@ -31,7 +31,9 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-OUTCOMES = ("screened", "duplicate", "failed")
+from worker.outcome import Outcome
+
+OUTCOMES = tuple(outcome.value for outcome in Outcome)
 
 # Deterministic constraint and index names, so that migrations can name what they drop.
 NAMING = {

@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any
 
 from sqlalchemy import Connection, Engine, Insert, Table, select, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
@@ -25,8 +25,8 @@ from worker.db.migrate import require_head
 from worker.db.schema import audit_events, scanned_files
 from worker.db.schema import results as results_table
 from worker.names import as_hex, as_text, from_stored
+from worker.outcome import Outcome
 
-Outcome = Literal["screened", "duplicate", "failed"]
 # Keeps IN (...) lists and multi-row inserts well under every backend's parameter limit.
 CHUNK = 500
 

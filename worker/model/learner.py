@@ -153,7 +153,10 @@ def load_model(path: Path, *, sha256: str = "", trust: bool = False, positive_cl
     """
     path = Path(path)
     if not path.is_file():
-        raise ModelError(f"model file not found: {path}")
+        raise ModelError(
+            f"model file not found: {path}: set [model] path (XRAY_SCREEN_MODEL_PATH, --model) "
+            "to an exported learner"
+        )
     actual = file_sha256(path)
     if sha256 and actual != sha256.lower():
         raise ModelError(

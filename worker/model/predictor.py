@@ -52,7 +52,7 @@ class Failure:
         return str(self.error)
 
 
-Outcome = Prediction | Failure
+Answer = Prediction | Failure  # what the predictor says of one file
 
 
 def resolve_device(requested: str) -> torch.device:
@@ -108,11 +108,11 @@ class Predictor:
             return f"cuda:{torch.cuda.get_device_name(self.device)}"
         return "cpu"
 
-    def predict(self, paths: Iterable[Path | str]) -> Iterator[Outcome]:
+    def predict(self, paths: Iterable[Path | str]) -> Iterator[Answer]:
         with ThreadPoolExecutor(self.workers, thread_name_prefix="decode") as pool:
             yield from self._pipeline(pool, (Path(p) for p in paths))
 
-    def _pipeline(self, pool: ThreadPoolExecutor, paths: Iterator[Path]) -> Iterator[Outcome]:
+    def _pipeline(self, pool: ThreadPoolExecutor, paths: Iterator[Path]) -> Iterator[Answer]:
         lookahead = 2 * self.batch_size
         pending: deque[tuple[Path, Future[tuple[Any, DecodedImage, float]]]] = deque()
 
@@ -140,7 +140,7 @@ class Predictor:
     def _prepare(self, path: Path) -> tuple[Any, DecodedImage, float]:
         return prepare(self.model, path, self.limits)
 
-    def _run(self, batch: list[tuple[Path, Any]]) -> Iterator[Outcome]:
+    def _run(self, batch: list[tuple[Path, Any]]) -> Iterator[Answer]:
         good = [(path, value) for path, value in batch if not isinstance(value, XrayScreenError)]
         probs = np.empty((0, len(self.model.vocab)))
         infer_ms = 0.0

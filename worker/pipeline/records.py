@@ -3,21 +3,24 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from worker.db.store import ResultRecord
-from worker.model.predictor import Prediction, Predictor
 
 
 def result_record(
-    predictor: Predictor,
-    prediction: Prediction,
+    predictor: Any,
+    prediction: Any,
     content_sha256: str,
     *,
     queued_at: datetime | None,
     started_at: datetime,
     finished_at: datetime,
 ) -> ResultRecord:
-    """What ``predictor``'s model said about one image, with the image's facts."""
+    """What ``predictor``'s model said about one image (a ``Prediction``), with the image's facts.
+
+    ``predictor`` is what screened it: a ``Predictor``, or anything with its ``model``,
+    ``threshold`` and ``device_name``."""
     model, decoded = predictor.model, prediction.decoded
     facts = decoded.dicom
     return ResultRecord(

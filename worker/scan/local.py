@@ -34,9 +34,10 @@ from pathlib import Path
 from typing import Any
 
 from worker.db.store import chunks
-from worker.model.predictor import Outcome, Predictor
-from worker.scan.commit import ScanJob, ScanRun
-from worker.scan.progress import ScanCounts
+from worker.model.predictor import Answer, Predictor
+from worker.pipeline.counts import Counts
+from worker.pipeline.item import Item
+from worker.scan.run import ScanRun, scan_item
 from worker.sources.walk import FoundFile
 
 log = logging.getLogger(__name__)
@@ -51,20 +52,18 @@ class Scanner(ScanRun):
         files: Iterable[FoundFile],
         predictor: Predictor,
         batch_size: int | None = None,
-        **run: Any,  # limit, and the ScanCommitter's store, worker_host, progress, ...
+        **run: Any,  # ScanRun's store, worker_host, limit, progress, on_commit, retry
     ):
         super().__init__(screening=predictor, **run)
         self.files = iter(files)
         self.predictor = predictor
         self.batch_size = batch_size or predictor.batch_size
-        self._screening: deque[ScanJob] = deque()  # handed to the predictor, in its order
-        self._first: dict[str, ScanJob] = {}  # content -> the file screening it, until committed
-        self._committed: deque[ScanJob] = deque()  # filled by the commit thread, emptied here
-        self._ready: list[ScanJob] = []  # decided, waiting for the next commit
+        self._screening: deque[Item] = deque()  # handed to the predictor, in its order
+        self._ready: list[Item] = []  # decided, waiting for the next commit
         self._committer: ThreadPoolExecutor | None = None
         self._committing: Future[None] | None = None  # the commit in flight, if any
 
-    def run(self) -> ScanCounts:
+    def run(self) -> Counts:
         """Scan until the files run out, the limit is reached or ``stop()``; ``TransientError`` if
         the database stays unavailable (everything committed before stays)."""
         model = self.predictor.model
@@ -75,10 +74,10 @@ class Scanner(ScanRun):
         ):
             self._committer = committer
             try:
-                for outcome in self.predictor.predict(self._feed(hashers)):
-                    job = self._screening.popleft()
-                    assert outcome.path == job.found.path, (outcome.path, job.found.path)
-                    self._decide(job, outcome)
+                for answer in self.predictor.predict(self._feed(hashers)):
+                    item = self._screening.popleft()
+                    assert answer.path == item.path, (answer.path, item.path)
+                    self._decide(item, answer)
                     if len(self._ready) >= self.batch_size:
                         self._commit_soon()
                 self._commit_soon()
@@ -90,10 +89,10 @@ class Scanner(ScanRun):
         """Hand the decided files to the commit thread, so the model need not wait for the
         database; commits stay one at a time and in order (the previous one is awaited, and
         its error, if any, raised here)."""
-        jobs, self._ready = self._ready, []
+        items, self._ready = self._ready, []
         self._wait_for_commit()
-        if jobs:
-            self._committing = self._committer.submit(self._commit, jobs)
+        if items:
+            self._committing = self._committer.submit(self.commit, items)
 
     def _wait_for_commit(self) -> None:
         committing, self._committing = self._committing, None
@@ -123,9 +122,9 @@ class Scanner(ScanRun):
                     return
                 if self.limit is None and not self._stop.is_set():
                     ahead = reader.submit(self._read, next(found, None), hashers)
-                for job in self._settle(read):
-                    self._screening.append(job)
-                    yield job.found.path
+                for item in self._settle(read):
+                    self._screening.append(item)
+                    yield item.path
                 if len(self._ready) >= self.batch_size:  # duplicates need no model to be committed
                     self._commit_soon()
                 if self.progress:
@@ -152,65 +151,24 @@ class Scanner(ScanRun):
         skipped = len(chunk) - len(fresh)
         if self.limit is not None:  # no read-ahead with a limit: _planned is current here
             fresh = fresh[: max(0, self.limit - self._planned)]
-        jobs = list(hashers.map(ScanJob.hash, [ScanJob(found) for found in fresh]))
-        return _Read(jobs, skipped)
+        items = list(hashers.map(Item.hash, [scan_item(found) for found in fresh]))
+        return _Read(items, skipped)
 
-    def _settle(self, read: _Read) -> list[ScanJob]:
-        """Settle failures and duplicates; return what needs the model."""
-        self._forget_committed()  # before the lookups below: a content is in _first or in the db
+    def _settle(self, read: _Read) -> list[Item]:
+        """Settle failures and duplicates (``ScanRun.settle``); return what needs the model."""
         self.counts.skipped += read.skipped
-        self._planned += len(read.jobs)
-        model_sha = self.predictor.model.sha256
-        for job in read.jobs:
-            if job.outcome == "failed":
-                self._ready.append(job)
-        hashed = [j for j in read.jobs if j.sha256 is not None]
-        new = {j.sha256 for j in hashed if j.sha256 not in self._first}
-        known = self.committer.retrying(lambda: self.store.known_results(new, model_sha)) if new else {}
-        to_screen: list[ScanJob] = []
-        for job in hashed:
-            assert job.sha256 is not None
-            first = self._first.get(job.sha256)
-            if first is not None and first.outcome:
-                job.copy_verdict(first)
-                self._ready.append(job)
-            elif first is not None:
-                first.twins.append(job)  # decided when ``first`` is
-            elif job.sha256 in known:
-                job.copy_stored(known[job.sha256])
-                self._ready.append(job)
-            else:
-                self._first[job.sha256] = job
-                to_screen.append(job)
+        self._planned += len(read.items)
+        to_screen, decided = self.settle(read.items)
+        self._ready += decided
         return to_screen
 
-    # -- deciding and committing -------------------------------------------------------
-
-    def _decide(self, job: ScanJob, outcome: Outcome) -> None:
-        job.decide(outcome, self.predictor.model.positive_class)
-        self._ready.append(job)
-        for twin in job.twins:
-            twin.copy_verdict(job)
-            self._ready.append(twin)
-        job.twins = []
-
-    def _commit(self, jobs: list[ScanJob]) -> None:
-        """In the commit thread: commit, then tell the main thread (which alone touches
-        ``_first``) which files are in the database now."""
-        self.committer.commit(jobs)
-        self._committed.extend(jobs)
-
-    def _forget_committed(self) -> None:
-        """Contents committed since the last look are found by ``known_results`` from now on."""
-        while self._committed:
-            job = self._committed.popleft()
-            if job.sha256 and self._first.get(job.sha256) is job:
-                del self._first[job.sha256]
+    def _decide(self, item: Item, answer: Answer) -> None:
+        self._ready += self.settler.decide(item, answer, self.predictor.model.positive_class)
 
 
 @dataclass
 class _Read:
     """A chunk of found files, looked up in the skip index and hashed."""
 
-    jobs: list[ScanJob]
+    items: list[Item]
     skipped: int

@@ -5,37 +5,20 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import TextIO
+
+from worker.pipeline.counts import Counts
 
 TTY_REFRESH = 0.2  # seconds between redraws of the live line
 
 
-@dataclass
-class ScanCounts:
-    """Files a scan handled so far (committed to the database) and files it skipped."""
-
-    screened: int = 0
-    duplicates: int = 0
-    skipped: int = 0  # unchanged since a scan by the same model: not read at all
-    positives: int = 0  # screened or duplicate files whose label is the positive class
-    failed: Counter[str] = field(default_factory=Counter)  # by reason
-    unreadable_folders: int = 0
-
-    @property
-    def handled(self) -> int:
-        """Files read this run: screened, duplicates and failures (each has an audit row)."""
-        return self.screened + self.duplicates + self.failed.total()
-
-
-def rate(counts: ScanCounts, seconds: float) -> float:
+def rate(counts: Counts, seconds: float) -> float:
     """Files handled per second (skipped files cost next to nothing and are left out)."""
     return counts.handled / seconds if seconds > 0 else 0.0
 
 
-def status_line(counts: ScanCounts, seconds: float, limit: int | None = None) -> str:
+def status_line(counts: Counts, seconds: float, limit: int | None = None) -> str:
     """``1234 files: 1000 screened, 12 duplicates, 200 skipped, 22 failed | 15.2 images/s | ETA 2m10s``."""
     parts = [
         f"{counts.handled + counts.skipped} files: {counts.screened} screened",
@@ -49,7 +32,7 @@ def status_line(counts: ScanCounts, seconds: float, limit: int | None = None) ->
     return line
 
 
-def summary_lines(counts: ScanCounts, seconds: float, how: str = "done") -> list[str]:
+def summary_lines(counts: Counts, seconds: float, how: str = "done") -> list[str]:
     """The end-of-run summary: ``how`` is ``done``, ``interrupted`` or why the scan stopped."""
     lines = [
         f"scan {how} after {duration(seconds)}: {counts.handled} files read, "
@@ -102,7 +85,7 @@ class Progress:
     def elapsed(self) -> float:
         return self.clock() - self.started
 
-    def update(self, counts: ScanCounts) -> None:
+    def update(self, counts: Counts) -> None:
         """Called from the scan and from its commit thread: one writer at a time."""
         with self._lock:
             now = self.clock()

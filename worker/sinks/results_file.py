@@ -11,27 +11,14 @@ from __future__ import annotations
 import csv
 import json
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
 from worker.errors import ConfigError
 from worker.names import as_fields, as_hex, as_text
+from worker.pipeline.item import Item
 
 FORMATS = {".csv": "csv", ".jsonl": "jsonl"}
-
-
-@dataclass(frozen=True)
-class FileVerdict:
-    """What became of one file in a scan (the rows of ``--output``)."""
-
-    path: str
-    outcome: str  # screened, duplicate, failed
-    label: str | None
-    positive_probability: float | None
-    probabilities: dict[str, float] | None
-    reason: str | None
-    content_sha256: str | None
 
 
 def output_format(path: Path) -> str:
@@ -66,28 +53,41 @@ class ResultsFile:
             )
         self._fh.flush()
 
-    def write(self, verdicts: Iterable[FileVerdict]) -> None:
-        for v in verdicts:
+    def write(self, items: Iterable[Item]) -> None:
+        """One line per committed item: its path, outcome, label, probabilities, reason."""
+        for v in items:
             if self._csv is not None:
                 probs = v.probabilities or {}
                 self._csv.writerow(
                     [
-                        as_text(v.path),
+                        as_text(v.name),
                         v.outcome,
                         v.label or "",
                         _number(v.positive_probability),
                         *(_number(probs.get(c)) for c in self.classes),
                         v.reason or "",
-                        v.content_sha256 or "",
-                        as_hex(v.path) or "",
+                        v.sha256 or "",
+                        as_hex(v.name) or "",
                     ]
                 )
             else:
-                self._fh.write(json.dumps({**asdict(v), **as_fields("path", v.path)}) + "\n")
+                self._fh.write(json.dumps(_record(v)) + "\n")
         self._fh.flush()
 
     def close(self) -> None:
         self._fh.close()
+
+
+def _record(item: Item) -> dict[str, Any]:
+    return {
+        **as_fields("path", item.name),
+        "outcome": item.outcome,
+        "label": item.label,
+        "positive_probability": item.positive_probability,
+        "probabilities": item.probabilities,
+        "reason": item.reason,
+        "content_sha256": item.sha256,
+    }
 
 
 def _number(value: float | None) -> str:

@@ -70,6 +70,7 @@ class Inbox:
         self._told: set[Path] = set()  # odd entries already logged once
         self._left: set[Path] = set()  # files not to hand out again (``leave``)
         self._next_rescan = 0.0
+        self._looked = False  # the first full scan done (an empty inbox is told once)
         self._observer: Observer | PollingObserver | None = None
         self._watched: tuple[int, int] | None = None
         self._lost = False
@@ -175,7 +176,11 @@ class Inbox:
             hints, self._hints = self._hints, set()
         self.wakeup.clear()
         if now >= self._next_rescan:
-            hints.update(self._scan())
+            found = list(self._scan())
+            if not self._looked:
+                self._looked = True
+                self._tell_if_empty(found)
+            hints.update(found)
             self._next_rescan = now + self.rescan_interval
         for path in hints:
             if path not in self._queued:
@@ -218,6 +223,15 @@ class Inbox:
         self._told.add(path)
         kind = "symbolic link" if stat.S_ISLNK(mode) else "FIFO" if stat.S_ISFIFO(mode) else "special file"
         log.warning("leaving %s in the inbox: a %s is never followed or moved", path, kind)
+
+    def _tell_if_empty(self, found: list[Path]) -> None:
+        """At the first look: an inbox with nothing to take says where files go (once)."""
+        if any(not self._ignored(path) for path in found):
+            return
+        log.info(
+            "the inbox %s is empty: copy or move X-rays (PNG, JPEG, DICOM) into it to screen them",
+            self.root,
+        )
 
     def _scan(self) -> Iterator[Path]:
         yield from _walk(self.root, self.recursive)

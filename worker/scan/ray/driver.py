@@ -32,12 +32,13 @@ from typing import Any
 
 import numpy as np
 
-from worker.db.store import StoredResult, chunks
+from worker.db.store import chunks
 from worker.errors import ClusterError
 from worker.model.predictor import Prediction
-from worker.scan.commit import ScanJob, ScanRun
-from worker.scan.progress import ScanCounts
+from worker.pipeline.counts import Counts
+from worker.pipeline.item import Item
 from worker.scan.ray.stages import FAILED, READY, Prepare, Screen, StageSpec, decoded_from_facts
+from worker.scan.run import ScanRun, scan_item
 from worker.sources.walk import FoundFile
 
 log = logging.getLogger("worker.scan")
@@ -127,9 +128,8 @@ class RayScanner(ScanRun):
         super().__init__(screening=screening, **run)  # store, worker_host, limit, progress, ...
         self.files = iter(files)
         self.screening = screening
-        self._in_flight: dict[str, ScanJob] = {}  # screened in the batch being committed, by content
 
-    def run(self) -> ScanCounts:
+    def run(self) -> Counts:
         model = self.screening.model
         log.info(
             "scanning with %s (%s) on Ray: %s", model.name, model.sha256[:12], self.screening.pool.describe()
@@ -145,11 +145,10 @@ class RayScanner(ScanRun):
             committing: Future[None] | None = None
             try:
                 for batch in batches:
-                    jobs, device = self._settle(batch)
                     if committing is not None:
                         committing.result()  # one commit at a time, in order; its error is raised here
-                    self._in_flight = {j.sha256: j for j in jobs if j.outcome == "screened" and j.sha256}
-                    committing = commits.submit(self._commit, jobs, device)
+                    items, device = self._settle(batch)
+                    committing = commits.submit(self._commit, items, device)
                     if self.stopping:
                         break
             except RayError as exc:
@@ -165,10 +164,10 @@ class RayScanner(ScanRun):
                     committing.result()
         return self.counts
 
-    def _commit(self, jobs: list[ScanJob], device: str) -> None:
-        """In the commit thread, so the driver settles the next batch meanwhile."""
+    def _commit(self, items: list[Item], device: str) -> None:
+        """In the commit thread, so the driver waits for the next batch meanwhile."""
         self.screening.device_name = device  # commits are one at a time: this batch's device
-        self.committer.commit(jobs)
+        self.commit(items)
 
     # -- planning -------------------------------------------------------------------------
 
@@ -211,34 +210,25 @@ class RayScanner(ScanRun):
 
     # -- settling what comes back ---------------------------------------------------------
 
-    def _settle(self, batch: dict[str, np.ndarray]) -> tuple[list[ScanJob], str]:
-        """One batch from the Screen actors -> decided jobs, duplicates settled on the way
-        (against the database, the batch being committed, and this batch), and the device
-        that screened it."""
-        rows = [_Row(batch, i) for i in range(len(batch["path"]))]
-        shas = {r.sha256 for r in rows if r.sha256 and r.status != FAILED}
-        model = self.screening.model
-        known: dict[str, StoredResult] = (
-            self.committer.retrying(lambda: self.store.known_results(shas, model.sha256)) if shas else {}
-        )
-        first: dict[str, ScanJob] = dict(self._in_flight)
-        jobs = []
-        for row in rows:
-            job = row.job()
-            if row.status == FAILED:
-                job.fail(row.reason, retry_next_run=row.retry)
-            elif row.sha256 in known:
-                job.copy_stored(known[row.sha256])
-            elif row.sha256 in first:
-                job.copy_verdict(first[row.sha256])
-            elif row.status == READY:
-                job.decide(row.prediction(), model.positive_class)
-                job.finished_at = row.finished_at
-                first[row.sha256] = job
+    def _settle(self, batch: dict[str, np.ndarray]) -> tuple[list[Item], str]:
+        """One batch from the Screen actors -> decided items, in the batch's order, duplicates
+        settled on the way (``ScanRun.settle``: against the database, the contents still in
+        flight, and this batch), and the device that screened it."""
+        rows = {}
+        for i in range(len(batch["path"])):
+            row = _Row(batch, i)
+            rows[row.item] = row
+        to_screen, _ = self.settle(list(rows))
+        positive_class = self.screening.model.positive_class
+        for item in to_screen:
+            row = rows[item]
+            if row.status == READY:
+                self.settler.decide(item, row.prediction(), positive_class)
+                item.finished_at = row.finished_at
             else:  # known when it was prepared, gone now (the database was reset?)
-                job.fail("its earlier result is no longer in the database", retry_next_run=True)
-            jobs.append(job)
-        return jobs, str(batch["device"][0]) if len(rows) else self.screening.device_name
+                self.settler.fail(item, "its earlier result is no longer in the database", retry=True)
+        device = str(batch["device"][0]) if rows else self.screening.device_name
+        return list(rows), device
 
 
 class _Row:
@@ -247,19 +237,15 @@ class _Row:
     def __init__(self, batch: dict[str, np.ndarray], i: int):
         self.batch, self.i = batch, i
         self.path = os.fsdecode(batch["path"][i])
-        self.sha256 = str(batch["sha256"][i])
         self.status = str(batch["status"][i])
-        self.reason = str(batch["reason"][i])
-        self.retry = bool(batch["retry"][i])
         self.finished_at = _utc(batch["finished_at"][i])
-
-    def job(self) -> ScanJob:
-        b, i = self.batch, self.i
-        found = FoundFile(Path(self.path), int(b["size"][i]), int(b["mtime_ns"][i]))
-        job = ScanJob(found, started_at=_utc(b["started_at"][i]))
-        job.sha256 = self.sha256 or None
-        job.size = int(b["file_size"][i]) if b["file_size"][i] >= 0 else None
-        return job
+        found = FoundFile(Path(self.path), int(batch["size"][i]), int(batch["mtime_ns"][i]))
+        self.item = scan_item(found)
+        self.item.started_at = _utc(batch["started_at"][i])
+        self.item.sha256 = str(batch["sha256"][i]) or None
+        self.item.size = int(batch["file_size"][i]) if batch["file_size"][i] >= 0 else None
+        if self.status == FAILED:
+            self.item.fail(str(batch["reason"][i]), retry=bool(batch["retry"][i]))
 
     def prediction(self) -> Prediction:
         import json

@@ -204,7 +204,7 @@ def test_the_work_per_worker_in_csv_json_and_the_view(store: Store):
 
 def doc_queries() -> list[tuple[str | None, str]]:
     """The ```sql blocks of docs/reporting.md, each with the one shell it is for (None: both)."""
-    text = (Path(__file__).resolve().parent.parent / "docs" / "reporting.md").read_text(encoding="utf-8")
+    text = (Path(__file__).resolve().parents[2] / "docs" / "reporting.md").read_text(encoding="utf-8")
     queries = []
     for block in re.findall(r"```sql\n(.*?)```", text, flags=re.DOTALL):
         first = block.splitlines()[0].strip()

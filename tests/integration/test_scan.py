@@ -30,9 +30,10 @@ from worker.db.schema import audit_events, results, scanned_files
 from worker.db.store import FileStamp, ScannedRecord, Store
 from worker.errors import TransientError
 from worker.model.predictor import Predictor
+from worker.pipeline.counts import Counts
 from worker.runtime.retry import RetryPolicy
 from worker.scan.local import Scanner
-from worker.scan.progress import Progress, ScanCounts
+from worker.scan.progress import Progress
 from worker.sources.walk import FileFilter, walk_files
 
 pytest_plugins = ["db_fixtures"]
@@ -406,7 +407,7 @@ def test_roots_come_from_the_settings(archive: Archive, tmp_path: Path):
 
 def test_progress_is_a_live_line_in_a_terminal_and_periodic_lines_in_a_log():
     now = [0.0]
-    counts = ScanCounts(screened=40, skipped=100)
+    counts = Counts(screened=40, skipped=100)
     tty, log = io.StringIO(), io.StringIO()
     live = Progress(tty, tty=True, limit=100, clock=lambda: now[0])
     periodic = Progress(log, tty=False, interval=30, clock=lambda: now[0])

@@ -1,4 +1,4 @@
-"""The nightly scan's systemd timer and service (both also pass tests/test_systemd.py's checks)."""
+"""The nightly scan's systemd timer and service (both also pass tests/unit/test_systemd.py's checks)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SYSTEMD = ROOT / "systemd"
 VENV = Path(sys.executable).parent.parent
 

@@ -12,9 +12,11 @@ import pytest
 from click.testing import CliRunner
 
 from worker.cli.main import cli
+from worker.db import migrate
+from worker.db.engine import make_engine
 from worker.model.learner import file_sha256
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def all_commands(group=cli, prefix=()):
@@ -125,6 +127,9 @@ def test_healthcheck_reports_each_problem(trained_model: Path, tmp_path: Path):
 
 def test_watch_refuses_a_database_not_at_head(trained_model: Path, tmp_path: Path):
     url = f"sqlite:///{tmp_path / 'r.db'}"
+    engine = make_engine(url, create=True)  # a missing file would be created at head: one behind
+    migrate.upgrade(engine, "0003")
+    engine.dispose()
     args = [
         "watch",
         "--inbox",

@@ -10,8 +10,8 @@ from click.testing import CliRunner
 
 from worker.cli.main import cli
 from worker.config import load_settings
-from worker.daemon import Folders
 from worker.errors import ConfigError
+from worker.sinks.filer import Folders
 from worker.sinks.filing import move_no_clobber, write_error_sidecar
 
 WHEN = datetime(2026, 11, 25, 12, 0)

@@ -44,14 +44,14 @@ from hostile_files import (
 from PIL import Image
 from test_daemon import Site, make_site
 
-import worker.daemon as daemon_module
+import worker.pipeline.item as item_module
 from worker.daemon import Daemon
 from worker.db.schema import audit_events, results
 from worker.sinks.filing import NAME_MAX
 from worker.sources.claim import WORK_DIR
 from worker.sources.inbox import Inbox
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = ROOT / "samples" / "person1946_bacteria_4874.jpeg"
 
 Build = Callable[[Path, Path], None]  # (where the entry goes, a scratch folder outside the inbox)
@@ -189,7 +189,7 @@ def with_tricks(daemon: Daemon, monkeypatch: pytest.MonkeyPatch) -> None:
     """Make the 'vanishes' and 'unreadable' cases happen inside the daemon's own steps."""
     vanishing = {c.name for c in CASES if c.trick == "vanishes"}
     unreadable = {c.name for c in CASES if c.trick == "unreadable"}
-    real_take, real_hash = daemon.inbox.take, daemon_module.sha256_file
+    real_take, real_hash = daemon.inbox.take, item_module.sha256_file
 
     def take(limit: int) -> list[Path]:
         paths = real_take(limit)
@@ -204,7 +204,7 @@ def with_tricks(daemon: Daemon, monkeypatch: pytest.MonkeyPatch) -> None:
         return real_hash(path)
 
     monkeypatch.setattr(daemon.inbox, "take", take)
-    monkeypatch.setattr(daemon_module, "sha256_file", sha256_file)
+    monkeypatch.setattr(item_module, "sha256_file", sha256_file)
 
 
 def test_hostile_inputs_end_where_the_readme_says(site: Site, tmp_path: Path, monkeypatch, caplog):

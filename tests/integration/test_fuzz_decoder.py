@@ -12,7 +12,7 @@ from pathlib import Path
 
 from worker.errors import DecodeError
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 HARNESS = ROOT / "bench" / "fuzz_decoder.py"
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from outputs import filed as filed_under
 from sqlalchemy import ColumnElement, Row, Table, create_engine, func, select
 
 from worker.db import migrate
@@ -157,13 +158,7 @@ class Site:
         return [p for p in base.rglob("*~*") if p.is_file()] if base.exists() else []
 
     def filed(self) -> list[Path]:
-        return [
-            p
-            for base in (self.processed, self.failed)
-            if base.exists()
-            for p in base.rglob("*")
-            if p.is_file() and not p.name.endswith(".error.json")
-        ]
+        return filed_under(self.processed, self.failed)
 
     # -- the database ------------------------------------------------------------------
 

@@ -8,8 +8,9 @@ import time
 import pytest
 
 from worker.errors import DecodeError, TransientError
+from worker.pipeline.commit import Committer
 from worker.runtime.retry import Backoff, RetryPolicy, Stopped, retrying
-from worker.scan.commit import SCAN_RETRY, ScanCommitter
+from worker.scan.run import SCAN_RETRY
 
 
 def test_the_policy_doubles_to_its_ceiling_and_gives_up_only_when_told():
@@ -42,8 +43,13 @@ def test_retrying_returns_after_transient_failures_and_raises_when_the_policy_gi
 def test_stop_ends_a_wait_for_a_retry_within_a_second():
     """The scan's committer once slept with time.sleep: stop() could not end a 60 s backoff."""
     stop = threading.Event()
-    committer = ScanCommitter(
-        store=None, screening=None, worker_host="t", retry=RetryPolicy(initial=60, maximum=60), stop=stop
+    committer = Committer(
+        store=None,
+        screening=None,
+        worker_host="t",
+        worker_id="scan",
+        retry=RetryPolicy(initial=60, maximum=60),
+        stop=stop,
     )
     threading.Timer(0.3, stop.set).start()
     start = time.monotonic()

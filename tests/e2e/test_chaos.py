@@ -21,7 +21,7 @@ from worker.db import migrate
 from worker.db.engine import make_engine
 from worker.db.store import Store
 
-CHAOS = Path(__file__).resolve().parent.parent / "bench" / "chaos.py"
+CHAOS = Path(__file__).resolve().parents[2] / "bench" / "chaos.py"
 
 
 def load_chaos() -> ModuleType:

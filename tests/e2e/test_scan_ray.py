@@ -171,7 +171,7 @@ def test_content_already_screened_is_not_decoded_and_settles_as_a_duplicate(
     assert device == "cpu"
     assert [j.outcome for j in jobs] == ["screened", "screened", "duplicate"]
     assert jobs[2].probabilities == jobs[1].probabilities
-    ray_scanner.committer.commit(jobs)
+    ray_scanner.commit(jobs)
 
     again = through_stages(spec, [jpegs[0], jpegs[2]])
     assert list(again["status"]) == [KNOWN, READY] and again["facts"][0] == ""

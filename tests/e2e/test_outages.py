@@ -25,7 +25,7 @@ from worker.db.schema import audit_events, results
 
 pytest_plugins = ["db_fixtures"]
 pytestmark = pytest.mark.slow
-SHIPPED_MODEL = Path(__file__).resolve().parent.parent / "models" / "pneumonia-resnet18" / "export.pkl"
+SHIPPED_MODEL = Path(__file__).resolve().parents[2] / "models" / "pneumonia-resnet18" / "export.pkl"
 OUTAGE_SECONDS = 30
 
 

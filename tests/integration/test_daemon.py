@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import select
 
 from worker.config import InferenceSettings
-from worker.daemon import Daemon, Folders
+from worker.daemon import Daemon
 from worker.db import migrate
 from worker.db.engine import make_engine
 from worker.db.schema import audit_events, results
@@ -20,10 +20,11 @@ from worker.db.store import Store
 from worker.errors import TransientError
 from worker.model.predictor import Predictor
 from worker.runtime.faults import Faults
+from worker.sinks.filer import Folders
 from worker.sources.claim import WORK_DIR, WorkArea
 from worker.sources.inbox import Inbox
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SAMPLES = sorted((ROOT / "samples").glob("*.[jd]*[gm]"))  # the 4 JPEGs and 2 DICOMs
 
 
@@ -151,9 +152,9 @@ def test_same_name_never_overwrites(site: Site):
 
 def test_crash_between_commit_and_move_is_finished_by_the_restart(site: Site, monkeypatch):
     drop(site, *SAMPLES[:3])
-    import worker.daemon as daemon_module
+    import worker.sinks.filer as filer_module
 
-    real_move = daemon_module.move_no_clobber
+    real_move = filer_module.move_no_clobber
     calls = {"n": 0}
 
     def crash_on_second_move(*args, **kwargs):
@@ -162,7 +163,7 @@ def test_crash_between_commit_and_move_is_finished_by_the_restart(site: Site, mo
             raise KeyboardInterrupt("power cut")  # not an error the daemon handles: a crash
         return real_move(*args, **kwargs)
 
-    monkeypatch.setattr(daemon_module, "move_no_clobber", crash_on_second_move)
+    monkeypatch.setattr(filer_module, "move_no_clobber", crash_on_second_move)
     first = site.daemon()
     first.recover()
     with pytest.raises(KeyboardInterrupt):
@@ -170,7 +171,7 @@ def test_crash_between_commit_and_move_is_finished_by_the_restart(site: Site, mo
             first.step()
     first.work.close()
     assert len(site.files("processed")) == 1 and len(site.rows(audit_events)) == 3  # committed, not all filed
-    monkeypatch.setattr(daemon_module, "move_no_clobber", real_move)
+    monkeypatch.setattr(filer_module, "move_no_clobber", real_move)
     site.drain(site.daemon())
     audits = site.rows(audit_events)
     assert len(audits) == 3 and len(site.rows(results)) == 3  # nothing recorded twice
@@ -201,19 +202,19 @@ def test_database_outage_keeps_files_claimed_until_it_returns(site: Site, monkey
 
 def test_unwritable_processed_folder_is_retried(site: Site, monkeypatch):
     drop(site, SAMPLES[0])
-    import worker.daemon as daemon_module
+    import worker.sinks.filer as filer_module
 
-    real_move = daemon_module.move_no_clobber
+    real_move = filer_module.move_no_clobber
 
     def full(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(daemon_module, "move_no_clobber", full)
+    monkeypatch.setattr(filer_module, "move_no_clobber", full)
     daemon = site.daemon()
     daemon.recover()
     with pytest.raises(TransientError, match="No space left"):
         daemon.step()
-    monkeypatch.setattr(daemon_module, "move_no_clobber", real_move)
+    monkeypatch.setattr(filer_module, "move_no_clobber", real_move)
     daemon.step()
     daemon.work.close()
     assert len(site.files("processed")) == 1 and len(site.rows(audit_events)) == 1

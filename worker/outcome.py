@@ -1,0 +1,20 @@
+"""What became of a file: one of a few outcomes, the same word in the database, the logs,
+``--output`` and the code.
+
+- ``screened``: the model judged it; its result row holds the label and probabilities.
+- ``duplicate``: the same content was already judged by this model (earlier, or in the same
+  batch): it gets that verdict without running the model again.
+- ``failed``: it could not be screened; the reason says why.
+
+A ``StrEnum``, so it is stored and compared as its text (``Outcome.FAILED == "failed"``).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Outcome(StrEnum):
+    SCREENED = "screened"
+    DUPLICATE = "duplicate"
+    FAILED = "failed"
