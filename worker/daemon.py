@@ -32,7 +32,7 @@ from worker.errors import TransientError
 from worker.model.predictor import Predictor
 from worker.names import for_log
 from worker.outcome import Outcome
-from worker.pipeline.commit import Committer
+from worker.pipeline.commit import Committer, log_batch
 from worker.pipeline.counts import Counts
 from worker.pipeline.item import Item
 from worker.pipeline.settle import Settler
@@ -280,12 +280,13 @@ class Daemon:
             decided += settler.decide(item, answer, model.positive_class)
         self.work.check()  # files unreadable because the share dropped are not failures to record
         ready = [i for i in self._still_mine(decided) if not self._try_again_later(i)]
-        recorded = self.committer.commit(ready, started=start)
+        recorded = self.committer.commit(ready)
         self.faults.reach("after-commit")
         for item in recorded:
             self._file(item, Path(item.destination or ""))
             self._internal.pop(item.source.token, None)
             self._attempts.pop(item.source.token, None)
+        log_batch(recorded, start)
 
     def _item(self, claimed: Claimed) -> Item:
         item = Item(

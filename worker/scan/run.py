@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from worker.db.store import Store
-from worker.pipeline.commit import Committer
+from worker.pipeline.commit import Committer, log_batch
 from worker.pipeline.counts import Counts
 from worker.pipeline.item import Item
 from worker.pipeline.settle import Settler
@@ -104,7 +105,9 @@ class ScanRun:
     def commit(self, items: list[Item]) -> None:
         """(Commit thread) Commit ``items``, hand them to ``on_commit``, and tell the main
         thread (which alone touches the settler) which contents the database has now."""
+        started = time.perf_counter()
         recorded = self.committer.commit(items)
+        log_batch(recorded, started, rate=False)
         if self.on_commit:
             self._report(recorded)
         self._committed.extend(items)
