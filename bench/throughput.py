@@ -72,7 +72,9 @@ def row_seed(files: list[Path], work: Path) -> dict:
 def row_fastai(files: list[Path], work: Path) -> dict:
     from fastai.learner import load_learner
 
-    learn = load_learner(MODEL)
+    from worker.model.learner import MovedModules  # the learner's classes moved since its export
+
+    learn = load_learner(MODEL, pickle_module=MovedModules)
     db = sqlite3.connect(work / "fastai.db")
     db.execute("create table results (path text, label integer, probability real)")
     start = time.perf_counter()

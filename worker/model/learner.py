@@ -132,7 +132,7 @@ class _Unpickler(pickle.Unpickler):
         return super().find_class(MOVED_MODULES.get(module, module), name)
 
 
-class _MovedModules:
+class MovedModules:
     """``pickle``, as ``torch.load`` uses it, with the moved modules found where they are now."""
 
     Unpickler = _Unpickler
@@ -172,7 +172,7 @@ def load_model(path: Path, *, sha256: str = "", trust: bool = False, positive_cl
         with warnings.catch_warnings():
             # fastai warns that pickle is unsafe; the file's hash was checked above.
             warnings.filterwarnings("ignore", message=".*load_learner.*insecure pickle")
-            learner = load_learner(path, cpu=True, pickle_module=_MovedModules)
+            learner = load_learner(path, cpu=True, pickle_module=MovedModules)
     except Exception as exc:  # a pickle can raise anything; say which file and why
         raise ModelError(f"cannot load model {path}: {type(exc).__name__}: {exc}") from exc
     if not isinstance(learner, Learner):
