@@ -18,6 +18,30 @@ def _row(name: str, s: dict[str, Any]) -> str:
     )
 
 
+AUGMENTATIONS = {
+    "mild": "rotation up to 10 degrees, zoom up to 1.1, warp 0.1, brightness/contrast 0.2; no flips.",
+    "strong": "rotation up to 15 degrees, random crops (zoom up to 1.25, random centre), warp 0.15, "
+    "brightness/contrast 0.4, gamma 1/1.5-1.5, 3x3 blur (p 0.2), Gaussian noise up to 0.03 (p 0.3); "
+    "no flips.",
+}
+
+
+def _augmentation(r: dict[str, Any]) -> str:
+    if not r["augment"]:
+        return "none."
+    level = r.get("augment_level", "mild")  # older runs recorded no level: they had the mild one
+    return f"{level}: {AUGMENTATIONS.get(level, '(see training.data.xray_augmentations)')}"
+
+
+def _loss(r: dict[str, Any]) -> str:
+    parts = ["cross-entropy" + (" with class weights" if r["class_weights"] else "")]
+    if r.get("label_smoothing"):
+        parts.append(f"label smoothing {r['label_smoothing']}")
+    if r.get("mixup"):
+        parts.append(f"MixUp (alpha {r['mixup']}) while training")
+    return ", ".join(parts) + "."
+
+
 def write_model_card(path: Path, facts: dict[str, Any]) -> None:
     m, r, d, v = facts["model"], facts["recipe"], facts["data"], facts["validation"]
     evaluations = facts.get("evaluations", {})
@@ -50,16 +74,12 @@ def write_model_card(path: Path, facts: dict[str, Any]) -> None:
         + ".",
         "- Imbalance: "
         + ("class weights in the loss (inverse frequency)." if r["class_weights"] else "none."),
-        "- Augmentation: "
-        + (
-            "rotation up to 10 degrees, zoom up to 1.1, warp 0.1, brightness/contrast 0.2; no flips."
-            if r["augment"]
-            else "none."
-        ),
+        "- Augmentation (training split only): " + _augmentation(r),
         "",
         "## Recipe",
         f"`fit_one_cycle({r['epochs']}, {r['lr']})`, batch size {r['batch_size']}, Adam, nothing frozen, "
         f"{facts['training_seconds'] / 60:.0f} minutes on {facts['device']}.",
+        f"Loss: {_loss(r)}",
         "",
         "## Results",
         "At the stored threshold. The validation split chose the threshold, so its figures are optimistic;",

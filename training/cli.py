@@ -53,6 +53,20 @@ def cli() -> None:
 )
 @click.option("--augment/--no-augment", default=True, show_default=True)
 @click.option(
+    "--augment-level",
+    type=click.Choice(["mild", "strong"]),
+    default="mild",
+    show_default=True,
+    help="mild: the shipped recipe's; strong: more lighting/contrast, gamma, crops, blur, noise (no flips).",
+)
+@click.option(
+    "--label-smoothing",
+    default=0.0,
+    show_default=True,
+    help="Label smoothing eps of the loss (0: plain cross-entropy); class weights still apply.",
+)
+@click.option("--mixup", default=0.0, show_default=True, help="MixUp alpha while training (0: off).")
+@click.option(
     "--class-weights/--no-class-weights",
     default=True,
     show_default=True,
@@ -225,6 +239,159 @@ def evaluate_command(
             f"stored threshold {threshold:.4f} in {model_path}; new SHA-256 {file_sha256(model_path)} "
             "(update [model] sha256)"
         )
+
+
+@cli.command(name="site-check")
+@click.argument("model_path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("site_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option(
+    "--target-sensitivity",
+    default=0.95,
+    show_default=True,
+    type=click.FloatRange(0, 1, min_open=True),
+    help="The site threshold is the highest reaching this sensitivity on the sample.",
+)
+@click.option(
+    "--store",
+    is_flag=True,
+    help="If fit: store the site threshold and a site profile in the model file (its SHA-256 changes).",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder for site_check.json and reliability.png  [default: runs/site-check/NAME]",
+)
+@click.option(
+    "--labels",
+    "labels_csv",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="CSV with columns file,label[,patient_id] (default: SITE_DIR/labels.csv if any, else folders).",
+)
+@click.option("--name", help="The site profile's name (default: the SITE_DIR folder name).")
+@click.option("--sha256", default="", help="Expected SHA-256 of the model (else it is trusted as yours).")
+@click.option(
+    "--resamples", default=2000, show_default=True, type=click.IntRange(100), help="Bootstrap resamples."
+)
+@click.option("--seed", default=0, show_default=True, help="The bootstrap's seed.")
+def site_check_command(
+    model_path: Path,
+    site_dir: Path,
+    target_sensitivity: float,
+    store: bool,
+    out_dir: Path | None,
+    labels_csv: Path | None,
+    name: str | None,
+    sha256: str,
+    resamples: int,
+    seed: int,
+) -> None:
+    """Is MODEL_PATH fit for a new site? Check it on the site's labelled sample SITE_DIR.
+
+    SITE_DIR holds class folders (NORMAL/, PNEUMONIA/) or a labels.csv (file,label and,
+    best, patient_id). Reports the ROC AUC with a 95% interval (bootstrap of patients: ids
+    from the CSV or from Kermany file names; of films when there are none), sensitivity and
+    specificity at the model's stored threshold (Wilson 95%), the threshold reaching
+    --target-sensitivity here, calibration (ECE, reliability.png) and the gate's refusals.
+
+    The rule: NOT FIT when the lower bound of the AUC interval is below 0.90. Then --store
+    refuses; else it writes the site threshold and a site profile into the model file.
+
+    \b
+    Example:
+      xray-train site-check models/pneumonia-resnet18/export.pkl ../shared/data/site_sample
+    """
+    from training.site_check import report_lines, run_site_check, store_site_profile
+    from worker.errors import ModelError
+    from worker.model.learner import file_sha256, load_model
+
+    try:
+        model = load_model(model_path, sha256=sha256, trust=not sha256)
+    except ModelError as exc:
+        raise click.ClickException(str(exc)) from None
+    out_dir = out_dir or Path("runs/site-check") / (name or site_dir.resolve().name)
+    try:
+        report = run_site_check(
+            model,
+            site_dir,
+            out_dir,
+            labels_csv=labels_csv,
+            name=name or site_dir.resolve().name,
+            target_sensitivity=target_sensitivity,
+            resamples=resamples,
+            seed=seed,
+        )
+    except (FileNotFoundError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    for line in report_lines(report, out_dir):
+        click.echo(line)
+    click.echo(f"wrote {out_dir / 'site_check.json'}")
+    if store:
+        if not report["verdict"]["fit"]:
+            raise click.ClickException("not storing a site profile: the model is not fit for this site")
+        store_site_profile(model, report)
+        threshold = report["at_target_sensitivity"]["threshold"]
+        click.echo(
+            f"stored site profile {report['site']!r} (threshold {threshold:.4f}) in {model_path}; "
+            f"new SHA-256 {file_sha256(model_path)} (update [model] sha256)"
+        )
+
+
+@cli.command(name="gate")
+@click.argument("model_path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option(
+    "--layers",
+    default=",".join(("penultimate", "0.6")),
+    show_default=True,
+    help="Where the gate looks: 'penultimate' and/or module paths of the model (0.6: resnet layer3).",
+)
+@click.option(
+    "--refuse-share",
+    default=0.01,
+    show_default=True,
+    type=click.FloatRange(0.001, 0.2),
+    help="The share of in-distribution validation films the limit refuses.",
+)
+@click.option("--valid-pct", default=0.2, show_default=True, help="As fit split the training folder.")
+@click.option("--seed", default=42, show_default=True, help="As fit split the training folder.")
+@click.option("--sha256", default="", help="Expected SHA-256 of the model (else it is trusted as yours).")
+def gate_command(
+    model_path: Path,
+    data_dir: Path,
+    layers: str,
+    refuse_share: float,
+    valid_pct: float,
+    seed: int,
+    sha256: str,
+) -> None:
+    """Fit the model's image gate on its training films and store it in the model file.
+
+    The gate refuses films unlike those the model was trained on (docs/gate.md): class
+    means and covariance of its features on the training split, a limit that refuses
+    --refuse-share of the validation split. Give the folder and split the model was fit on.
+
+    \b
+    Example:
+      xray-train gate runs/mine/export.pkl ../shared/data/chest_xray_224/train
+    """
+    from training.gate import fit_model_gate
+    from worker.model.learner import file_sha256, load_model
+
+    model = load_model(model_path, sha256=sha256, trust=not sha256)
+    names = tuple(name.strip() for name in layers.split(",") if name.strip())
+    fit = fit_model_gate(
+        model, data_dir, layers=names, valid_pct=valid_pct, seed=seed, refuse_share=refuse_share
+    )
+    learn = model.learner
+    learn.xray_metadata = {**model.metadata, "gate": fit.gate.to_metadata()}
+    learn.export(model_path.resolve())
+    click.echo(
+        f"image gate over {', '.join(fit.gate.layer_names)}: limit {fit.gate.limit:.3f}, refuses "
+        f"{fit.valid_refused:.1%} of {fit.valid_files} validation films "
+        f"(fitted on {fit.train_files} training films in {fit.seconds:.0f} s)"
+    )
+    click.echo(f"stored in {model_path}; new SHA-256 {file_sha256(model_path)} (update [model] sha256)")
 
 
 def main() -> None:

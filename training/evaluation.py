@@ -13,6 +13,7 @@ import numpy as np
 from training import plots
 from training.metrics import summarize, threshold_for_sensitivity, youden_threshold
 from worker.config import InferenceSettings
+from worker.model.gate import ImageGate
 from worker.model.learner import LoadedModel
 from worker.model.predictor import Failure, Prediction, Predictor
 
@@ -42,13 +43,33 @@ def evaluate_files(
     negative = next(c for c in model.vocab if c != positive)
     wanted = {str(path): _as_positive(label, positive, negative) for path, label in files}
     predictions, failures, labels = [], [], []
-    for outcome in Predictor(model, settings).predict([p for p, _ in files]):
+    predictor = Predictor(
+        model, settings, gate=ScoreOnly(ImageGate.from_metadata(model.metadata.get("gate")))
+    )
+    for outcome in predictor.predict([p for p, _ in files]):
         if isinstance(outcome, Failure):
             failures.append(outcome)
             continue
         predictions.append(outcome)
         labels.append(wanted[str(outcome.path)])
     return Evaluation([negative, positive], predictions, np.array(labels, dtype=int), failures)
+
+
+class ScoreOnly:
+    """The model's image gate scoring every film (``Prediction.gate_score``) and refusing none:
+    an evaluation judges the model on all of its films; ``site-check`` counts refusals apart."""
+
+    def __init__(self, image: ImageGate | None):
+        self.image = image
+
+    def before(self, _decoded: Any) -> None:
+        return None
+
+    def image_scores(self, features: Any) -> Any:
+        return self.image.scores(features) if self.image is not None and features is not None else None
+
+    def after(self, _score: float | None) -> None:
+        return None
 
 
 def _as_positive(label: str, positive: str, negative: str) -> int:

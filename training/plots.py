@@ -64,3 +64,23 @@ def loss_plot(path: Path, history: Sequence[dict]) -> None:
     ax.set(xlabel="epoch", ylabel="loss", title="Loss per epoch")
     ax.legend()
     save_current(path)
+
+
+def reliability_plot(path: Path, bins: Sequence[dict], ece: float, title: str) -> None:
+    """Observed rate against mean predicted probability per bin, with each bin's film count."""
+    _, (ax, hist) = plt.subplots(2, 1, figsize=(4.5, 5.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    full = [b for b in bins if b["n"]]
+    ax.plot([0, 1], [0, 1], "--", color="grey", lw=1, label="perfect calibration")
+    ax.plot(
+        [b["mean_p"] for b in full],
+        [b["observed"] for b in full],
+        "o-",
+        lw=2,
+        label=f"model, ECE = {ece:.3f}",
+    )
+    ax.set(ylabel="observed fraction positive", title=title, xlim=(0, 1), ylim=(0, 1.01))
+    ax.legend(loc="upper left")
+    width = bins[0]["hi"] - bins[0]["lo"] if bins else 0.1
+    hist.bar([b["lo"] for b in bins], [b["n"] for b in bins], width=width, align="edge", color="steelblue")
+    hist.set(xlabel="predicted probability (positive)", ylabel="films")
+    save_current(path)

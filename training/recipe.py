@@ -17,11 +17,13 @@ from typing import Any
 import fastai.callback.all  # noqa: F401  (patches fit_one_cycle, no_bar onto Learner)
 import numpy as np
 import torch
+from fastai.callback.mixup import MixUp
 from fastai.data.transforms import RandomSplitter
 from fastai.learner import Learner
-from fastai.losses import CrossEntropyLossFlat
+from fastai.losses import CrossEntropyLossFlat, LabelSmoothingCrossEntropyFlat
 from fastai.metrics import error_rate
 from fastai.vision.learner import vision_learner
+from fastcore.foundation import L
 from torchvision.models import resnet18
 
 from training.data import class_root, xray_augmentations, xray_datablock
@@ -41,6 +43,9 @@ class Recipe:
     augment: bool = True
     class_weights: bool = True
     weights: Path | None = None  # a local torchvision resnet18 state dict
+    augment_level: str = "mild"  # or "strong" (see training.data.xray_augmentations)
+    label_smoothing: float = 0.0  # > 0: LabelSmoothingCrossEntropyFlat(eps=...), class weights kept
+    mixup: float = 0.0  # > 0: fastai's MixUp callback with this Beta alpha, while fitting only
 
     def as_dict(self) -> dict[str, Any]:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self).items()}
@@ -63,10 +68,14 @@ def build_learner(data_dir: Path, recipe: Recipe, *, num_workers: int = 0) -> Le
         size=recipe.size,
         method=recipe.method,
         splitter=splitter,
-        aug_tfms=xray_augmentations() if recipe.augment else (),
+        aug_tfms=xray_augmentations(recipe.augment_level) if recipe.augment else (),
     )
     dls = block.dataloaders(class_root(data_dir, "train"), bs=recipe.batch_size, num_workers=num_workers)
-    loss = CrossEntropyLossFlat(weight=class_weights(dls) if recipe.class_weights else None)
+    weight = class_weights(dls) if recipe.class_weights else None
+    if recipe.label_smoothing > 0:
+        loss = LabelSmoothingCrossEntropyFlat(eps=recipe.label_smoothing, weight=weight)
+    else:
+        loss = CrossEntropyLossFlat(weight=weight)
     return vision_learner(
         dls,
         _arch(recipe.weights),
@@ -107,10 +116,31 @@ def fit(learn: Learner, recipe: Recipe, *, progress: bool = True) -> None:
 
 
 def _fit(learn: Learner, recipe: Recipe) -> None:
+    # Callbacks passed to fit are removed when it ends, so MixUp is never exported.
+    cbs = [MixUp(recipe.mixup)] if recipe.mixup > 0 else []
     if recipe.weights is not None:
-        learn.fine_tune(recipe.epochs, recipe.lr)
+        learn.fine_tune(recipe.epochs, recipe.lr, cbs=cbs)
     else:
-        learn.fit_one_cycle(recipe.epochs, recipe.lr)
+        learn.fit_one_cycle(recipe.epochs, recipe.lr, cbs=cbs)
+
+
+def strip_training_transforms(learn: Learner) -> None:
+    """Drop this package's own training-only batch transforms (``XrayIntensity``) from ``learn``.
+
+    They never run outside the training split, and the worker, which loads the exported
+    learner, never imports ``training``: an export must not name them. Call it after
+    fitting, before ``learn.export``.
+    """
+
+    def ours(tfm: Any) -> bool:
+        return type(tfm).__module__.split(".")[0] == "training"
+
+    for dl in (learn.dls.train, learn.dls.valid):
+        pipeline = dl.after_batch
+        pipeline.fs = pipeline.fs.filter(lambda t: not ours(t))
+        for name, value in list(vars(pipeline).items()):  # Pipeline also names each transform
+            if ours(value) or (isinstance(value, list | L) and any(ours(t) for t in value)):
+                delattr(pipeline, name)
 
 
 def train(data_dir: Path, out_path: Path, recipe: Recipe) -> Learner:
@@ -118,6 +148,7 @@ def train(data_dir: Path, out_path: Path, recipe: Recipe) -> Learner:
     learn = build_learner(data_dir, recipe)
     with learn.no_logging():
         fit(learn, recipe, progress=False)
+    strip_training_transforms(learn)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     learn.export(out_path.resolve())
     return learn

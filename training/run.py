@@ -16,7 +16,7 @@ from training import plots
 from training.card import write_model_card
 from training.data import class_root
 from training.evaluation import evaluate_files, pick_threshold, write_report
-from training.recipe import Recipe, build_learner, fit
+from training.recipe import Recipe, build_learner, fit, strip_training_transforms
 from training.split import patient_id
 from worker.model.learner import file_sha256, load_model
 
@@ -75,6 +75,7 @@ def run_fit(
     plots.loss_plot(out_dir / "loss_curve.png", history)
     _fastai_figures(learn, out_dir)
 
+    strip_training_transforms(learn)  # the worker never imports training: keep it out of the pickle
     with tempfile.TemporaryDirectory() as tmp:  # evaluate the exported learner, as the worker loads it
         draft = Path(tmp) / "export.pkl"
         learn.export(draft)

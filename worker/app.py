@@ -47,10 +47,25 @@ def decode_limits(settings: Settings) -> Any:
 
 
 def open_predictor(settings: Settings, model: Any = None) -> Any:
-    """The batched predictor on the configured device (the model loaded and checked if not given)."""
+    """The batched predictor on the configured device (the model loaded and checked if not
+    given), with the gate of the [gate] settings and the model's own image gate."""
     from worker.model.predictor import Predictor
 
-    return Predictor(model or open_model(settings), settings.inference, decode_limits(settings))
+    model = model or open_model(settings)
+    return Predictor(model, settings.inference, decode_limits(settings), gate=open_gate(settings, model))
+
+
+def open_gate(settings: Settings, model: Any) -> Any:
+    """What the model may judge (``worker/pipeline/gate.py``); None with ``[gate] enabled = false``."""
+    from worker.model.gate import ImageGate
+    from worker.pipeline.gate import Gate
+
+    image = ImageGate.from_metadata(model.metadata.get("gate"))
+    if settings.gate.enabled and settings.gate.image_check and image is None:
+        log.info(
+            "model %s has no image gate: only DICOM attributes are checked (xray-train gate)", model.name
+        )
+    return Gate.from_settings(settings.gate, image)
 
 
 def predict_files(
@@ -208,7 +223,7 @@ def build_daemon(settings: Settings, *, faults: Any = None) -> Any:
         work=work,
         predictor=predictor,
         store=store,
-        folders=Folders(box.processed, box.failed, box.layout),
+        folders=Folders(box.processed, box.failed, box.layout, settings.gate.folder),
         batch_size=settings.inference.batch_size,
         max_wait=box.max_wait_ms / 1000,
         worker_host=socket.gethostname(),
@@ -379,6 +394,7 @@ def _ray_scanner(settings: Settings, model: Any, resources: dict[str, float], co
         inference=inference,
         limits=decode_limits(settings),
         database_url=settings.database.url,
+        gate=settings.gate,
     )
     screening = RayScreening(model, spec, pool, settings.ray.block_files)
     return RayScanner(screening=screening, **common)

@@ -65,7 +65,7 @@ DEFAULT_VAR = PROJECT_ROOT / "var" if IN_CHECKOUT else Path("var")
 DEFAULT_DATABASE = DEFAULT_VAR / "xray-screen.db"
 # The shipped model's hash, pinned here so that the default model loads with no settings at
 # all, and a swapped file is refused. Update it only together with models/pneumonia-resnet18/.
-SHIPPED_MODEL_SHA256 = "9d114c675cec5e5399278de68cf495665b7990e03c40ed961c0961cd474c963b"
+SHIPPED_MODEL_SHA256 = "442a107c8c2216b9f8026618999d4526f182b52429a0cb81ad656f070871f017"
 
 Device = Literal["auto", "cpu", "cuda"]
 Engine = Literal["local", "ray"]
@@ -191,6 +191,28 @@ class RaySettings:
 
 
 @dataclass(frozen=True)
+class GateSettings:
+    """What the model is allowed to judge; the rest is ``out_of_scope``, neither a verdict nor
+    a failure (docs/gate.md)."""
+
+    # Check each file before screening it; false: every decodable image gets a verdict.
+    enabled: bool = True
+    # DICOM Modality values screened (upper case). Empty: any.
+    modalities: tuple[str, ...] = ("CR", "DX")
+    # DICOM BodyPartExamined values screened, when the file has the attribute. Empty: any.
+    body_parts: tuple[str, ...] = ("CHEST",)
+    # DICOM ViewPosition values screened, when the file has the attribute. Empty: any.
+    views: tuple[str, ...] = ("PA", "AP")
+    # Whether a DICOM without one of these attributes passes (many exports drop them).
+    missing_passes: bool = True
+    # Refuse images unlike the films the model was trained on (the model's own image gate,
+    # fitted with `xray-train gate`; a model without one checks DICOM attributes only).
+    image_check: bool = True
+    # The folder under processed/ for files out of scope.
+    folder: str = "OUT_OF_SCOPE"
+
+
+@dataclass(frozen=True)
 class Settings:
     model: ModelSettings = field(default_factory=ModelSettings)
     inference: InferenceSettings = field(default_factory=InferenceSettings)
@@ -199,6 +221,7 @@ class Settings:
     inbox: InboxSettings = field(default_factory=InboxSettings)
     scan: ScanSettings = field(default_factory=ScanSettings)
     ray: RaySettings = field(default_factory=RaySettings)
+    gate: GateSettings = field(default_factory=GateSettings)
     # The file the settings came from, if any (for messages).
     source: Path | None = None
 

@@ -187,7 +187,8 @@ class Daemon:
     def status(self) -> str:
         c = self.counts
         return (
-            f"{c.screened} screened, {c.duplicates} duplicates, {c.failed.total()} failed; "
+            f"{c.screened} screened, {c.duplicates} duplicates, {c.out_of_scope.total()} out of scope, "
+            f"{c.failed.total()} failed; "
             f"{len(self._queue)} claimed, {self.inbox.backlog()} waiting"
         )
 

@@ -5,6 +5,9 @@
 - ``duplicate``: the same content was already judged by this model (earlier, or in the same
   batch): it gets that verdict without running the model again.
 - ``failed``: it could not be screened; the reason says why.
+- ``out_of_scope``: the gate refused it (``worker/pipeline/gate.py``): a file this model
+  cannot judge (another modality, body part or view, or an image unlike its training
+  films). Neither a verdict nor a failure; the reason says why.
 
 A ``StrEnum``, so it is stored and compared as its text (``Outcome.FAILED == "failed"``).
 """
@@ -18,3 +21,4 @@ class Outcome(StrEnum):
     SCREENED = "screened"
     DUPLICATE = "duplicate"
     FAILED = "failed"
+    OUT_OF_SCOPE = "out_of_scope"

@@ -132,14 +132,15 @@ def test_the_readme_runnable_blocks_run(tmp_path: Path):
 
     database = site / "var" / "xray-screen.db"
     assert f"created the results database {database.resolve()} at schema" in first
-    assert "scan done after" in first and "6 files read" in first and "6 screened, 3 positive" in first
-    assert "New results            6   positive 3 (50.0%)" in first
+    assert "scan done after" in first and "6 files read" in first and "4 screened, 1 positive" in first
+    assert "2 out of scope (the gate: not for this model to judge)" in first  # the two adult DICOMs
+    assert "New results            4   positive 1 (25.0%)" in first
     assert "The results are in the SQLite file var/xray-screen.db" in first
     assert "sqlite3 -readonly -box var/xray-screen.db" in first
 
     # (whether "the inbox ... is empty" comes before the files depends on how fast the model
     # loads here: tests/e2e/test_first_use.py waits for it)
-    assert "stopped: 0 screened, 6 duplicates, 0 failed" in watch, watch
+    assert "stopped: 0 screened, 4 duplicates, 2 out of scope, 0 failed" in watch, watch
     filed = sorted(p.name for p in (site / "var" / "processed").rglob("*") if p.is_file())
     assert filed == sorted(p.name for p in (ROOT / "samples").iterdir())
 
@@ -147,8 +148,8 @@ def test_the_readme_runnable_blocks_run(tmp_path: Path):
     assert check.count("ok    ") == 6 and "FAIL" not in check
 
     with sqlite3.connect(database) as conn:
-        assert conn.execute("SELECT count(*) FROM results").fetchone() == (6,)
+        assert conn.execute("SELECT count(*) FROM results").fetchone() == (4,)
         outcomes = dict(
             conn.execute("SELECT outcome, count(*) FROM audit_events GROUP BY outcome").fetchall()
         )
-    assert outcomes == {"screened": 6, "duplicate": 6}
+    assert outcomes == {"screened": 4, "duplicate": 4, "out_of_scope": 4}

@@ -26,10 +26,10 @@ from worker.db.schema import audit_events, results, scanned_files
 from worker.db.store import Store
 from worker.decode import DEFAULT_LIMITS
 from worker.errors import ConfigError
-from worker.model.predictor import Failure, Predictor
+from worker.model.predictor import Failure, Predictor, Refusal
 from worker.names import from_stored
 from worker.scan.ray.driver import Pool, RayScanner, RayScreening, size_pool
-from worker.scan.ray.stages import FAILED, KNOWN, READY, Prepare, Screen, StageSpec
+from worker.scan.ray.stages import FAILED, KNOWN, READY, REFUSED, Prepare, Screen, StageSpec
 
 pytest_plugins = ["db_fixtures"]
 EXE = Path(sys.executable).with_name("xray-worker")
@@ -43,6 +43,7 @@ APART = (
     "inference_ms",
     "probabilities",
     "positive_probability",
+    "gate_score",  # float arithmetic in batches of another size: compared within a tolerance
 )
 RESULT_COLUMNS = [c.name for c in results.columns if c.name not in APART]
 
@@ -129,15 +130,20 @@ def through_stages(spec: StageSpec, paths: list[Path]) -> dict[str, np.ndarray]:
 def test_the_stages_label_like_the_local_predictor(shipped_model, mixed_files, tmp_path):
     db = f"sqlite:///{tmp_path / 'r.db'}"
     migrate.upgrade(make_engine(db, create=True))
-    out = through_stages(spec_for(shipped_model, db), mixed_files)
-    local = {
-        str(o.path): o for o in Predictor(shipped_model, InferenceSettings(device="cpu")).predict(mixed_files)
-    }
+    spec = spec_for(shipped_model, db)
+    out = through_stages(spec, mixed_files)
+    predictor = Predictor(shipped_model, InferenceSettings(device="cpu"), gate=spec.open_gate(shipped_model))
+    local = {str(o.path): o for o in predictor.predict(mixed_files)}
+    refused = 0
     for i, path in enumerate(out["path"]):
         expected = local[str(path)]
         if isinstance(expected, Failure):
             assert (out["status"][i], out["reason"][i]) == (FAILED, expected.reason), path
             assert not out["retry"][i]  # a bad file, not a bad moment
+            continue
+        if isinstance(expected, Refusal):  # the same gate, before or with inference
+            assert (out["status"][i], out["reason"][i]) == (REFUSED, expected.reason), path
+            refused += 1
             continue
         assert out["status"][i] == READY and out["label"][i] == expected.label, path
         probs = json.loads(out["probabilities"][i])
@@ -150,7 +156,7 @@ def test_the_stages_label_like_the_local_predictor(shipped_model, mixed_files, t
             expected.decoded.width,
             expected.decoded.height,
         )
-    assert sum(out["status"] == FAILED) == 2 and sum(out["status"] == READY) == len(mixed_files) - 2
+    assert sum(out["status"] == FAILED) == 2 and sum(out["status"] == READY) == len(mixed_files) - 2 - refused
 
 
 def test_content_already_screened_is_not_decoded_and_settles_as_a_duplicate(
@@ -282,12 +288,14 @@ def test_ray_scan_writes_the_rows_the_local_engine_writes(
     assert "scan done after" in ray.stderr and f"{archive.count} files read" in ray.stderr
 
     a, b = table_rows(local_db), table_rows(ray_db)
-    assert len(a["results"]) == archive.count - 3 - 2  # 3 copies, 2 undecodable
+    refused = sum(x["outcome"] == "out_of_scope" for x in a["audit"].values())  # the gate's: no result
+    assert len(a["results"]) == archive.count - 3 - 2 - refused  # 3 copies, 2 undecodable
     assert a["results"].keys() == b["results"].keys()
     for sha, x in a["results"].items():
         y = b["results"][sha]
         assert {c: x[c] for c in RESULT_COLUMNS} == {c: y[c] for c in RESULT_COLUMNS}, sha
         assert abs(x["positive_probability"] - y["positive_probability"]) < 1e-5
+        assert abs(x["gate_score"] - y["gate_score"]) < 1e-3 * x["gate_score"]
         assert max(abs(x["probabilities"][k] - y["probabilities"][k]) for k in x["probabilities"]) < 1e-5
     assert a["audit"].keys() == b["audit"].keys() and len(a["audit"]) == archive.count
     for path, x in a["audit"].items():

@@ -87,7 +87,7 @@ def test_report_on_a_populated_database_in_every_format(store: Store, db_url: st
     populate(store, datetime.now(UTC))
     table = run("report", "--db", db_url)
     assert table.exit_code == 0, table.output
-    assert "Files handled          8   screened 4, duplicates 1, failed 3" in table.output
+    assert "Files handled          8   screened 4, duplicates 1, out of scope 0, failed 3" in table.output
     assert "New results            4   positive 2 (50.0%)" in table.output
     assert "truncated JPEG" in table.output
 

@@ -10,7 +10,7 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from db_support import populate
+from db_support import audit, populate
 from sqlalchemy import Engine, func, inspect, literal_column, select, table, text
 
 from worker.db import migrate
@@ -28,6 +28,7 @@ VIEWS = {
     "report_hourly_throughput",
     "report_models",
     "report_workers",
+    "report_out_of_scope",
 }
 
 
@@ -61,13 +62,40 @@ def test_downgrading_0003_drops_only_the_worker_view_and_keeps_the_rows(store: S
     populate(store, datetime.now(UTC))
     migrate.downgrade(store.engine, "0002")
     assert "report_workers" not in inspect(store.engine).get_view_names()
-    assert VIEWS - set(inspect(store.engine).get_view_names()) == {"report_workers"}
+    assert VIEWS - set(inspect(store.engine).get_view_names()) == {"report_workers", "report_out_of_scope"}
     migrate.upgrade(store.engine)
     with store.engine.connect() as conn:
         [(files,)] = conn.execute(
             select(func.sum(literal_column("files"))).select_from(table("report_workers"))
         )
     assert files == 9  # every audit row populate() wrote, back in the view
+
+
+def test_0005_admits_out_of_scope_rows_and_its_downgrade_keeps_them_as_failures(store: Store):
+    """0005 rebuilds audit_events and scanned_files on SQLite (a CHECK cannot change in place):
+    the rows and every view survive, and going back turns refused files into failures."""
+    populate(store, datetime.now(UTC))
+    with store.engine.connect() as conn:
+        failed = conn.execute(text("SELECT count(*) FROM audit_events WHERE outcome = 'failed'")).scalar_one()
+    store.record_batch([], [audit("mr", "out_of_scope", reason="Modality MR is not screened")])
+    with store.engine.connect() as conn:
+        [(n,)] = conn.execute(
+            select(func.sum(literal_column("files"))).select_from(table("report_out_of_scope"))
+        )
+        assert n == 1
+        for view in VIEWS:
+            conn.execute(select(literal_column("*")).select_from(table(view))).all()
+    migrate.downgrade(store.engine, "0004")
+    with store.engine.connect() as conn:
+        outcomes = dict(
+            conn.execute(text("SELECT outcome, count(*) FROM audit_events GROUP BY outcome")).all()
+        )
+        for view in VIEWS - {"report_out_of_scope"}:
+            conn.execute(select(literal_column("*")).select_from(table(view))).all()
+    assert outcomes["failed"] == failed + 1 and "out_of_scope" not in outcomes  # the MR is a failure now
+    migrate.upgrade(store.engine)
+    with pytest.raises(Exception, match=r"(?i)check|constraint"):  # a refusal needs its reason
+        store.record_batch([], [audit("ct", "out_of_scope", reason=None)])
 
 
 def test_upgrading_twice_changes_nothing(engine: Engine):

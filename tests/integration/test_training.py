@@ -10,13 +10,17 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from fastai.callback.mixup import MixUp
+from fastai.learner import load_learner
+from fastai.losses import LabelSmoothingCrossEntropyFlat
+from fastai.torch_core import TensorImage
 from torchvision.models import resnet18
 
 from training.cli import cli as train_cli
 from training.data import class_root, labelled_files
 from worker.cli.main import cli as worker_cli
 from worker.config import InferenceSettings
-from worker.model.learner import file_sha256, load_model
+from worker.model.learner import MovedModules, file_sha256, load_model
 from worker.model.predictor import Predictor
 
 TINY = ["--size", "64", "--epochs", "1", "--batch-size", "16"]
@@ -144,3 +148,67 @@ def test_fit_from_a_local_weights_file(small_train_dir: Path, tmp_path: Path):
     )
     assert len(outcomes) == 6
     assert all(abs(sum(o.probabilities.values()) - 1) < 1e-5 for o in outcomes)
+
+
+class _RefuseTrainingModules:
+    """A ``pickle_module`` for ``load_learner`` that fails on any class from ``training``."""
+
+    class Unpickler(MovedModules.Unpickler):
+        def find_class(self, module: str, name: str):
+            assert module.split(".")[0] != "training", f"export names {module}.{name}"
+            return super().find_class(module, name)
+
+    @classmethod
+    def load(cls, file, **kwargs):
+        return cls.Unpickler(file, **kwargs).load()
+
+
+def test_default_recipe_is_the_shipped_one(fitted: Path):
+    recipe = json.loads((fitted / "metrics.json").read_text())["recipe"]
+    assert (recipe["augment"], recipe["augment_level"]) == (True, "mild")
+    assert recipe["label_smoothing"] == 0 and recipe["mixup"] == 0
+    assert "Loss: cross-entropy with class weights." in (fitted / "MODEL_CARD.md").read_text()
+
+
+@pytest.mark.filterwarnings("ignore:load_learner. uses Python's insecure pickle:UserWarning")
+def test_strong_augmentation_label_smoothing_and_mixup(small_train_dir: Path, fitted: Path, tmp_path: Path):
+    out = tmp_path / "run"
+    options = ["--augment-level", "strong", "--label-smoothing", "0.1", "--mixup", "0.4"]
+    result = CliRunner().invoke(train_cli, ["fit", str(small_train_dir), "--out", str(out), *options, *TINY])
+    assert result.exit_code == 0, result.output
+    facts = json.loads((out / "metrics.json").read_text())
+    assert facts["recipe"]["augment_level"] == "strong"
+    assert facts["recipe"]["label_smoothing"] == 0.1 and facts["recipe"]["mixup"] == 0.4
+    card = (out / "MODEL_CARD.md").read_text()
+    assert "strong: rotation up to 15 degrees" in card and "label smoothing 0.1, MixUp (alpha 0.4)" in card
+
+    # The worker never imports training: the export names none of its classes, and loads as usual.
+    learner = load_learner(out / "export.pkl", cpu=True, pickle_module=_RefuseTrainingModules)
+    assert not any(isinstance(cb, MixUp) for cb in learner.cbs)  # MixUp only while fitting
+    assert isinstance(learner.loss_func, LabelSmoothingCrossEntropyFlat)
+    model = load_model(out / "export.pkl", trust=True)
+    shipped = load_model(fitted / "export.pkl", trust=True)
+
+    # Inference preprocessing is the default recipe's: same decode and resize, and at inference
+    # the batch transforms only scale to [0, 1] and normalise (the augmentations are skipped).
+    assert model.preprocessing.version.split(";")[:4] == shipped.preprocessing.version.split(";")[:4]
+    films = sorted(small_train_dir.rglob("*.jpeg"))[:4]
+    items = torch.stack([model.decode_and_prepare(p)[0] for p in films])
+    mean, std = (torch.tensor(v).view(1, -1, 1, 1) for v in model.preprocessing.normalize)
+    for _ in range(3):  # random transforms would differ from call to call
+        assert torch.allclose(model.batch_pipeline(items), (items.float() / 255 - mean) / std, atol=1e-4)
+
+
+def test_xray_intensity_runs_on_the_training_split_only():
+    from training.data import XrayIntensity, xray_augmentations
+
+    x = TensorImage(torch.rand(8, 1, 32, 32))
+    tfm = XrayIntensity(p_blur=1.0, p_noise=1.0)
+    y = tfm(x, split_idx=0)
+    assert isinstance(y, TensorImage) and y.shape == x.shape
+    assert float(y.min()) >= 0 and float(y.max()) <= 1 and not torch.allclose(x, y)
+    assert tfm(x, split_idx=1) is x
+    assert any(isinstance(t, XrayIntensity) for t in xray_augmentations("strong"))
+    assert not any(isinstance(t, XrayIntensity) for t in xray_augmentations("mild"))
+    with pytest.raises(ValueError, match="unknown augmentation level"):
+        xray_augmentations("wild")

@@ -5,7 +5,8 @@ them, in milliseconds.
 
 The fake model reads its verdict from the file's first line: ``PNEUMONIA 0.93`` or
 ``NORMAL 0.12`` (the positive-class probability), ``EIO`` (cannot be read just now, a
-transient ``ReadError``); anything else is not an image (``DecodeError``).
+transient ``ReadError``), ``MR`` (refused by the gate: out of scope); anything else is not
+an image (``DecodeError``).
 """
 
 from __future__ import annotations
@@ -62,6 +63,16 @@ class FakePrediction:
 
 
 @dataclass(frozen=True)
+class FakeRefusal:
+    path: Path
+    out_of_scope: str
+
+    @property
+    def reason(self) -> str:
+        return self.out_of_scope
+
+
+@dataclass(frozen=True)
 class FakeFailure:
     path: Path
     error: XrayScreenError
@@ -90,19 +101,21 @@ class FakePredictor:
     def warm_up(self) -> None:
         pass
 
-    def predict(self, paths: Iterable[Path | str]) -> Iterator[FakePrediction | FakeFailure]:
+    def predict(self, paths: Iterable[Path | str]) -> Iterator[FakePrediction | FakeFailure | FakeRefusal]:
         for raw in paths:
             path = Path(raw)
             self.seen.append(path)
             yield self._answer(path)
 
-    def _answer(self, path: Path) -> FakePrediction | FakeFailure:
+    def _answer(self, path: Path) -> FakePrediction | FakeFailure | FakeRefusal:
         try:
             first = path.read_bytes().split(b"\n", 1)[0].decode("ascii", "replace").split()
         except OSError as exc:
             return FakeFailure(path, ReadError(f"cannot read file: {exc.strerror or exc}"))
         if first == ["EIO"]:
             return FakeFailure(path, ReadError("cannot read file: Input/output error"))
+        if first == ["MR"]:
+            return FakeRefusal(path, "Modality MR is not screened")
         if len(first) != 2 or first[0] not in CLASSES:
             return FakeFailure(path, DecodeError("not an image: the file is text"))
         p = float(first[1])

@@ -272,3 +272,35 @@ def test_content_screened_by_the_daemon_is_a_duplicate_for_the_scan(site: Site, 
     site.predictor.seen.clear()
     counts = scan(root, site.store, site.predictor).run()
     assert counts.duplicates == 1 and counts.positives == 1 and site.predictor.seen == []
+
+
+# -- the gate's outcome through both front ends ----------------------------------------------
+
+
+def test_a_file_the_gate_refuses_is_out_of_scope_neither_a_verdict_nor_a_failure(site: Site, tmp_path):
+    (site.inbox / "knee.dcm").write_bytes(b"MR\n")
+    (site.inbox / "knee-copy.dcm").write_bytes(b"MR\n")
+    (site.inbox / "chest.png").write_bytes(film("NORMAL", 0.1))
+    daemon = site.daemon()
+    daemon.recover()
+    daemon.step()
+    assert sorted(f.split("/")[0] + "/" + f.split("/")[-1] for f in site.files("processed")) == [
+        "NORMAL/chest.png",
+        "OUT_OF_SCOPE/knee-copy.dcm",
+        "OUT_OF_SCOPE/knee.dcm",
+    ]
+    assert site.files("failed") == []
+    refused = [a for a in site.store.audits.values() if a.outcome == "out_of_scope"]
+    assert len(refused) == 2 and {a.reason for a in refused} == {"Modality MR is not screened"}
+    assert len(site.store.results) == 1  # no result row: the model gave no verdict
+    assert daemon.counts.out_of_scope.total() == 2 and daemon.counts.failed.total() == 0
+    assert "2 out of scope" in daemon.status()
+
+    root = tmp_path / "archive"
+    root.mkdir()
+    (root / "knee.dcm").write_bytes(b"MR\nother bytes")
+    written: list[Item] = []
+    counts = scan(root, site.store, site.predictor, on_commit=written.extend).run()
+    assert counts.out_of_scope == {"Modality MR is not screened": 1} and counts.failed.total() == 0
+    assert [i.outcome for i in written] == [Outcome.OUT_OF_SCOPE]
+    assert [s.outcome for s in site.store.scanned.values()] == ["out_of_scope"]  # not read again

@@ -59,7 +59,7 @@ def render_table(report: Report) -> str:
         lines += [
             "",
             f"Files handled   {t['files']:>8}   screened {t['screened']}, duplicates {t['duplicates']}, "
-            f"failed {t['failed']}",
+            f"out of scope {t.get('out_of_scope', 0)}, failed {t['failed']}",
             f"New results     {t['results']:>8}   positive {t['positives']} ({rate})",
         ]
         if t["first_file_at"] is not None:

@@ -17,7 +17,7 @@ from sqlalchemy import ColumnElement, Double, Engine, String, case, column, func
 
 from worker.db.engine import reader
 from worker.db.errors import database_errors
-from worker.db.schema import OUTCOMES, UTCDateTime, audit_events, results
+from worker.db.schema import UTCDateTime, audit_events, results
 
 HOURS_SHOWN = 3
 WORKER_COLUMNS = (
@@ -31,6 +31,7 @@ WORKER_COLUMNS = (
     "last_at",
     "files_per_s",
 )
+WORKER_OUTCOMES = ("screened", "duplicate", "failed")  # as the report_workers view (0003) counts them
 _SINCE = re.compile(r"(\d+)\s*([mhdw])")
 _UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
@@ -107,12 +108,15 @@ def summary(engine: Engine, since: datetime | None, *, now: datetime | None = No
             .group_by(r.label)
             .order_by(func.count().desc(), r.label)
         ).all()
-        failures = conn.execute(
-            select(a.reason, func.count(), func.max(a.at))
-            .where(in_window_a, a.outcome == "failed")
-            .group_by(a.reason)
-            .order_by(func.count().desc(), a.reason)
-        ).all()
+        failures, refusals = (
+            conn.execute(
+                select(a.reason, func.count(), func.max(a.at))
+                .where(in_window_a, a.outcome == outcome)
+                .group_by(a.reason)
+                .order_by(func.count().desc(), a.reason)
+            ).all()
+            for outcome in ("failed", "out_of_scope")
+        )
         hour = hour_bucket(a.at, engine.dialect.name)
         hours = conn.execute(
             select(hour, func.count(), func.avg(case((a.outcome == "screened", r.inference_ms))))
@@ -138,7 +142,7 @@ def summary(engine: Engine, since: datetime | None, *, now: datetime | None = No
                 a.worker_host,
                 a.worker_id,
                 func.count(),
-                *(func.sum(case((a.outcome == outcome, 1), else_=0)) for outcome in OUTCOMES),
+                *(func.sum(case((a.outcome == outcome, 1), else_=0)) for outcome in WORKER_OUTCOMES),
                 func.min(a.at),
                 func.max(a.at),
             )
@@ -154,6 +158,7 @@ def summary(engine: Engine, since: datetime | None, *, now: datetime | None = No
         screened=outcomes.get("screened", 0),
         duplicates=outcomes.get("duplicate", 0),
         failed=outcomes.get("failed", 0),
+        out_of_scope=outcomes.get("out_of_scope", 0),
         results=n_results,
         positives=n_positive or 0,
         positive_rate=round((n_positive or 0) / n_results, 4) if n_results else None,
@@ -171,6 +176,14 @@ def summary(engine: Engine, since: datetime | None, *, now: datetime | None = No
     report.sections.append(
         Section(
             "failures", "Failures by reason", ("reason", "files", "last_at"), [tuple(row) for row in failures]
+        )
+    )
+    report.sections.append(
+        Section(
+            "out_of_scope",
+            "Out of scope (refused by the gate) by reason",
+            ("reason", "files", "last_at"),
+            [tuple(row) for row in refusals],
         )
     )
     timed = sorted((row for row in hours if row[2] is not None), key=lambda row: (row[2], row[0]))

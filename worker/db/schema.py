@@ -116,6 +116,10 @@ class Result(Base):
     # Stored only when [database] store_patient_ids = true.
     accession_number: Mapped[str | None]
     patient_id: Mapped[str | None]
+    # The image gate's score of this image (worker/model/gate.py); NULL: the model has none.
+    gate_score: Mapped[float | None] = mapped_column(Double())
+    # The site profile (operating point chosen on a site's films) the label was given under.
+    site_profile: Mapped[str | None] = mapped_column(String(200))
 
     __table_args__ = (
         UniqueConstraint("content_sha256", "model_sha256"),
@@ -154,8 +158,10 @@ class AuditEvent(Base):
 
     __table_args__ = (
         UniqueConstraint("event_id"),
-        CheckConstraint("outcome IN ('screened', 'duplicate', 'failed')", name="outcome"),
-        CheckConstraint("outcome <> 'failed' OR reason IS NOT NULL", name="failed_has_reason"),
+        CheckConstraint("outcome IN ('screened', 'duplicate', 'failed', 'out_of_scope')", name="outcome"),
+        CheckConstraint(
+            "outcome NOT IN ('failed', 'out_of_scope') OR reason IS NOT NULL", name="failed_has_reason"
+        ),
         CheckConstraint("outcome = 'failed' OR content_sha256 IS NOT NULL", name="screened_has_sha256"),
         Index(None, "at"),
         Index(None, "outcome", "at"),
@@ -188,7 +194,9 @@ class ScannedFile(Base):
     # Empty for a valid UTF-8 name. Part of the key: two names may read the same as text.
     path_hex: Mapped[str] = mapped_column(Text, primary_key=True, server_default="")
 
-    __table_args__ = (CheckConstraint("outcome IN ('screened', 'duplicate', 'failed')", name="outcome"),)
+    __table_args__ = (
+        CheckConstraint("outcome IN ('screened', 'duplicate', 'failed', 'out_of_scope')", name="outcome"),
+    )
 
 
 results = Result.__table__

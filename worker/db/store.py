@@ -63,6 +63,8 @@ class ResultRecord:
     modality: str | None = None
     accession_number: str | None = None  # stored only with store_patient_ids
     patient_id: str | None = None  # stored only with store_patient_ids
+    gate_score: float | None = None  # the image gate's score (None: the model has no image gate)
+    site_profile: str | None = None  # the site profile the label was given under
 
     @property
     def positive(self) -> bool:

@@ -215,4 +215,6 @@ def facts(ds: Dataset) -> DicomFacts:
         photometric=text("PhotometricInterpretation"),
         accession_number=text("AccessionNumber"),
         patient_id=text("PatientID"),
+        body_part=text("BodyPartExamined"),
+        view_position=text("ViewPosition"),
     )

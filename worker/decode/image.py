@@ -37,6 +37,8 @@ class DicomFacts:
     photometric: str | None
     accession_number: str | None = None
     patient_id: str | None = None
+    body_part: str | None = None  # BodyPartExamined, e.g. CHEST (the gate reads it)
+    view_position: str | None = None  # ViewPosition, e.g. PA, AP, LL
 
 
 @dataclass(frozen=True)

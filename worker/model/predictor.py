@@ -25,6 +25,7 @@ from worker.config import InferenceSettings
 from worker.decode import DEFAULT_LIMITS, DecodedImage, Limits
 from worker.errors import ConfigError, DecodeError, XrayScreenError
 from worker.model.fusion import fold_batchnorm
+from worker.model.gate import PENULTIMATE, FeatureTap, split_head
 from worker.model.learner import LoadedModel
 from worker.runtime.boundary import contain
 
@@ -40,6 +41,21 @@ class Prediction:
     decoded: DecodedImage = field(repr=False)
     decode_ms: float
     infer_ms: float  # the batch's model time divided by its size
+    gate_score: float | None = None  # the image gate's score (None: the model has no image gate)
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """The gate's answer: a file the model may not judge (``worker/pipeline/gate.py``)."""
+
+    path: Path
+    out_of_scope: str  # why
+    decoded: DecodedImage = field(repr=False)
+    gate_score: float | None = None
+
+    @property
+    def reason(self) -> str:
+        return self.out_of_scope
 
 
 @dataclass(frozen=True)
@@ -52,7 +68,7 @@ class Failure:
         return str(self.error)
 
 
-Answer = Prediction | Failure  # what the predictor says of one file
+Answer = Prediction | Failure | Refusal  # what the predictor says of one file
 
 
 def resolve_device(requested: str) -> torch.device:
@@ -76,9 +92,12 @@ class Predictor:
         model: LoadedModel,
         settings: InferenceSettings | None = None,
         limits: Limits = DEFAULT_LIMITS,
+        gate: Any = None,
+        feature_layers: tuple[str, ...] = (),
     ):
         settings = settings or InferenceSettings()
         self.model = model
+        self.gate = gate  # ``worker.pipeline.gate.Gate`` (before, image_scores, after), or None
         self.limits = limits
         self.batch_size = settings.batch_size
         self.device = resolve_device(settings.device)
@@ -93,6 +112,11 @@ class Predictor:
         net, folded = fold_batchnorm(model.learner.model)
         log.debug("folded %d BatchNorm layers into the convolutions before them", folded)
         self.net = net.to(self.device, memory_format=torch.channels_last)
+        # The penultimate features come with every batch for free, and the image gate's other
+        # layers are caught on the way (worker/model/gate.py).
+        self._split = split_head(self.net)
+        image = getattr(gate, "image", None)
+        self._tap = FeatureTap(self.net, feature_layers or (image.layer_names if image else ()))
         cuda = self.device.type == "cuda"
         if cuda:
             _move_parameters(model.batch_pipeline, self.device)
@@ -141,30 +165,55 @@ class Predictor:
         return prepare(self.model, path, self.limits)
 
     def _run(self, batch: list[tuple[Path, Any]]) -> Iterator[Answer]:
-        good = [(path, value) for path, value in batch if not isinstance(value, XrayScreenError)]
-        probs = np.empty((0, len(self.model.vocab)))
-        infer_ms = 0.0
-        if good:
-            start = time.perf_counter()
-            probs = self.infer([value[0] for _, value in good])
-            infer_ms = (time.perf_counter() - start) * 1000 / len(good)
-        rows = iter(probs)
+        """One batch: decoder failures, files the gate refuses before inference, and the rest
+        through the model (whose features the gate scores)."""
+        answers: list[Answer | None] = []
+        good: list[tuple[int, Path, Any]] = []
         for path, value in batch:
             if isinstance(value, XrayScreenError):
-                yield Failure(path, value)
+                answers.append(Failure(path, value))
                 continue
-            _, decoded, decode_ms = value
-            yield self._prediction(path, next(rows), decoded, decode_ms, infer_ms)
+            refused = self.gate.before(value[1]) if self.gate is not None else None
+            answers.append(Refusal(path, refused, value[1]) if refused else None)
+            if not refused:
+                good.append((len(answers) - 1, path, value))
+        if good:
+            start = time.perf_counter()
+            probs, features, _ = self.infer_features([value[0] for _, _, value in good])
+            scores = self.gate.image_scores(features) if self.gate is not None else None
+            infer_ms = (time.perf_counter() - start) * 1000 / len(good)
+            for n, (i, path, (_, decoded, decode_ms)) in enumerate(good):
+                score = float(scores[n]) if scores is not None else None
+                refused = self.gate.after(score) if self.gate is not None else None
+                answers[i] = (
+                    Refusal(path, refused, decoded, score)
+                    if refused
+                    else self._prediction(path, probs[n], decoded, decode_ms, infer_ms, score)
+                )
+        yield from answers  # type: ignore[misc]
 
     def infer(self, items: list[Any]) -> np.ndarray:
         """Item tensors (uint8, C x H x W, all one size) -> class probabilities (N x classes)."""
+        return self.infer_features(items)[0]
+
+    def infer_features(self, items: list[Any]) -> tuple[np.ndarray, dict[str, np.ndarray] | None, np.ndarray]:
+        """Item tensors -> (class probabilities, features by layer or None, logits), in one
+        pass through the model."""
         x = items[0].__class__(torch.stack(items))  # keep fastai's tensor type for dispatch
         if self.device.type == "cuda":
             x = x.pin_memory().to(self.device, non_blocking=True)
+        features = None
         with torch.inference_mode(), self._autocast():
             x = self.model.batch_pipeline(x).contiguous(memory_format=torch.channels_last)
-            out = self.activation(self.net(x).float())
-        return out.cpu().numpy().astype(np.float64)
+            if self._split is not None:
+                trunk, classifier = self._split
+                feats = trunk(x)
+                logits = classifier(feats).float()
+                features = {PENULTIMATE: feats.float().cpu().numpy(), **self._tap.take()}
+            else:
+                logits = self.net(x).float()
+            out = self.activation(logits)
+        return out.cpu().numpy().astype(np.float64), features, logits.cpu().numpy()
 
     def classify(self, probs: np.ndarray) -> tuple[str, dict[str, float], float]:
         """One image's class probabilities -> its label (by the model's stored threshold, else
@@ -178,7 +227,13 @@ class Predictor:
         return vocab[index], {name: float(p) for name, p in zip(vocab, probs, strict=True)}, positive
 
     def _prediction(
-        self, path: Path, probs: np.ndarray, decoded: DecodedImage, decode_ms: float, infer_ms: float
+        self,
+        path: Path,
+        probs: np.ndarray,
+        decoded: DecodedImage,
+        decode_ms: float,
+        infer_ms: float,
+        gate_score: float | None = None,
     ) -> Prediction:
         label, probabilities, positive = self.classify(probs)
         return Prediction(
@@ -189,6 +244,7 @@ class Predictor:
             decoded=decoded,
             decode_ms=decode_ms,
             infer_ms=infer_ms,
+            gate_score=gate_score,
         )
 
 

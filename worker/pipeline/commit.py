@@ -38,7 +38,7 @@ NO_RETRY = RetryPolicy(attempts=1)  # the caller's loop waits and retries (the d
 
 def log_batch(items: Sequence[Item], started: float, *, rate: bool = True) -> None:
     """The one line per batch, once its files are done (committed, and filed where they move):
-    ``batch: 64 files (60 screened, 2 duplicates, 2 failed) in 0.41 s, 156.1 images/s``.
+    ``batch: 64 files (59 screened, 2 duplicates, 1 out of scope, 2 failed) in 0.41 s, 156.1 images/s``.
     ``started``: when the batch began (``time.perf_counter()``); without ``rate`` (a scan,
     whose batches overlap the model) only the time since then is given."""
     seconds = time.perf_counter() - started
@@ -46,9 +46,10 @@ def log_batch(items: Sequence[Item], started: float, *, rate: bool = True) -> No
         len(items),
         sum(i.outcome is Outcome.SCREENED for i in items),
         sum(i.outcome is Outcome.DUPLICATE for i in items),
+        sum(i.outcome is Outcome.OUT_OF_SCOPE for i in items),
         sum(i.outcome is Outcome.FAILED for i in items),
     )
-    line = "batch: %d files (%d screened, %d duplicates, %d failed) in %.2f s"
+    line = "batch: %d files (%d screened, %d duplicates, %d out of scope, %d failed) in %.2f s"
     if rate:
         log.info(line + ", %.1f images/s", *counts, seconds, len(items) / seconds if seconds > 0 else 0.0)
     else:

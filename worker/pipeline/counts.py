@@ -18,16 +18,20 @@ class Counts:
     skipped: int = 0  # a scan's: unchanged since a scan by the same model, not read at all
     positives: int = 0  # screened or duplicate files whose label is the positive class
     failed: Counter[str] = field(default_factory=Counter)  # by reason
+    out_of_scope: Counter[str] = field(default_factory=Counter)  # refused by the gate, by reason
     unreadable_folders: int = 0  # a scan's walk
 
     @property
     def handled(self) -> int:
-        """Files read: screened, duplicates and failures (each has an audit row)."""
-        return self.screened + self.duplicates + self.failed.total()
+        """Files read: screened, duplicates, out of scope and failures (each has an audit row)."""
+        return self.screened + self.duplicates + self.failed.total() + self.out_of_scope.total()
 
     def add(self, outcome: Outcome, *, positive: bool = False, reason: str | None = None) -> None:
         if outcome is Outcome.FAILED:
             self.failed[reason or "unknown"] += 1
+            return
+        if outcome is Outcome.OUT_OF_SCOPE:
+            self.out_of_scope[reason or "unknown"] += 1
             return
         if outcome is Outcome.SCREENED:
             self.screened += 1

@@ -75,10 +75,15 @@ class Item:
         self.finished_at = now()
 
     def decide(self, answer: Any, positive_class: str) -> None:
-        """The model's ``Prediction``, or the decoder's ``Failure`` (transient: retry)."""
+        """The model's ``Prediction``, the gate's ``Refusal`` (out of scope) or the decoder's
+        ``Failure`` (transient: retry)."""
         error = getattr(answer, "error", None)
         if error is not None:
             self.fail(answer.reason, retry=isinstance(error, TransientError))
+            return
+        refused = getattr(answer, "out_of_scope", None)
+        if refused is not None:
+            self.refuse(refused)
             return
         self.outcome, self.label, self.prediction = Outcome.SCREENED, answer.label, answer
         self.positive = answer.label == positive_class
@@ -86,10 +91,18 @@ class Item:
         self.probabilities = answer.probabilities
         self.finished_at = now()
 
+    def refuse(self, reason: str) -> None:
+        """The gate says the model may not judge this file."""
+        self.fail(reason)
+        self.outcome = Outcome.OUT_OF_SCOPE
+
     def copy_verdict(self, first: Item) -> None:
         """Same content as ``first``, decided in this run: its verdict, without the model."""
         if first.outcome is Outcome.FAILED:
             self.fail(first.reason or "", retry=first.retry)
+            return
+        if first.outcome is Outcome.OUT_OF_SCOPE:
+            self.refuse(first.reason or "")
             return
         self.outcome = Outcome.DUPLICATE
         self.label, self.positive = first.label, first.positive

@@ -48,4 +48,6 @@ def result_record(
         modality=facts.modality if facts else None,
         accession_number=facts.accession_number if facts else None,
         patient_id=facts.patient_id if facts else None,
+        gate_score=getattr(prediction, "gate_score", None),
+        site_profile=(model.metadata.get("site_profile") or {}).get("name"),
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import TextIO
 
@@ -24,6 +25,7 @@ def status_line(counts: Counts, seconds: float, limit: int | None = None) -> str
         f"{counts.handled + counts.skipped} files: {counts.screened} screened",
         f"{counts.duplicates} duplicates",
         f"{counts.skipped} skipped",
+        *([f"{counts.out_of_scope.total()} out of scope"] if counts.out_of_scope else []),
         f"{counts.failed.total()} failed",
     ]
     line = ", ".join(parts) + f" | {rate(counts, seconds):.1f} images/s"
@@ -40,11 +42,21 @@ def summary_lines(counts: Counts, seconds: float, how: str = "done") -> list[str
         f"  {counts.screened} screened, {counts.positives} positive",
         f"  {counts.duplicates} duplicates (content already screened by this model)",
         f"  {counts.skipped} skipped (unchanged since the last scan)",
+        f"  {counts.out_of_scope.total()} out of scope (the gate: not for this model to judge)",
+        *_by_reason(counts.out_of_scope),
         f"  {counts.failed.total()} failed",
+        *_by_reason(counts.failed),
     ]
-    lines += [f"    {n} {reason}" for reason, n in sorted(counts.failed.items(), key=lambda i: (-i[1], i[0]))]
     if counts.unreadable_folders:
         lines.append(f"  {counts.unreadable_folders} folders could not be read (see the warnings)")
+    return lines
+
+
+def _by_reason(counter: Counter[str], most: int = 10) -> list[str]:
+    ranked = sorted(counter.items(), key=lambda i: (-i[1], i[0]))
+    lines = [f"    {n} {reason}" for reason, n in ranked[:most]]
+    if len(ranked) > most:
+        lines.append(f"    ... and {sum(n for _, n in ranked[most:])} more")
     return lines
 
 

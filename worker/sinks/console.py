@@ -39,6 +39,15 @@ class Console:
             else:
                 self._line(self.err, f"{for_log(str(answer.path))}  ERROR  {answer.reason}")
             return
+        refused = getattr(answer, "out_of_scope", None)
+        if refused is not None:
+            self.counts["OUT_OF_SCOPE"] += 1
+            if self.as_json:
+                record = {**as_fields("path", str(answer.path)), "outcome": "out_of_scope", "reason": refused}
+                self._line(self.out, json.dumps(record))
+            else:
+                self._line(self.out, f"{for_log(str(answer.path))}  OUT_OF_SCOPE  {refused}")
+            return
         self.counts[answer.label] += 1
         if self.as_json:
             self._line(self.out, json.dumps(self._record(answer)))
@@ -62,6 +71,7 @@ class Console:
         decoded, model = answer.decoded, self.predictor.model
         record: dict[str, Any] = {
             **as_fields("path", str(answer.path)),
+            "outcome": "screened",
             "label": answer.label,
             "probabilities": answer.probabilities,
             "positive_class": model.positive_class,
@@ -72,6 +82,8 @@ class Console:
             "model_sha256": model.sha256,
             "preprocessing": model.preprocessing.version,
         }
+        if answer.gate_score is not None:
+            record["gate_score"] = answer.gate_score
         if decoded.dicom is not None:
             record["sop_instance_uid"] = decoded.dicom.sop_instance_uid
             record["modality"] = decoded.dicom.modality

@@ -1,6 +1,7 @@
 """The inbox's sink: each committed file moves to the destination its audit row names.
 
-``Folders`` decides the destination (``processed/<label>/<date>/`` or ``failed/<date>/``,
+``Folders`` decides the destination (``processed/<label>/<date>/``, ``failed/<date>/``, or
+for files the gate refused ``processed/OUT_OF_SCOPE/<date>/``,
 from ``[inbox] layout``) before the commit, so that the audit row holds it. ``Filer.file``
 moves the file there afterwards, never over another file (``move_no_clobber``), and writes a
 failed file's ``.error.json``. Should something unexpected stop that move, the file goes
@@ -30,6 +31,7 @@ class Folders:
     processed: Path
     failed: Path
     layout: str = "{label}/{date}"
+    out_of_scope: str = "OUT_OF_SCOPE"  # the "label" under processed/ of files the gate refused
 
     def processed_folder(self, label: str, when: datetime) -> Path:
         parts = self.layout.format(
@@ -49,6 +51,8 @@ class Folders:
         when = item.finished_at or datetime.now(UTC)
         if item.outcome is Outcome.FAILED:
             folder = self.failed_folder(when)
+        elif item.outcome is Outcome.OUT_OF_SCOPE:
+            folder = self.processed_folder(self.out_of_scope, when)
         else:
             folder = self.processed_folder(item.label or "UNKNOWN", when)
         return str(folder / file_name)

@@ -37,7 +37,7 @@ from worker.errors import ClusterError
 from worker.model.predictor import Prediction
 from worker.pipeline.counts import Counts
 from worker.pipeline.item import Item
-from worker.scan.ray.stages import FAILED, READY, Prepare, Screen, StageSpec, decoded_from_facts
+from worker.scan.ray.stages import FAILED, READY, REFUSED, Prepare, Screen, StageSpec, decoded_from_facts
 from worker.scan.run import ScanRun, scan_item
 from worker.sources.walk import FoundFile
 
@@ -246,6 +246,8 @@ class _Row:
         self.item.size = int(batch["file_size"][i]) if batch["file_size"][i] >= 0 else None
         if self.status == FAILED:
             self.item.fail(str(batch["reason"][i]), retry=bool(batch["retry"][i]))
+        elif self.status == REFUSED:
+            self.item.refuse(str(batch["reason"][i]))
 
     def prediction(self) -> Prediction:
         import json
@@ -259,6 +261,7 @@ class _Row:
             decoded=decoded_from_facts(str(b["facts"][i])),
             decode_ms=float(b["decode_ms"][i]),
             infer_ms=float(b["infer_ms"][i]),
+            gate_score=None if np.isnan(b["gate_score"][i]) else float(b["gate_score"][i]),
         )
 
 

@@ -19,13 +19,13 @@ import logging
 import os
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from worker.config import InferenceSettings
+from worker.config import GateSettings, InferenceSettings
 from worker.decode import DecodedImage, Limits
 from worker.errors import TransientError, XrayScreenError
 from worker.pipeline.hashing import sha256_file
@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
 
 Batch = dict[str, np.ndarray]
-READY, KNOWN, FAILED = "ready", "known", "failed"  # a row's status after Prepare
+READY, KNOWN, FAILED, REFUSED = "ready", "known", "failed", "refused"  # a row's status
 
 
 @dataclass(frozen=True)
@@ -50,11 +50,18 @@ class StageSpec:
     inference: InferenceSettings
     limits: Limits
     database_url: str  # Prepare asks it which contents are already screened
+    gate: GateSettings = field(default_factory=GateSettings)  # what the model may judge
 
     def load_model(self) -> Any:
         from worker.model.learner import load_model
 
         return load_model(Path(self.model_path), sha256=self.model_sha256, positive_class=self.positive_class)
+
+    def open_gate(self, model: Any) -> Any:
+        from worker.model.gate import ImageGate
+        from worker.pipeline.gate import Gate
+
+        return Gate.from_settings(self.gate, ImageGate.from_metadata(model.metadata.get("gate")))
 
 
 class Prepare:
@@ -64,6 +71,7 @@ class Prepare:
         from worker.db.store import Store
 
         self.model = spec.load_model()
+        self.gate = spec.open_gate(self.model)
         self.limits = spec.limits
         self.store = Store(spec.database_url)
         self.item_shape = tuple(self.model.blank_item().shape)
@@ -97,6 +105,10 @@ class Prepare:
                 )
             except XrayScreenError as exc:
                 status[i], reason[i], retry[i] = FAILED, str(exc), isinstance(exc, TransientError)
+                continue
+            refused = self.gate.before(decoded) if self.gate is not None else None
+            if refused:  # before inference: the model never sees it
+                status[i], reason[i] = REFUSED, refused
                 continue
             items[i] = np.asarray(item)
             facts[i] = json.dumps(_facts(decoded))
@@ -136,7 +148,7 @@ class Screen:
 
         model = spec.load_model()
         self.tensor_type = type(model.blank_item())
-        self.predictor = Predictor(model, spec.inference, spec.limits)
+        self.predictor = Predictor(model, spec.inference, spec.limits, gate=spec.open_gate(model))
         self.predictor.warm_up()
         self.device = self.predictor.device_name
 
@@ -149,18 +161,31 @@ class Screen:
         label = np.full(n, "", dtype=object)
         probabilities = np.full(n, "", dtype=object)
         positive = np.full(n, np.nan)
+        gate_score = np.full(n, np.nan)
         infer_ms = np.zeros(n)
-        ready = np.flatnonzero(batch["status"] == READY)
+        status, reason = batch["status"].astype(object), batch["reason"].astype(object)
+        ready = np.flatnonzero(status == READY)
+        gate = self.predictor.gate
         if len(ready):
             start = time.perf_counter()
             tensors = [self.tensor_type(torch.from_numpy(items[i].copy())) for i in ready]
-            probs = self.predictor.infer(tensors)
+            probs, features, _ = self.predictor.infer_features(tensors)
+            scores = gate.image_scores(features) if gate is not None else None
             infer_ms[ready] = (time.perf_counter() - start) * 1000 / len(ready)
-            for i, row in zip(ready, probs, strict=True):
+            for n_, (i, row) in enumerate(zip(ready, probs, strict=True)):
+                if scores is not None:
+                    gate_score[i] = scores[n_]
+                    refused = gate.after(float(scores[n_]))
+                    if refused:
+                        status[i], reason[i] = REFUSED, refused
+                        continue
                 label[i], by_class, positive[i] = self.predictor.classify(row)
                 probabilities[i] = json.dumps(by_class)
         return {
             **batch,
+            "status": status.astype(str),
+            "reason": reason.astype(str),
+            "gate_score": gate_score,
             "finished_at": np.full(n, time.time()),
             "label": label.astype(str),
             "probabilities": probabilities.astype(str),

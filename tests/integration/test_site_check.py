@@ -1,0 +1,124 @@
+"""`xray-train site-check` with the shipped model on the two real site samples."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from training.cli import cli as train_cli
+from worker.model.learner import file_sha256, load_model
+
+SHIPPED = Path(__file__).resolve().parents[2] / "models" / "pneumonia-resnet18" / "export.pkl"
+
+
+def sample(data_dir: Path, name: str) -> Path:
+    path = data_dir / name
+    if not path.is_dir():
+        pytest.fail(f"real test data missing: {path} (see ../shared/data/README.md)")
+    return path
+
+
+@pytest.fixture
+def model_copy(tmp_path: Path) -> Path:
+    """The shipped model, copied: the tests never rewrite the shipped file."""
+    path = tmp_path / "model" / "export.pkl"
+    path.parent.mkdir()
+    shutil.copy(SHIPPED, path)
+    return path
+
+
+def test_site_sample_is_fit_and_store_writes_the_site_profile(
+    model_copy: Path, data_dir: Path, tmp_path: Path
+):
+    site = sample(data_dir, "site_sample")
+    shipped_sha, before = file_sha256(SHIPPED), file_sha256(model_copy)
+    out = tmp_path / "check"
+    args = ["site-check", str(model_copy), str(site), "--out", str(out), "--store", "--name", "kermany-test"]
+    result = CliRunner().invoke(train_cli, args)
+    assert result.exit_code == 0, result.output
+
+    report = json.loads((out / "site_check.json").read_text())
+    assert (report["n"], report["positives"], report["negatives"], report["patients"]) == (292, 175, 117, 205)
+    assert report["bootstrap"] == {
+        "resamples": 2000,
+        "seed": 0,
+        "level": 0.95,
+        "skipped": 0,
+        "unit": "patient",
+        "patients_from": "file names",
+        "interval": "percentile",
+    }
+    assert report["model_sha256"] == before and report["site"] == "kermany-test"
+    lo, hi = report["auc_ci"]
+    assert 0.9 <= lo < report["auc"] < hi <= 1
+    stored = report["at_stored_threshold"]
+    assert stored["threshold"] == pytest.approx(load_model(SHIPPED, trust=True).metadata["threshold"])
+    for point in (stored, report["at_target_sensitivity"]):
+        for rate in ("sensitivity", "specificity"):
+            r = point[rate]
+            assert r["ci"][0] <= r["value"] <= r["ci"][1] and len(r["ci_bootstrap"]) == 2
+    at = report["at_target_sensitivity"]
+    assert at["target_sensitivity"] == 0.95 and at["sensitivity"]["value"] >= 0.95
+    assert at["threshold_ci"][0] <= at["threshold"] <= at["threshold_ci"][1]
+    assert 0 <= report["calibration"]["ece"] <= 1 and len(report["calibration"]["bins"]) == 10
+    gate = report["gate"]  # the shipped model's image gate: its own population mostly passes
+    assert gate["status"] == "fitted" and gate["screened"] + gate["refusals"] == report["n"]
+    assert gate["refusal_rate"] <= 0.02 and gate["auc_of_screened"] >= 0.9
+    assert report["verdict"]["fit"] is True and report["failed"] == []
+    assert (out / "reliability.png").stat().st_size > 0
+
+    assert f"gate: refused {gate['refusals']} of {report['n']} films" in result.output
+    assert re.search(
+        r"^fit for this site at threshold 0\.\d{4} \(sensitivity 0\.\d{3} \[0\.\d{3}-[01]\.\d{3}\], "
+        r"specificity 0\.\d{3} \[0\.\d{3}-[01]\.\d{3}\]\)$",
+        result.output,
+        re.MULTILINE,
+    )
+    assert report["verdict"]["line"] in result.output
+
+    after = file_sha256(model_copy)
+    assert after != before and f"new SHA-256 {after}" in result.output and "[model] sha256" in result.output
+    metadata = load_model(model_copy, sha256=after).metadata
+    profile = metadata["site_profile"]
+    assert metadata["threshold"] == profile["threshold"] == pytest.approx(at["threshold"])
+    assert profile == {
+        "name": "kermany-test",
+        "threshold": at["threshold"],
+        "target_sensitivity": 0.95,
+        "sensitivity": at["sensitivity"]["value"],
+        "specificity": at["specificity"]["value"],
+        "auc": report["auc"],
+        "auc_ci": report["auc_ci"],
+        "n": 292,
+        "patients": 205,
+        "checked_on": report["checked_on"],
+        "sample": str(site),
+    }
+    assert metadata["name"] == "pneumonia-resnet18"  # the rest of the metadata is kept
+    assert file_sha256(SHIPPED) == shipped_sha
+
+
+def test_nih_sample_is_not_fit_and_store_refuses(model_copy: Path, data_dir: Path, tmp_path: Path):
+    site = sample(data_dir, "nih_site_sample")
+    before = file_sha256(model_copy)
+    out = tmp_path / "check"
+    result = CliRunner().invoke(
+        train_cli, ["site-check", str(model_copy), str(site), "--out", str(out), "--store"]
+    )
+    assert result.exit_code == 1
+    assert "not storing a site profile: the model is not fit for this site" in result.output
+    assert file_sha256(model_copy) == before
+
+    report = json.loads((out / "site_check.json").read_text())
+    assert report["labels"] == str(site / "labels.csv")  # found in SITE_DIR
+    assert (report["n"], report["positives"], report["patients"]) == (480, 241, 341)
+    assert report["bootstrap"]["unit"] == "patient"
+    assert report["bootstrap"]["patients_from"] == "labels.csv patient_id"
+    assert report["auc_ci"][1] < 0.7 and report["verdict"]["fit"] is False
+    lo, hi = report["auc_ci"]
+    assert f"not fit: AUC interval [{lo:.3f}-{hi:.3f}] is below 0.90" in result.output
