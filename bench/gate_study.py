@@ -139,8 +139,9 @@ def cost(model_path: Path, rounds: int = 15) -> None:
     fw, taps, sc = (float(np.median(x)) for x in (forward, with_taps, score))
     print(
         f"forward pass {fw * 1000 / 64:.2f} ms/image; with the gate's feature taps "
-        f"{taps * 1000 / 64:.2f} ms/image; the score {sc * 1000 / 64:.3f} ms/image; "
-        f"the gate costs {(taps - fw + sc) / fw:.1%} of the forward pass (median of {rounds} batches of 64)"
+        f"{taps * 1000 / 64:.2f} ms/image ({(taps - fw) / fw:+.1%}); the score "
+        f"{sc * 1000 / 64:.3f} ms/image ({sc / fw:.1%} of the forward pass); "
+        f"median of {rounds} batches of 64"
     )
 
 
