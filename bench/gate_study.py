@@ -117,7 +117,7 @@ def cost(model_path: Path, rounds: int = 15) -> None:
     from worker.model.predictor import Predictor
 
     model = load_model(model_path, trust=True)
-    gate = ImageGate.from_metadata(model.metadata.get("gate"))
+    gate = ImageGate.of(model)
     if gate is None:
         raise SystemExit(f"{model_path} has no image gate (xray-train gate)")
     files = sorted((DATA / "chest_xray_224" / "train").rglob("*.jpeg"))

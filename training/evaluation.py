@@ -43,9 +43,7 @@ def evaluate_files(
     negative = next(c for c in model.vocab if c != positive)
     wanted = {str(path): _as_positive(label, positive, negative) for path, label in files}
     predictions, failures, labels = [], [], []
-    predictor = Predictor(
-        model, settings, gate=ScoreOnly(ImageGate.from_metadata(model.metadata.get("gate")))
-    )
+    predictor = Predictor(model, settings, gate=ScoreOnly(ImageGate.of(model)))
     for outcome in predictor.predict([p for p, _ in files]):
         if isinstance(outcome, Failure):
             failures.append(outcome)

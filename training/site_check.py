@@ -306,7 +306,7 @@ def gate_refusals(model: Any, predictions: Sequence[Any]) -> list[bool] | None:
     from worker.model.gate import ImageGate
     from worker.pipeline.gate import Gate
 
-    image = ImageGate.from_metadata(model.metadata.get("gate"))
+    image = ImageGate.of(model)
     gate = Gate.from_settings(GateSettings(), image)
     if image is None or gate is None:
         return None

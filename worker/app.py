@@ -60,7 +60,7 @@ def open_gate(settings: Settings, model: Any) -> Any:
     from worker.model.gate import ImageGate
     from worker.pipeline.gate import Gate
 
-    image = ImageGate.from_metadata(model.metadata.get("gate"))
+    image = ImageGate.of(model)
     if settings.gate.enabled and settings.gate.image_check and image is None:
         log.info(
             "model %s has no image gate: only DICOM attributes are checked (xray-train gate)", model.name

@@ -92,6 +92,11 @@ class ImageGate:
         }
 
     @classmethod
+    def of(cls, model: Any) -> ImageGate | None:
+        """The image gate stored with a loaded model (``xray-train gate``), or None."""
+        return cls.from_metadata(model.metadata.get("gate"))
+
+    @classmethod
     def from_metadata(cls, meta: Mapping[str, Any] | None) -> ImageGate | None:
         if not meta or meta.get("kind") != "mahalanobis":
             return None

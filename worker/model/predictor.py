@@ -179,18 +179,25 @@ class Predictor:
                 good.append((len(answers) - 1, path, value))
         if good:
             start = time.perf_counter()
-            probs, features, _ = self.infer_features([value[0] for _, _, value in good])
-            scores = self.gate.image_scores(features) if self.gate is not None else None
+            probs, scores, refusals = self.judge([value[0] for _, _, value in good])
             infer_ms = (time.perf_counter() - start) * 1000 / len(good)
             for n, (i, path, (_, decoded, decode_ms)) in enumerate(good):
-                score = float(scores[n]) if scores is not None else None
-                refused = self.gate.after(score) if self.gate is not None else None
+                score, refused = scores[n], refusals[n]
                 answers[i] = (
                     Refusal(path, refused, decoded, score)
                     if refused
                     else self._prediction(path, probs[n], decoded, decode_ms, infer_ms, score)
                 )
         yield from answers  # type: ignore[misc]
+
+    def judge(self, items: list[Any]) -> tuple[np.ndarray, list[float | None], list[str | None]]:
+        """Item tensors -> class probabilities, and for each image the gate's score and why it
+        is refused (None: it is not): the model and the image gate in one pass."""
+        probs, features, _ = self.infer_features(items)
+        found = self.gate.image_scores(features) if self.gate is not None else None
+        scores = [float(x) for x in found] if found is not None else [None] * len(items)
+        refusals = [self.gate.after(x) if self.gate is not None else None for x in scores]
+        return probs, scores, refusals
 
     def infer(self, items: list[Any]) -> np.ndarray:
         """Item tensors (uint8, C x H x W, all one size) -> class probabilities (N x classes)."""

@@ -61,7 +61,7 @@ class StageSpec:
         from worker.model.gate import ImageGate
         from worker.pipeline.gate import Gate
 
-        return Gate.from_settings(self.gate, ImageGate.from_metadata(model.metadata.get("gate")))
+        return Gate.from_settings(self.gate, ImageGate.of(model))
 
 
 class Prepare:
@@ -165,20 +165,17 @@ class Screen:
         infer_ms = np.zeros(n)
         status, reason = batch["status"].astype(object), batch["reason"].astype(object)
         ready = np.flatnonzero(status == READY)
-        gate = self.predictor.gate
         if len(ready):
             start = time.perf_counter()
             tensors = [self.tensor_type(torch.from_numpy(items[i].copy())) for i in ready]
-            probs, features, _ = self.predictor.infer_features(tensors)
-            scores = gate.image_scores(features) if gate is not None else None
+            probs, scores, refusals = self.predictor.judge(tensors)
             infer_ms[ready] = (time.perf_counter() - start) * 1000 / len(ready)
-            for n_, (i, row) in enumerate(zip(ready, probs, strict=True)):
-                if scores is not None:
-                    gate_score[i] = scores[n_]
-                    refused = gate.after(float(scores[n_]))
-                    if refused:
-                        status[i], reason[i] = REFUSED, refused
-                        continue
+            for i, row, score, refused in zip(ready, probs, scores, refusals, strict=True):
+                if score is not None:
+                    gate_score[i] = score
+                if refused:
+                    status[i], reason[i] = REFUSED, refused
+                    continue
                 label[i], by_class, positive[i] = self.predictor.classify(row)
                 probabilities[i] = json.dumps(by_class)
         return {
