@@ -103,8 +103,12 @@ CANDIDATES = {
     "Mahalanobis, pooled 1024": ("1.1",),
     "Mahalanobis, layer3": ("0.6",),
     "Mahalanobis, penultimate + layer3": ("penultimate", "0.6"),
+    "Mahalanobis, layer1 3x3 grid": ("0.4:grid3",),
+    "Mahalanobis, layer2 3x3 grid": ("0.5:grid3",),
+    "Mahalanobis, layer1 + layer2 3x3 grids": ("0.4:grid3", "0.5:grid3"),
+    "Mahalanobis, penultimate + layer1 3x3 grid": ("penultimate", "0.4:grid3"),
 }
-LAYERS = ("penultimate", "1.1", "0.6")
+LAYERS = ("penultimate", "1.1", "0.6", "0.4:grid3", "0.5:grid3")
 
 
 def cost(model_path: Path, rounds: int = 15) -> None:
@@ -145,7 +149,7 @@ def cost(model_path: Path, rounds: int = 15) -> None:
     )
 
 
-def run(model_path: Path, out_json: Path | None) -> None:
+def run(model_path: Path, out_json: Path | None, refuse_share: float = 0.01) -> None:
     from training.gate import layer_features
     from training.split import PatientSplitter
     from worker.model.gate import energy, fit_gate
@@ -165,7 +169,7 @@ def run(model_path: Path, out_json: Path | None) -> None:
             {k: f_train[k] for k in layers},
             labels[train_idx],
             {k: f_valid[k] for k in layers},
-            refuse_share=0.01,
+            refuse_share=refuse_share,
         )
         for name, layers in CANDIDATES.items()
     }
@@ -176,7 +180,9 @@ def run(model_path: Path, out_json: Path | None) -> None:
         ),
     }
     limits = {name: gate.limit for name, gate in gates.items()}
-    limits.update({name: float(np.quantile(fn(lg_valid), 0.99)) for name, fn in logit_scores.items()})
+    limits.update(
+        {name: float(np.quantile(fn(lg_valid), 1 - refuse_share)) for name, fn in logit_scores.items()}
+    )
 
     with tempfile.TemporaryDirectory() as tmp:
         groups = {
@@ -188,7 +194,7 @@ def run(model_path: Path, out_json: Path | None) -> None:
             "photos, drawings, an MR slice": non_chest_images(Path(tmp) / "nonchest"),
         }
         table = {}
-        print(f"\nlimits (99th percentile of the validation split): {limits}\n")
+        print(f"\nlimits ({1 - refuse_share:.1%} quantile of the validation split): {limits}\n")
         print("| films | n | decoder refused | " + " | ".join(limits) + " |")
         print("|---|---|---|" + "---|" * len(limits))
         for name, paths in groups.items():
@@ -212,11 +218,12 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=ROOT / "models" / "pneumonia-resnet18" / "export.pkl")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--cost", action="store_true", help="Only measure the stored gate's cost.")
+    parser.add_argument("--refuse-share", type=float, default=0.01, help="Share of validation films refused.")
     args = parser.parse_args()
     if args.cost:
         cost(args.model)
     else:
-        run(args.model, args.json)
+        run(args.model, args.json, args.refuse_share)
 
 
 if __name__ == "__main__":

@@ -59,11 +59,10 @@ def write_model_card(path: Path, facts: dict[str, Any]) -> None:
         "- Weights: " + ("from a local state dict." if r.get("weights") else "trained from scratch."),
         f"- Input: the shared decoder (`worker.decode`), squished to {r['size']}x{r['size']} "
         f"(`{m['preprocessing']}`).",
-        f"- Stored decision threshold: **{m['threshold']:.4f}** on P({m['positive_class']}), chosen on the "
-        f"validation split as the highest threshold reaching sensitivity "
-        f"{m['target_sensitivity']:.2f} (best specificity at that sensitivity).",
+        *_operating_point(m, facts),
         f"- File: `export.pkl`, SHA-256 `{m.get('sha256', 'see metrics.json')}`.",
         "",
+        *_gate_and_calibration(m),
         "## Data",
         f"- Training folder: `{d['source']}` ({d['total']} images: "
         + ", ".join(f"{k} {n}" for k, n in d["counts"].items())
@@ -105,6 +104,92 @@ def write_model_card(path: Path, facts: dict[str, Any]) -> None:
         "",
     ]
     path.write_text("\n".join(lines))
+
+
+def _operating_point(m: dict[str, Any], facts: dict[str, Any]) -> list[str]:
+    trained = facts.get("thresholds", {}).get("at_target_sensitivity", m["threshold"])
+    profile = m.get("site_profile")
+    if not profile:
+        return [
+            f"- Stored decision threshold: **{m['threshold']:.4f}** on P({m['positive_class']}), "
+            f"chosen on the validation split as the highest threshold reaching sensitivity "
+            f"{m['target_sensitivity']:.2f} (best specificity at that sensitivity)."
+        ]
+    scale = f"on the {profile['calibration']}-calibrated P" if profile.get("calibration") else "on P"
+    return [
+        f"- Operating point: **{profile['threshold']:.4f}** {scale}({m['positive_class']}), the site profile "
+        f"`{profile['name']}`, chosen by `xray-train site-check --store` on {profile['checked_on']} on "
+        f"`{profile['sample']}` ({profile['n']} films, {profile['patients']} patients) as the highest "
+        f"threshold reaching sensitivity {profile['target_sensitivity']:.2f} there: sensitivity "
+        f"{profile['sensitivity']:.3f}, specificity {profile['specificity']:.3f}, "
+        f"ROC AUC {profile['auc']:.3f} [{profile['auc_ci'][0]:.3f}-{profile['auc_ci'][1]:.3f}]. "
+        "Chosen on the sample it is measured on: "
+        "these rates flatter it (site_check.json has what the same choice gave on left-out patients).",
+        f"- The threshold stored at training, {trained:.4f}, was chosen on the validation split.",
+    ]
+
+
+def _gate_and_calibration(m: dict[str, Any]) -> list[str]:
+    lines = []
+    gate = m.get("gate")
+    if gate:
+        lines += [
+            "## Gate (what the model refuses to judge)",
+            f"- Image gate: the Mahalanobis score over {', '.join(f'`{x}`' for x in gate['layers'])}, "
+            f"limit {gate['limit']:.3f}, fitted on {gate['fitted_on']}; "
+            f"it refuses {_pct(gate.get('valid_refused'))} of the validation films.",
+            "- DICOM attributes are checked before inference (`[gate]`: Modality CR/DX, BodyPartExamined",
+            "  CHEST, ViewPosition PA/AP). docs/gate.md has the refusal rates measured on other films.",
+            "",
+        ]
+    cal = m.get("calibration")
+    if cal:
+        profile = m.get("site_profile") or {}
+        ece = profile.get("ece_cross_fitted")
+        lines += [
+            "## Calibration",
+            f"- P({m['positive_class']}) is {cal['method']}-calibrated: sigmoid({cal['scale']:.4f} z "
+            f"{cal['bias']:+.4f}) of the logit margin z, fitted on {cal['fitted_on']}"
+            + (
+                f"; expected calibration error {ece:.3f} on held-out patients (5-fold cross-fit)."
+                if ece
+                else "."
+            ),
+            "- Calibration is monotone: it changes no ranking and, with the threshold on its scale,",
+            "  no label.",
+            "",
+        ]
+    return lines
+
+
+def refresh_model_card(
+    model_dir: Path, metadata: dict[str, Any], sha256: str, previous: str, **gate_facts: Any
+) -> bool:
+    """After a model file's metadata changed (gate, site profile, calibration), bring its folder's
+    metrics.json and MODEL_CARD.md up to date. False (and nothing written) when the folder has
+    no metrics.json, or one of another model (its SHA-256 is not ``previous``)."""
+    path = model_dir / "metrics.json"
+    if not path.is_file():
+        return False
+    facts = json.loads(path.read_text())
+    if facts.get("model", {}).get("sha256") != previous:
+        return False
+    model = {k: v for k, v in facts["model"].items() if k not in ("gate", "site_profile", "calibration")}
+    model.update({k: metadata[k] for k in ("threshold", "site_profile", "calibration") if metadata.get(k)})
+    gate = metadata.get("gate")
+    if gate:
+        previous = facts["model"].get("gate") or {}
+        model["gate"] = {
+            "layers": [layer["layer"] for layer in gate["layers"]],
+            "limit": gate["limit"],
+            "fitted_on": gate.get("fitted_on", ""),
+            "valid_refused": gate_facts.get("valid_refused", previous.get("valid_refused")),
+        }
+    model["sha256"] = sha256
+    facts["model"] = model
+    path.write_text(json.dumps(facts, indent=2, default=str) + "\n")
+    write_model_card(model_dir / "MODEL_CARD.md", facts)
+    return True
 
 
 def record_evaluation(model_dir: Path, name: str, summary: dict[str, Any]) -> None:

@@ -274,6 +274,13 @@ def evaluate_command(
     "--resamples", default=2000, show_default=True, type=click.IntRange(100), help="Bootstrap resamples."
 )
 @click.option("--seed", default=0, show_default=True, help="The bootstrap's seed.")
+@click.option(
+    "--calibrate",
+    type=click.Choice(["platt", "temperature", "none"]),
+    default="platt",
+    show_default=True,
+    help="Fit a calibration of P to the sample (platt: temperature and bias); --store keeps it.",
+)
 def site_check_command(
     model_path: Path,
     site_dir: Path,
@@ -285,6 +292,7 @@ def site_check_command(
     sha256: str,
     resamples: int,
     seed: int,
+    calibrate: str,
 ) -> None:
     """Is MODEL_PATH fit for a new site? Check it on the site's labelled sample SITE_DIR.
 
@@ -293,14 +301,18 @@ def site_check_command(
     from the CSV or from Kermany file names; of films when there are none), sensitivity and
     specificity at the model's stored threshold (Wilson 95%), the threshold reaching
     --target-sensitivity here, calibration (ECE, reliability.png) and the gate's refusals.
+    It fits a calibration of P to the sample (--calibrate) and reports its ECE on held-out
+    patients (reliability-calibrated.png).
 
     The rule: NOT FIT when the lower bound of the AUC interval is below 0.90. Then --store
-    refuses; else it writes the site threshold and a site profile into the model file.
+    refuses; else it writes the site threshold, the calibration and a site profile into the
+    model file; the threshold is on the calibrated scale, so it flags the same films.
 
     \b
     Example:
       xray-train site-check models/pneumonia-resnet18/export.pkl ../shared/data/site_sample
     """
+    from training.card import refresh_model_card
     from training.site_check import report_lines, run_site_check, store_site_profile
     from worker.errors import ModelError
     from worker.model.learner import file_sha256, load_model
@@ -320,6 +332,7 @@ def site_check_command(
             target_sensitivity=target_sensitivity,
             resamples=resamples,
             seed=seed,
+            calibrate=calibrate,
         )
     except (FileNotFoundError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
@@ -330,11 +343,94 @@ def site_check_command(
         if not report["verdict"]["fit"]:
             raise click.ClickException("not storing a site profile: the model is not fit for this site")
         store_site_profile(model, report)
-        threshold = report["at_target_sensitivity"]["threshold"]
+        sha = file_sha256(model_path)
+        if refresh_model_card(model_path.parent, model.learner.xray_metadata, sha, model.sha256):
+            click.echo(f"updated {model_path.parent / 'MODEL_CARD.md'} and metrics.json")
+        fitted = report["calibration"].get("fitted")
+        threshold = fitted["threshold"] if fitted else report["at_target_sensitivity"]["threshold"]
+        how = f"{fitted['method']} calibration, " if fitted else ""
         click.echo(
-            f"stored site profile {report['site']!r} (threshold {threshold:.4f}) in {model_path}; "
-            f"new SHA-256 {file_sha256(model_path)} (update [model] sha256)"
+            f"stored site profile {report['site']!r} ({how}threshold {threshold:.4f}) in {model_path}; "
+            f"new SHA-256 {sha} (update [model] sha256)"
         )
+
+
+@cli.command(name="adapt")
+@click.argument("model_path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("site_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Folder for the adapted export.pkl, metrics.json and MODEL_CARD.md.",
+)
+@click.option(
+    "--labels",
+    "labels_csv",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="CSV with columns file,label[,patient_id] (default: SITE_DIR/labels.csv if any, else folders).",
+)
+@click.option("--name", help="The site's name (default: the SITE_DIR folder name).")
+@click.option("--epochs", default=12, show_default=True, type=click.IntRange(1))
+@click.option("--lr", default=1e-3, show_default=True, help="Peak learning rate of the one-cycle schedule.")
+@click.option(
+    "--held-back",
+    default=0.3,
+    show_default=True,
+    type=click.FloatRange(0.1, 0.6),
+    help="Share of the site's patients never trained on: they set the gate, calibration and threshold.",
+)
+@click.option("--seed", default=42, show_default=True)
+@click.option(
+    "--target-sensitivity", default=0.95, show_default=True, type=click.FloatRange(0, 1, min_open=True)
+)
+@click.option("--calibrate", type=click.Choice(["platt", "temperature"]), default="platt", show_default=True)
+@click.option("--sha256", default="", help="Expected SHA-256 of the model (else it is trusted as yours).")
+def adapt_command(
+    model_path: Path,
+    site_dir: Path,
+    out_dir: Path,
+    labels_csv: Path | None,
+    name: str | None,
+    sha256: str,
+    **options: Any,
+) -> None:
+    """Fine-tune MODEL_PATH on a site's labelled films SITE_DIR; write a new, adapted model.
+
+    SITE_DIR is laid out as for site-check. Its patients are split: the adaptation part
+    trains; the held-back part sets the refitted gate's limit, the calibration and the
+    threshold, and gives the card's figures. MODEL_PATH is not changed.
+
+    \b
+    Example:
+      xray-train adapt models/pneumonia-resnet18/export.pkl ../shared/data/nih_site_sample --out runs/nih
+    """
+    from training.adapt import AdaptPlan, adapt_summary, run_adapt
+    from worker.errors import ModelError
+    from worker.model.learner import load_model
+
+    try:
+        model = load_model(model_path, sha256=sha256, trust=not sha256)
+    except ModelError as exc:
+        raise click.ClickException(str(exc)) from None
+    plan = AdaptPlan(**options)
+    try:
+        facts = run_adapt(
+            model,
+            site_dir,
+            out_dir,
+            plan,
+            labels_csv=labels_csv,
+            name=name,
+            progress=sys.stdout.isatty(),
+            echo=click.echo,
+        )
+    except (FileNotFoundError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    for line in adapt_summary(facts):
+        click.echo(line)
+    click.echo(f"wrote {out_dir / 'export.pkl'}, {out_dir / 'MODEL_CARD.md'}")
 
 
 @cli.command(name="gate")
@@ -375,6 +471,7 @@ def gate_command(
     Example:
       xray-train gate runs/mine/export.pkl ../shared/data/chest_xray_224/train
     """
+    from training.card import refresh_model_card
     from training.gate import fit_model_gate
     from worker.model.learner import file_sha256, load_model
 
@@ -391,7 +488,12 @@ def gate_command(
         f"{fit.valid_refused:.1%} of {fit.valid_files} validation films "
         f"(fitted on {fit.train_files} training films in {fit.seconds:.0f} s)"
     )
-    click.echo(f"stored in {model_path}; new SHA-256 {file_sha256(model_path)} (update [model] sha256)")
+    sha = file_sha256(model_path)
+    click.echo(f"stored in {model_path}; new SHA-256 {sha} (update [model] sha256)")
+    if refresh_model_card(
+        model_path.parent, learn.xray_metadata, sha, model.sha256, valid_refused=fit.valid_refused
+    ):
+        click.echo(f"updated {model_path.parent / 'MODEL_CARD.md'} and metrics.json")
 
 
 def main() -> None:

@@ -34,16 +34,22 @@ class Evaluation:
 
 
 def evaluate_files(
-    model: LoadedModel, files: Sequence[tuple[Path, str]], settings: InferenceSettings | None = None
+    model: LoadedModel,
+    files: Sequence[tuple[Path, str]],
+    settings: InferenceSettings | None = None,
+    *,
+    calibrate: bool = True,
 ) -> Evaluation:
-    """Predict every (file, label) pair; labels may be class names or 0/1."""
+    """Predict every (file, label) pair; labels may be class names or 0/1.
+
+    ``calibrate=False``: the model's own probabilities, without a stored site calibration."""
     if len(model.vocab) != 2:
         raise ValueError(f"evaluation supports two-class models; this one has {model.vocab}")
     positive = model.positive_class
     negative = next(c for c in model.vocab if c != positive)
     wanted = {str(path): _as_positive(label, positive, negative) for path, label in files}
     predictions, failures, labels = [], [], []
-    predictor = Predictor(model, settings, gate=ScoreOnly(ImageGate.of(model)))
+    predictor = Predictor(model, settings, gate=ScoreOnly(ImageGate.of(model)), calibrate=calibrate)
     for outcome in predictor.predict([p for p, _ in files]):
         if isinstance(outcome, Failure):
             failures.append(outcome)

@@ -294,6 +294,40 @@ def patient_groups(files: Sequence[Path], patients: Sequence[str | None]) -> tup
     return groups, "file names" if known else "files"
 
 
+# -- calibration --------------------------------------------------------------------------
+
+
+def calibration_fit(
+    margins: np.ndarray,
+    y_true: np.ndarray,
+    groups: Sequence[Any],
+    method: str,
+    target_sensitivity: float,
+    fitted_on: str,
+) -> dict[str, Any]:
+    """A calibration of the model's logit ``margins`` to this sample, and how well it does.
+
+    ``ece_in_sample`` is on the films it was fitted on; ``ece_cross_fitted`` gives each
+    patient a calibration fitted on the other patients (5 folds), which is what a new
+    patient can expect. Both methods' cross-fitted ECE are reported, the chosen one is
+    stored by ``--store``, with the target-sensitivity threshold on its scale.
+    """
+    from worker.model.calibration import METHODS, cross_fitted, fit_calibration
+
+    y = np.asarray(y_true).astype(bool)
+    chosen = fit_calibration(margins, y, method, fitted_on=fitted_on)
+    p = chosen.positive(margins)
+    crossed = {m: cross_fitted(margins, y, np.asarray(groups), m) for m in METHODS}
+    return {
+        **chosen.to_metadata(),
+        "ece_in_sample": expected_calibration_error(y, p),
+        "ece_cross_fitted": expected_calibration_error(y, crossed[method]),
+        "ece_cross_fitted_by_method": {m: expected_calibration_error(y, c) for m, c in crossed.items()},
+        "bins_cross_fitted": reliability_bins(y, crossed[method]),
+        "threshold": threshold_for_sensitivity(y, p, target_sensitivity),
+    }
+
+
 # -- the gate -----------------------------------------------------------------------------
 
 
@@ -326,11 +360,17 @@ def run_site_check(
     target_sensitivity: float = 0.95,
     resamples: int = RESAMPLES,
     seed: int = SEED,
+    calibrate: str = "platt",
 ) -> dict[str, Any]:
-    """Predict the site's sample, compute every figure, write site_check.json and reliability.png."""
+    """Predict the site's sample, compute every figure, write site_check.json and reliability.png.
+
+    The figures are of the probabilities the model reports today (with its stored calibration,
+    if any). ``calibrate`` (``platt``, ``temperature`` or ``none``) also fits a calibration of
+    the model's own output to this sample (``calibration.fitted``; ``--store`` keeps it)."""
     from training import plots
     from training.data import labelled_files
     from training.evaluation import evaluate_files
+    from worker.model.calibration import Calibration, margins_of
 
     if labels_csv is None and (site_dir / "labels.csv").is_file():
         labels_csv = site_dir / "labels.csv"
@@ -338,14 +378,17 @@ def run_site_check(
     if not listed:
         raise ValueError(f"no labelled images found in {site_dir}")
     patient_of = {str(f): pid for f, _, pid in listed}
-    ev = evaluate_files(model, [(f, label) for f, label, _ in listed])
+    ev = evaluate_files(model, [(f, label) for f, label, _ in listed], calibrate=False)
     files = [pred.path for pred in ev.predictions]
     groups, source = patient_groups(files, [patient_of[str(f)] for f in files])
     stored = model.metadata.get("threshold")
     stored_threshold = float(stored) if stored is not None else 0.5
+    margins = margins_of(ev.p_pos)  # the model's own logit margins
+    in_use = Calibration.of(model)
+    p_reported = in_use.positive(margins) if in_use is not None else ev.p_pos
     stats = site_statistics(
         ev.labels,
-        ev.p_pos,
+        p_reported,
         groups,
         stored_threshold=stored_threshold,
         target_sensitivity=target_sensitivity,
@@ -354,6 +397,16 @@ def run_site_check(
     )
     if source == "files":
         stats["patients"] = None  # not known
+    stats["calibration"]["in_use"] = in_use.to_metadata() if in_use is not None else None
+    if calibrate != "none":
+        stats["calibration"]["fitted"] = calibration_fit(
+            margins,
+            ev.labels,
+            groups,
+            calibrate,
+            target_sensitivity,
+            fitted_on=f"{name or site_dir.name}: {len(files)} films",
+        )
     fit, line = verdict(stats)
     refusals = gate_refusals(model, ev.predictions)
     refused = sum(refusals) if refusals is not None else None
@@ -403,6 +456,14 @@ def run_site_check(
         stats["calibration"]["ece"],
         f"{report['site']} ({stats['n']} films)",
     )
+    fitted = stats["calibration"].get("fitted")
+    if fitted:
+        plots.reliability_plot(
+            out_dir / "reliability-calibrated.png",
+            fitted["bins_cross_fitted"],
+            fitted["ece_cross_fitted"],
+            f"{report['site']}: {fitted['method']} calibration, cross-fitted",
+        )
     write_json(out_dir / "site_check.json", report)
     return report
 
@@ -453,6 +514,15 @@ def report_lines(report: dict[str, Any], out_dir: Path) -> list[str]:
         f"{median(left_out['sensitivity'])}, specificity {median(left_out['specificity'])}",
         f"calibration: ECE {report['calibration']['ece']:.3f} (10 bins); {out_dir / 'reliability.png'}",
     ]
+    fitted = report["calibration"].get("fitted")
+    if fitted:
+        others = ", ".join(f"{m} {e:.3f}" for m, e in fitted["ece_cross_fitted_by_method"].items())
+        lines.append(
+            f"  {fitted['method']} calibration fitted here "
+            f"(scale {fitted['scale']:.3f}, bias {fitted['bias']:+.3f}): "
+            f"ECE {fitted['ece_in_sample']:.3f} in sample, {fitted['ece_cross_fitted']:.3f} on held-out "
+            f"patients (5 folds; {others}); --store keeps it"
+        )
     gate = report["gate"]
     if gate["refusals"] is None:
         lines.append("gate: not fitted for this model")
@@ -469,11 +539,14 @@ def report_lines(report: dict[str, Any], out_dir: Path) -> list[str]:
 
 
 def store_site_profile(model: Any, report: dict[str, Any]) -> None:
-    """Write the site's operating point into the model file: metadata threshold and site_profile."""
+    """Write the site's operating point into the model file: metadata threshold and site_profile,
+    and the calibration fitted on the site (then the threshold is on the calibrated scale)."""
     at = report["at_target_sensitivity"]
+    fitted = report["calibration"].get("fitted")
+    threshold = fitted["threshold"] if fitted else at["threshold"]
     profile = {
         "name": report["site"],
-        "threshold": at["threshold"],
+        "threshold": threshold,
         "target_sensitivity": at["target_sensitivity"],
         "sensitivity": at["sensitivity"]["value"],
         "specificity": at["specificity"]["value"],
@@ -483,12 +556,20 @@ def store_site_profile(model: Any, report: dict[str, Any]) -> None:
         "patients": report["patients"],
         "checked_on": report["checked_on"],
         "sample": report["sample"],
+        "calibration": fitted["method"] if fitted else None,
+        "ece_cross_fitted": fitted["ece_cross_fitted"] if fitted else None,
     }
-    learn = model.learner
-    learn.xray_metadata = {
+    metadata = {
         **model.metadata,
-        "threshold": at["threshold"],
+        "threshold": threshold,
         "target_sensitivity": at["target_sensitivity"],
         "site_profile": _finite(profile),
     }
+    if fitted:
+        keys = ("method", "scale", "bias", "fitted_on")
+        metadata["calibration"] = {k: fitted[k] for k in keys}
+    else:
+        metadata.pop("calibration", None)  # a calibration belongs to the profile it came with
+    learn = model.learner
+    learn.xray_metadata = metadata
     learn.export(Path(model.path).resolve())

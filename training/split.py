@@ -28,6 +28,17 @@ def patient_id(path: Path | str) -> str:
     return f"file:{name}"
 
 
+def split_groups(groups: Sequence[str], valid_pct: float, seed: int) -> tuple[list[int], list[int]]:
+    """Indexes (train, valid) with every group (patient) on one side only: ``valid_pct`` of the
+    groups, drawn with ``seed``, are the validation side."""
+    patients = sorted(set(groups))
+    random.Random(seed).shuffle(patients)
+    valid = set(patients[: round(len(patients) * valid_pct)])
+    train_idx = [i for i, g in enumerate(groups) if g not in valid]
+    valid_idx = [i for i, g in enumerate(groups) if g in valid]
+    return train_idx, valid_idx
+
+
 class PatientSplitter:
     """Split items so that every patient's images land on one side only."""
 
@@ -35,9 +46,4 @@ class PatientSplitter:
         self.valid_pct, self.seed = valid_pct, seed
 
     def __call__(self, items: Sequence[Path]) -> tuple[list[int], list[int]]:
-        patients = sorted({patient_id(p) for p in items})
-        random.Random(self.seed).shuffle(patients)
-        valid = set(patients[: round(len(patients) * self.valid_pct)])
-        train_idx = [i for i, p in enumerate(items) if patient_id(p) not in valid]
-        valid_idx = [i for i, p in enumerate(items) if patient_id(p) in valid]
-        return train_idx, valid_idx
+        return split_groups([patient_id(p) for p in items], self.valid_pct, self.seed)

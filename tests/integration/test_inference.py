@@ -115,3 +115,26 @@ def test_cuda_requested_without_gpu(loaded_model):
         pytest.skip("a GPU is present")
     with pytest.raises(ConfigError, match="no CUDA GPU"):
         Predictor(loaded_model, InferenceSettings(device="cuda"))
+
+
+def test_a_stored_calibration_rescales_p_and_calibrate_false_gives_the_models_own(
+    loaded_model, full_res_dir: Path, dicom_dir: Path
+):
+    from dataclasses import replace
+
+    from worker.model.calibration import Calibration, margins_of
+
+    files = real_files(full_res_dir, dicom_dir)[:12]
+    settings = InferenceSettings(batch_size=5, device="cpu")
+    raw = [o.positive_probability for o in Predictor(loaded_model, settings).predict(files)]
+    cal = Calibration("platt", 0.5, -0.8, "test")
+    metadata = {**loaded_model.metadata, "calibration": cal.to_metadata()}
+    calibrated_model = replace(loaded_model, metadata=metadata)
+    outcomes = list(Predictor(calibrated_model, settings).predict(files))
+    got = np.array([o.positive_probability for o in outcomes])
+    assert np.allclose(got, cal.positive(margins_of(np.array(raw))), atol=1e-6)
+    assert not np.allclose(got, raw, atol=1e-3)
+    assert all(abs(sum(o.probabilities.values()) - 1) < 1e-9 for o in outcomes)
+    uncalibrated = Predictor(calibrated_model, settings, calibrate=False)
+    own = [o.positive_probability for o in uncalibrated.predict(files)]
+    assert np.allclose(own, raw, atol=1e-9)

@@ -71,6 +71,13 @@ def test_site_sample_is_fit_and_store_writes_the_site_profile(
     assert gate["refusal_rate"] <= 0.02 and gate["auc_of_screened"] >= 0.9
     assert report["verdict"]["fit"] is True and report["failed"] == []
     assert (out / "reliability.png").stat().st_size > 0
+    fitted = report["calibration"]["fitted"]  # platt by default: P is far off the observed rates here
+    assert fitted["method"] == "platt" and fitted["scale"] > 0
+    assert fitted["ece_cross_fitted"] < report["calibration"]["ece"] / 2
+    assert fitted["ece_in_sample"] <= fitted["ece_cross_fitted"] + 0.02
+    assert set(fitted["ece_cross_fitted_by_method"]) == {"platt", "temperature"}
+    assert (out / "reliability-calibrated.png").stat().st_size > 0
+    assert "platt calibration fitted here" in result.output
 
     assert f"gate: refused {gate['refusals']} of {report['n']} films" in result.output
     assert re.search(
@@ -85,10 +92,12 @@ def test_site_sample_is_fit_and_store_writes_the_site_profile(
     assert after != before and f"new SHA-256 {after}" in result.output and "[model] sha256" in result.output
     metadata = load_model(model_copy, sha256=after).metadata
     profile = metadata["site_profile"]
-    assert metadata["threshold"] == profile["threshold"] == pytest.approx(at["threshold"])
+    # the threshold is on the calibrated scale: it flags the films the raw threshold flagged
+    assert metadata["threshold"] == profile["threshold"] == fitted["threshold"]
+    assert metadata["calibration"] == {k: fitted[k] for k in ("method", "scale", "bias", "fitted_on")}
     assert profile == {
         "name": "kermany-test",
-        "threshold": at["threshold"],
+        "threshold": fitted["threshold"],
         "target_sensitivity": 0.95,
         "sensitivity": at["sensitivity"]["value"],
         "specificity": at["specificity"]["value"],
@@ -98,9 +107,22 @@ def test_site_sample_is_fit_and_store_writes_the_site_profile(
         "patients": 205,
         "checked_on": report["checked_on"],
         "sample": str(site),
+        "calibration": "platt",
+        "ece_cross_fitted": fitted["ece_cross_fitted"],
     }
     assert metadata["name"] == "pneumonia-resnet18"  # the rest of the metadata is kept
     assert file_sha256(SHIPPED) == shipped_sha
+
+    # checked again with its profile: it reports calibrated P, flags the same films as before
+    again = tmp_path / "again"
+    args = ["site-check", str(model_copy), str(site), "--out", str(again), "--calibrate", "none"]
+    result = CliRunner().invoke(train_cli, args)
+    assert result.exit_code == 0, result.output
+    second = json.loads((again / "site_check.json").read_text())
+    assert second["calibration"]["ece"] == pytest.approx(fitted["ece_in_sample"])
+    assert second["calibration"]["in_use"]["scale"] == fitted["scale"]
+    assert second["at_stored_threshold"]["confusion"] == at["confusion"]
+    assert second["auc"] == pytest.approx(report["auc"])
 
 
 def test_nih_sample_is_not_fit_and_store_refuses(model_copy: Path, data_dir: Path, tmp_path: Path):

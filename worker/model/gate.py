@@ -165,18 +165,25 @@ def split_head(net: nn.Module) -> tuple[nn.Module, nn.Module] | None:
 
 
 class FeatureTap:
-    """Catches the features of named submodules (``"0.6"``: a fastai resnet's layer3) during a
-    forward pass: a convolutional map as the mean and standard deviation of each channel."""
+    """Catches the features of named submodules during a forward pass. A layer is named by its
+    module path, and optionally how to summarise its map, after a colon:
+
+    - ``"0.6"`` (a fastai resnet's layer3): the mean and standard deviation of each channel;
+    - ``"0.4:grid3"`` (layer1): each channel's mean over a 3 x 3 grid of the image, which
+      keeps where things are (the layout of a film), not only how much of them there is.
+    """
 
     def __init__(self, net: nn.Module, layers: Sequence[str]):
         self.caught: dict[str, np.ndarray] = {}
         for name in layers:
             if name != PENULTIMATE:
-                net.get_submodule(name).register_forward_hook(self._hook(name))
+                module, _, how = name.partition(":")
+                summary_of(how)  # an unknown summary fails here, not in the first batch
+                net.get_submodule(module).register_forward_hook(self._hook(name, how))
 
-    def _hook(self, name: str) -> Any:
+    def _hook(self, name: str, how: str) -> Any:
         def hook(_module: nn.Module, _inputs: Any, output: torch.Tensor) -> None:
-            self.caught[name] = summarise(output)
+            self.caught[name] = summarise(output, how)
 
         return hook
 
@@ -185,9 +192,22 @@ class FeatureTap:
         return caught
 
 
-def summarise(output: torch.Tensor) -> np.ndarray:
+def summary_of(how: str) -> int:
+    """The grid size of a layer's summary: 0 for channel mean and std, N for ``gridN``."""
+    if not how:
+        return 0
+    if how.startswith("grid") and how[4:].isdigit() and 1 <= int(how[4:]) <= 8:
+        return int(how[4:])
+    raise ValueError(f"unknown layer summary {how!r}: use none (mean and std) or grid1-grid8")
+
+
+def summarise(output: torch.Tensor, how: str = "") -> np.ndarray:
     """A layer's output as one vector per image."""
-    o = output.float()
+    o = output.detach().float()
     if o.dim() == 4:
-        o = torch.cat([o.mean(dim=(2, 3)), o.std(dim=(2, 3))], dim=1)
+        grid = summary_of(how)
+        if grid:
+            o = torch.nn.functional.adaptive_avg_pool2d(o, grid)
+        else:
+            o = torch.cat([o.mean(dim=(2, 3)), o.std(dim=(2, 3))], dim=1)
     return o.reshape(len(o), -1).cpu().numpy()

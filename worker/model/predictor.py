@@ -24,6 +24,7 @@ import torch
 from worker.config import InferenceSettings
 from worker.decode import DEFAULT_LIMITS, DecodedImage, Limits
 from worker.errors import ConfigError, DecodeError, XrayScreenError
+from worker.model.calibration import Calibration
 from worker.model.fusion import fold_batchnorm
 from worker.model.gate import PENULTIMATE, FeatureTap, split_head
 from worker.model.learner import LoadedModel
@@ -94,6 +95,7 @@ class Predictor:
         limits: Limits = DEFAULT_LIMITS,
         gate: Any = None,
         feature_layers: tuple[str, ...] = (),
+        calibrate: bool = True,
     ):
         settings = settings or InferenceSettings()
         self.model = model
@@ -108,6 +110,9 @@ class Predictor:
         self.activation = getattr(model.learner.loss_func, "activation", None) or (
             lambda x: torch.softmax(x, dim=1)
         )
+        # A site's calibration (worker/model/calibration.py) replaces the softmax's scale;
+        # ``calibrate=False`` gives the model's own output (site-check fits on it).
+        self.calibration = Calibration.of(model) if calibrate else None
         # channels_last is faster for convolutions on current CPUs and on GPUs alike.
         net, folded = fold_batchnorm(model.learner.model)
         log.debug("folded %d BatchNorm layers into the convolutions before them", folded)
@@ -219,8 +224,11 @@ class Predictor:
                 features = {PENULTIMATE: feats.float().cpu().numpy(), **self._tap.take()}
             else:
                 logits = self.net(x).float()
-            out = self.activation(logits)
-        return out.cpu().numpy().astype(np.float64), features, logits.cpu().numpy()
+            out = self.activation(logits.double())  # float64: P near 0 or 1 keeps its margin
+        logits_np = logits.cpu().numpy()
+        if self.calibration is not None:
+            return self.calibration.probabilities(logits_np, self.model.positive_index), features, logits_np
+        return out.cpu().numpy(), features, logits_np
 
     def classify(self, probs: np.ndarray) -> tuple[str, dict[str, float], float]:
         """One image's class probabilities -> its label (by the model's stored threshold, else
