@@ -29,6 +29,7 @@ VIEWS = {
     "report_models",
     "report_workers",
     "report_out_of_scope",
+    "report_studies",
 }
 
 
@@ -62,7 +63,11 @@ def test_downgrading_0003_drops_only_the_worker_view_and_keeps_the_rows(store: S
     populate(store, datetime.now(UTC))
     migrate.downgrade(store.engine, "0002")
     assert "report_workers" not in inspect(store.engine).get_view_names()
-    assert VIEWS - set(inspect(store.engine).get_view_names()) == {"report_workers", "report_out_of_scope"}
+    assert VIEWS - set(inspect(store.engine).get_view_names()) == {
+        "report_workers",
+        "report_out_of_scope",
+        "report_studies",
+    }
     migrate.upgrade(store.engine)
     with store.engine.connect() as conn:
         [(files,)] = conn.execute(
@@ -90,7 +95,7 @@ def test_0005_admits_out_of_scope_rows_and_its_downgrade_keeps_them_as_failures(
         outcomes = dict(
             conn.execute(text("SELECT outcome, count(*) FROM audit_events GROUP BY outcome")).all()
         )
-        for view in VIEWS - {"report_out_of_scope"}:
+        for view in VIEWS - {"report_out_of_scope", "report_studies"}:
             conn.execute(select(literal_column("*")).select_from(table(view))).all()
     assert outcomes["failed"] == failed + 1 and "out_of_scope" not in outcomes  # the MR is a failure now
     migrate.upgrade(store.engine)

@@ -14,7 +14,7 @@ from db_support import MODEL_A, MODEL_B, audit, populate, result
 from sqlalchemy import Engine, literal_column, select, table
 
 from worker.db.render import render
-from worker.db.report import flagged, parse_since, summary
+from worker.db.report import flagged, parse_since, studies, summary
 from worker.db.store import Store
 
 pytest_plugins = ["db_fixtures"]
@@ -87,6 +87,35 @@ def test_flagged_lists_every_positive_file_most_probable_first(store: Store):
     ]
     everything = flagged(store.engine, None, now=NOW).sections[0].rows
     assert [r[1] for r in everything] == [0.99, 0.95, 0.95, 0.7]
+
+
+def test_studies_get_one_verdict_positive_when_any_screened_film_is(store: Store):
+    h = NOW - timedelta(hours=2)
+    store.record_batch(
+        [  # study 1: a negative PA and a positive second film; study 2: two negatives
+            result("pa1", study_instance_uid="1.1", finished_at=h),
+            result("ap1", study_instance_uid="1.1", positive=True, positive_probability=0.8, finished_at=h),
+            result("pa2", study_instance_uid="1.2", positive_probability=0.3, finished_at=h),
+            result("pa2b", study_instance_uid="1.2", finished_at=h),
+            result("png", study_instance_uid=None, positive=True, finished_at=h),  # no study: not listed
+            # study 2 again with a newer model, which flags it: its own row
+            result("pa2", model=MODEL_B, study_instance_uid="1.2", positive=True, finished_at=h),
+            result("old", study_instance_uid="1.9", positive=True, finished_at=NOW - timedelta(days=30)),
+        ],
+        [audit(c, at=h) for c in ("pa1", "ap1", "pa2", "pa2b", "png")],
+    )
+    report = studies(store.engine, WEEK, now=NOW)
+    rows = report.sections[0].rows
+    got = [
+        (r[6], r[5], r[1], r[2], r[3], r[4]) for r in rows
+    ]  # study, model, verdict, films, positives, max P
+    assert got == [
+        ("1.2", "B", "POSITIVE", 1, 1, 0.91),
+        ("1.1", "A", "POSITIVE", 2, 1, 0.8),
+        ("1.2", "A", "NEGATIVE", 2, 0, 0.3),
+    ]
+    assert report.totals == {"studies": 3, "positive_studies": 2, "films": 5}
+    assert len(studies(store.engine, None, now=NOW).sections[0].rows) == 4  # the month-old study too
 
 
 def test_the_views_agree_with_the_data(store: Store):

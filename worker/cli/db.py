@@ -24,6 +24,7 @@ from worker.db.errors import database_errors
 from worker.db.render import FORMATS, render
 from worker.db.report import flagged as flagged_report
 from worker.db.report import parse_since, summary
+from worker.db.report import studies as studies_report
 from worker.db.schema import audit_events
 from worker.errors import ConfigError, TransientError
 
@@ -200,6 +201,7 @@ def report(ctx: click.Context, since: datetime | None, fmt: str, db_url: str | N
       xray-worker report --brief                # counts, labels, and how to query the database
       xray-worker report --since 24h --format json
       xray-worker report flagged --since 2025-11-01 --format csv > flagged.csv
+      xray-worker report studies --since 24h    # one verdict per DICOM study
     """
     if ctx.invoked_subcommand is not None:
         return
@@ -242,6 +244,22 @@ def flagged(ctx: click.Context, since: datetime | None, fmt: str, db_url: str | 
     """
     with open_engine(ctx, db_url, at_head=True) as engine:
         result = flagged_report(engine, since)
+    click.echo(render(result, fmt))
+
+
+@report.command(name="studies")
+@report_options
+@click.pass_context
+def studies_command(ctx: click.Context, since: datetime | None, fmt: str, db_url: str | None) -> None:
+    """List DICOM studies with their verdict: positive when any screened film of it is.
+
+    \b
+    Example:
+      xray-worker report studies --since 24h
+      xray-worker report studies --since all --format csv > studies.csv
+    """
+    with open_engine(ctx, db_url, at_head=True) as engine:
+        result = studies_report(engine, since)
     click.echo(render(result, fmt))
 
 

@@ -2,7 +2,8 @@
 
 ``summary`` gives counts, the positive rate, failures by reason, the slowest and fastest
 hours, the model versions and the work per worker; ``flagged`` lists the files whose
-content was screened positive (from the ``report_flagged`` view). Both only read: on SQLite they never take
+content was screened positive (from the ``report_flagged`` view); ``studies`` gives each
+DICOM study's verdict (from the ``report_studies`` view). Both only read: on SQLite they never take
 the write lock, so a report cannot stall a worker.
 """
 
@@ -51,6 +52,31 @@ flagged_view = table(
     column("accession_number", String()),
     column("source_path", String()),
     column("destination_path", String()),
+)
+
+studies_view = table(
+    "report_studies",
+    column("study_instance_uid", String()),
+    column("model_name", String()),
+    column("model_version", String()),
+    column("model_sha256", String()),
+    column("films"),
+    column("positive_films"),
+    column("max_positive_probability", Double()),
+    column("verdict", String()),
+    column("accession_number", String()),
+    column("first_result_at", UTCDateTime()),
+    column("last_result_at", UTCDateTime()),
+)
+STUDY_COLUMNS = (
+    "last_result_at",
+    "verdict",
+    "films",
+    "positive_films",
+    "max_positive_probability",
+    "model_version",
+    "study_instance_uid",
+    "accession_number",
 )
 
 
@@ -244,6 +270,25 @@ def flagged(engine: Engine, since: datetime | None, *, now: datetime | None = No
         rows = [tuple(row) for row in conn.execute(query)]
     report = Report("xray-screen flagged files", since, now or datetime.now(UTC))
     report.sections.append(Section("flagged", "Flagged (positive) files", columns, rows))
+    return report
+
+
+def studies(engine: Engine, since: datetime | None, *, now: datetime | None = None) -> Report:
+    """Every DICOM study with a result in the window: positive when any of its screened films
+    is, positive studies first. A study screened by two models has a row for each."""
+    v = studies_view.c
+    query = select(*(v[name] for name in STUDY_COLUMNS))
+    if since is not None:
+        query = query.where(v.last_result_at >= since)
+    query = query.order_by(v.verdict.desc(), v.max_positive_probability.desc(), v.study_instance_uid)
+    with database_errors(), reader(engine).connect() as conn:
+        rows = [tuple(row) for row in conn.execute(query)]
+    report = Report("xray-screen studies", since, now or datetime.now(UTC))
+    positive = sum(1 for row in rows if row[1] == "POSITIVE")
+    report.totals.update(studies=len(rows), positive_studies=positive, films=sum(row[2] for row in rows))
+    report.sections.append(
+        Section("studies", "Studies (positive when any screened film is)", STUDY_COLUMNS, rows)
+    )
     return report
 
 
