@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import struct
 import subprocess
 import sys
@@ -9,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 from dicom_factory import BASIC_TEXT_SR, gradient, make_dicom
 from hostile_files import (
@@ -30,6 +32,7 @@ from PIL import Image
 from pydicom.uid import ImplicitVRLittleEndian, RLELossless
 
 from worker.decode import Limits, decode_file
+from worker.decode.jpeg import fix_sequential_scan_end
 from worker.decode.sniff import FileKind, sniff
 from worker.errors import DecodeError, ReadError
 
@@ -127,6 +130,83 @@ def test_rle_and_bare_implicit_files(tmp_path: Path):
     assert bare.dicom.transfer_syntax == "Implicit VR Little Endian"
     np.testing.assert_array_equal(rle.pixels, reference)
     np.testing.assert_array_equal(bare.pixels, reference)
+
+
+def _with(path: Path, **attributes) -> Path:
+    ds = pydicom.dcmread(path)
+    for keyword, value in attributes.items():
+        setattr(ds, keyword, value)
+    ds.save_as(path)
+    return path
+
+
+def test_presentation_lut_shape_decides_the_polarity(tmp_path: Path):
+    """Regression: PresentationLUTShape was ignored, so a MONOCHROME2 image marked INVERSE came
+    out inverted compared with dcmtk. INVERSE is one inversion (MONOCHROME1 + INVERSE is the DX
+    standard's pair, not two inversions); an explicit IDENTITY is none, as dcmtk renders it."""
+    img, top = gradient(bits=12), 2**12 - 1
+
+    def decode(name: str, photometric: str, shape: str | None) -> np.ndarray:
+        stored, center = (img, 1500) if photometric == "MONOCHROME2" else (top - img, top - 1500)
+        path = make_dicom(
+            tmp_path / name, stored.astype(np.uint16), photometric=photometric, window=(center, 2000)
+        )
+        return decode_file(_with(path, PresentationLUTShape=shape) if shape else path).pixels.astype(int)
+
+    plain = decode("m2.dcm", "MONOCHROME2", None)
+    assert np.abs(decode("m2-inverse.dcm", "MONOCHROME2", "INVERSE") - (255 - plain)).max() <= 1
+    assert np.abs(decode("m2-identity.dcm", "MONOCHROME2", "IDENTITY") - plain).max() <= 1
+    assert np.abs(decode("m1-inverse.dcm", "MONOCHROME1", "INVERSE") - plain).max() <= 1
+    assert np.abs(decode("m1-identity.dcm", "MONOCHROME1", "IDENTITY") - (255 - plain)).max() <= 1
+
+
+def test_window_in_units_of_a_fractional_slope_is_not_a_threshold(tmp_path: Path):
+    """Regression: with RescaleSlope 5e-6 the window is 0.01 wide in modality units; a width
+    below 1 was taken as a threshold and the image refused as blank. It is the same window as
+    (2000, 2000) on the stored values."""
+    img = gradient(bits=12)
+    slope, intercept = 5e-6, -0.002
+    stored_units = make_dicom(tmp_path / "a.dcm", img, window=(2000, 2000))
+    modality_units = make_dicom(
+        tmp_path / "b.dcm",
+        img,
+        slope=slope,
+        intercept=intercept,
+        window=(2000 * slope + intercept, 2000 * slope),
+    )
+    a, b = decode_file(stored_units).pixels.astype(int), decode_file(modality_units).pixels.astype(int)
+    assert np.abs(a - b).max() <= 1
+    assert (b == 0).any() and (b == 255).any() and len(np.unique(b)) > 200
+
+
+PYDICOM_FILES = Path(pydicom.__file__).parent / "data" / "test_files"  # bundled, never downloaded
+
+
+def test_jpeg_extended_whose_scan_header_says_se_0_is_decoded():
+    """Regression: NEMA's NM1_JPLY (pydicom's JPEG-lossy.dcm), a 12-bit JPEG whose start of scan
+    says Se = 0 instead of 63, was refused as corrupt by pylibjpeg; IJG and dcmtk decode it.
+    JPGExtended.dcm is the same stream with the header fixed."""
+    broken = decode_file(PYDICOM_FILES / "JPEG-lossy.dcm")
+    fixed = decode_file(PYDICOM_FILES / "JPGExtended.dcm")
+    assert broken.dicom.transfer_syntax == "JPEG Extended (Process 2 and 4)"
+    np.testing.assert_array_equal(broken.pixels, fixed.pixels)
+
+
+def test_scan_header_repair_never_raises_on_damaged_streams():
+    ds = pydicom.dcmread(PYDICOM_FILES / "JPEG-lossy.dcm")
+    frame = next(pydicom.encaps.generate_frames(ds.PixelData, number_of_frames=1))
+    repaired = fix_sequential_scan_end(frame)
+    assert repaired is not None and len(repaired) == len(frame) and repaired != frame
+    assert fix_sequential_scan_end(repaired) is None  # nothing left to repair
+    rng = np.random.default_rng(0)
+    for cut in range(0, 700, 7):
+        fix_sequential_scan_end(frame[:cut])
+    for _ in range(200):
+        noisy = bytearray(frame[:700])
+        noisy[rng.integers(2, 700)] = rng.integers(0, 256)
+        result = fix_sequential_scan_end(bytes(noisy))
+        assert result is None or len(result) == 700
+    assert fix_sequential_scan_end(b"") is None and fix_sequential_scan_end(b"\xff\xd8\xff") is None
 
 
 def test_dicom_identifiers_are_reported(tmp_path: Path):
@@ -275,6 +355,28 @@ def test_transfer_syntax_without_decoder_is_told_apart_from_corrupt_data(tmp_pat
         decode_file(path)
     assert str(err.value).startswith(reason)
     assert " at 0x" not in str(err.value)
+
+
+def test_empty_pixel_data_is_refused_with_a_plain_reason(tmp_path: Path):
+    """Regression: a zero-length Pixel Data element was "object of type 'NoneType' has no len()"."""
+    path = _with(make_dicom(tmp_path / "empty.dcm", gradient()), PixelData=b"")
+    with pytest.raises(DecodeError, match=r"^DICOM has no pixel data \(Pixel Data is empty\)"):
+        decode_file(path)
+
+
+def test_a_plugin_failure_is_one_warning_line(tmp_path: Path, caplog):
+    """Regression: pydicom logged each failing plugin's traceback at ERROR, many journald lines
+    per bad file; now the decoder says it in one WARNING line, with the file and the reason."""
+    path = tmp_path / "bad-j2k.dcm"
+    path.write_bytes(dicom_with_syntax(tmp_path, "1.2.840.10008.1.2.4.91"))
+    caplog.set_level(logging.DEBUG)
+    with pytest.raises(DecodeError, match="pylibjpeg"):
+        decode_file(path)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+    [line] = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert line.name == "worker.decode.dicom"
+    assert line.getMessage().startswith("bad-j2k.dcm: no plugin could decode its JPEG 2000 Image Compression")
+    assert "\n" not in line.getMessage()
 
 
 def test_non_image_and_multiframe_dicoms_are_refused(tmp_path: Path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import struct
 import zlib
@@ -10,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
+from pydicom.encaps import encapsulate, generate_frames
 from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.pixels import apply_modality_lut, apply_voi
 from pydicom.uid import (
@@ -17,12 +19,16 @@ from pydicom.uid import (
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     JPEGBaseline8Bit,
+    JPEGExtended12Bit,
     RLELossless,
 )
 
 from worker.decode import pixels
 from worker.decode.image import DecodedImage, DicomFacts, Limits
+from worker.decode.jpeg import fix_sequential_scan_end
 from worker.errors import DecodeError
+
+log = logging.getLogger(__name__)
 
 _GREY = ("MONOCHROME1", "MONOCHROME2")
 _COLOUR = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "YBR_PARTIAL_420")
@@ -59,7 +65,7 @@ def _decode(ds: Dataset, path: Path, limits: Limits) -> DecodedImage:
     _require_single_image(ds, path)
     width, height = int(ds.Columns), int(ds.Rows)
     limits.check(width, height)
-    stored = _pixel_array(ds)
+    stored = _pixel_array(ds, path)
     if stored.ndim == 3 and stored.shape[1:] == (height, width):  # more data than NumberOfFrames says
         raise DecodeError(f"multi-frame DICOM ({stored.shape[0]} frames): expected a single radiograph")
     if stored.shape[:2] != (height, width):
@@ -117,6 +123,8 @@ def _require_single_image(ds: Dataset, path: Path) -> None:
         raise DecodeError(f"DICOM has no pixel data{what}: not an image")
     if "PixelData" not in ds:
         raise DecodeError("DICOM float pixel data is not a radiograph")
+    if not ds.PixelData:  # a zero-length element reads as None
+        raise DecodeError("DICOM has no pixel data (Pixel Data is empty): not an image")
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     if frames > 1:
         raise DecodeError(f"multi-frame DICOM ({frames} frames): expected a single radiograph")
@@ -132,11 +140,31 @@ def _require_single_image(ds: Dataset, path: Path) -> None:
 _PLUGIN = {JPEGBaseline8Bit: "pillow", RLELossless: "pydicom"}
 
 
-def _pixel_array(ds: Dataset) -> np.ndarray:
+class _NoPluginTracebacks(logging.Filter):
+    """pydicom and pylibjpeg log each failing plugin's full traceback at ERROR
+    (``LOGGER.exception``): many journald lines per bad file, that look like our own crash.
+    The reason is in the RuntimeError raised next, which ``_pixel_array`` logs as one WARNING
+    line and turns into the file's DecodeError."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno >= logging.ERROR and record.exc_info)
+
+
+_QUIET = _NoPluginTracebacks()
+logging.getLogger("pydicom.pixels.decoders.base").addFilter(_QUIET)
+logging.getLogger("pylibjpeg.utils").addFilter(_QUIET)
+
+
+def _pixel_array(ds: Dataset, path: Path) -> np.ndarray:
     syntax = ds.file_meta.TransferSyntaxUID
     try:
         ds.pixel_array_options(decoding_plugin=_PLUGIN.get(syntax, ""))
-        return ds.pixel_array
+        try:
+            return ds.pixel_array
+        except RuntimeError:
+            if syntax != JPEGExtended12Bit or not _repair_scan_header(ds):
+                raise
+            return ds.pixel_array
     except NotImplementedError as exc:  # pydicom has no decoder at all for this syntax
         if "data type" in str(exc):  # e.g. BitsAllocated 48: nothing to do with the syntax
             raise DecodeError(f"corrupt DICOM pixel data ({syntax.name}): {exc}") from None
@@ -145,11 +173,27 @@ def _pixel_array(ds: Dataset) -> np.ndarray:
         if "missing dependencies" in str(exc):  # a decoder exists but its plugin is not installed
             raise DecodeError(f"DICOM transfer syntax {_name(syntax)} cannot be decoded here") from None
         # Every installed plugin tried and failed: the data is bad, not the syntax.
-        raise DecodeError(f"corrupt DICOM pixel data ({syntax.name}): {_plugin_error(exc)}") from None
+        reason = _plugin_error(exc)
+        log.warning("%s: no plugin could decode its %s pixel data: %s", path.name, syntax.name, reason)
+        raise DecodeError(f"corrupt DICOM pixel data ({syntax.name}): {reason}") from None
     except (ValueError, KeyError, TypeError, AttributeError, EOFError, OSError, IndexError) as exc:
         if "less than expected" in str(exc):
             raise DecodeError(f"truncated DICOM: {exc}") from None
         raise DecodeError(f"corrupt DICOM pixel data ({syntax.name}): {exc or type(exc).__name__}") from None
+
+
+def _repair_scan_header(ds: Dataset) -> bool:
+    """Replace a JPEG frame whose sequential scan says Se = 0 by one that says 63, as IJG and
+    dcmtk read it (see ``fix_sequential_scan_end``). False when there is nothing to repair."""
+    frame = next(generate_frames(ds.PixelData, number_of_frames=1), b"")
+    repaired = fix_sequential_scan_end(frame)
+    if repaired is None:
+        return False
+    log.debug("JPEG scan header says Se = 0, not 63: decoding it as 63, as IJG does")
+    ds.PixelData = encapsulate([repaired])
+    ds["PixelData"].VR = "OB"
+    ds["PixelData"].is_undefined_length = True
+    return True
 
 
 def _name(syntax: pydicom.uid.UID) -> str:
@@ -167,12 +211,24 @@ _ADDRESS = re.compile(r" ?<[^<>]* at 0x[0-9a-fA-F]+>")
 
 
 def render_grey(stored: np.ndarray, ds: Dataset) -> np.ndarray:
-    """Stored values to displayed grey in [0, 1]: modality LUT, VOI, MONOCHROME1."""
+    """Stored values to displayed grey in [0, 1]: modality LUT, VOI, presentation LUT shape."""
     values = apply_modality_lut(stored, ds)
     unit = voi(values, ds)
-    if str(ds.PhotometricInterpretation).strip() == "MONOCHROME1":
-        unit = pixels.invert(unit)
-    return unit
+    return pixels.invert(unit) if inverse_shape(ds) else unit
+
+
+def inverse_shape(ds: Dataset) -> bool:
+    """Whether the VOI output is inverted for display.
+
+    Presentation LUT Shape (2050,0020) says it when present: INVERSE inverts once, whatever the
+    photometric interpretation (PS3.3's DX Image Module pairs INVERSE with MONOCHROME1: one
+    inversion, not two), and IDENTITY does not invert. Without it (or with LIN OD, a printer's
+    curve), MONOCHROME1 is inverted. dcmtk renders all four pairs this way.
+    """
+    shape = str(ds.get("PresentationLUTShape", "")).strip().upper()
+    if shape in ("IDENTITY", "INVERSE"):
+        return shape == "INVERSE"
+    return str(ds.PhotometricInterpretation).strip() == "MONOCHROME1"
 
 
 def voi(values: np.ndarray, ds: Dataset) -> np.ndarray:
@@ -184,8 +240,17 @@ def voi(values: np.ndarray, ds: Dataset) -> np.ndarray:
     center, width = _first(ds.get("WindowCenter")), _first(ds.get("WindowWidth"))
     if center is not None and width is not None and width > 0:
         function = str(ds.get("VOILUTFunction", "LINEAR")).strip().upper() or "LINEAR"
-        return pixels.window(values, center, width, function)
+        return pixels.window(values, center, width, function, step=modality_step(ds))
     return pixels.full_range(values)
+
+
+def modality_step(ds: Dataset) -> float:
+    """The difference between neighbouring modality values: the rescale slope when it is a
+    fraction (e.g. 5e-6), else 1. LINEAR windows count half-steps and one-step widths in it."""
+    if "ModalityLUTSequence" in ds or "RescaleSlope" not in ds or "RescaleIntercept" not in ds:
+        return 1.0
+    slope = abs(_first(ds.get("RescaleSlope")) or 1.0)
+    return slope if slope < 1.0 else 1.0
 
 
 def _first(value: object) -> float | None:

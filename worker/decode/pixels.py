@@ -19,16 +19,26 @@ VoiFunction = Literal["LINEAR", "LINEAR_EXACT", "SIGMOID"]
 _LUMA = np.array([0.299, 0.587, 0.114])
 
 
-def window(values: np.ndarray, center: float, width: float, function: str = "LINEAR") -> np.ndarray:
-    """Map modality values through a VOI window to [0, 1] (PS3.3 C.11.2.1.2)."""
+def window(
+    values: np.ndarray, center: float, width: float, function: str = "LINEAR", step: float = 1.0
+) -> np.ndarray:
+    """Map modality values through a VOI window to [0, 1] (PS3.3 C.11.2.1.2).
+
+    LINEAR's half-step and "width - 1" are written for integer values. ``step`` is the
+    spacing of the modality values: 1 for integers, the rescale slope when it is a fraction.
+    With slope 5e-6 a window 0.02 wide spans 4,000 stored values; read with a step of 1 it
+    was a threshold, and the image came out blank. The result is the window applied to the
+    stored values, which is how dcmtk renders such a window given in stored units.
+    """
     x = values.astype(np.float64, copy=False)
     if function == "SIGMOID":
         return 1.0 / (1.0 + np.exp(-4.0 * (x - center) / width))
     if function == "LINEAR_EXACT":
         return np.clip((x - center) / width + 0.5, 0.0, 1.0)
-    if width <= 1:  # a one-value window is a threshold
-        return (x > center - 0.5).astype(np.float64)
-    return np.clip((x - (center - 0.5)) / (width - 1) + 0.5, 0.0, 1.0)
+    half = step / 2
+    if width <= step:  # a one-value window is a threshold
+        return (x > center - half).astype(np.float64)
+    return np.clip((x - (center - half)) / (width - step) + 0.5, 0.0, 1.0)
 
 
 def rescale_range(values: np.ndarray, low: float, high: float) -> np.ndarray:
