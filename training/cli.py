@@ -438,9 +438,10 @@ def adapt_command(
 @click.argument("data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option(
     "--layers",
-    default=",".join(("penultimate", "0.6")),
+    default="0.4:grid3",
     show_default=True,
-    help="Where the gate looks: 'penultimate' and/or module paths of the model (0.6: resnet layer3).",
+    help="Where the gate looks: 'penultimate' and/or module paths of the model (0.4: resnet layer1, "
+    "0.6: layer3), each optionally ':gridN' (channel means on an N x N grid; else mean and std).",
 )
 @click.option(
     "--refuse-share",

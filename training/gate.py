@@ -20,12 +20,13 @@ from training.data import class_root, get_xray_files
 from training.split import PatientSplitter
 from worker.config import InferenceSettings
 from worker.errors import XrayScreenError
-from worker.model.gate import PENULTIMATE, ImageGate, fit_gate
+from worker.model.gate import ImageGate, fit_gate
 from worker.model.predictor import Predictor
 
-# Where the gate looks by default: the penultimate features and resnet's layer3 (the fastai
-# model's body is child 0; its children 4-7 are layer1-4). docs/gate.md has the measurements.
-DEFAULT_LAYERS = (PENULTIMATE, "0.6")
+# Where the gate looks by default: resnet's layer1 (the fastai model's body is child 0; its
+# children 4-7 are layer1-4), each channel's mean on a 3 x 3 grid: where things are on the film.
+# docs/gate.md has the measurements.
+DEFAULT_LAYERS = ("0.4:grid3",)
 
 
 @dataclass(frozen=True)

@@ -521,7 +521,7 @@ def report_lines(report: dict[str, Any], out_dir: Path) -> list[str]:
             f"  {fitted['method']} calibration fitted here "
             f"(scale {fitted['scale']:.3f}, bias {fitted['bias']:+.3f}): "
             f"ECE {fitted['ece_in_sample']:.3f} in sample, {fitted['ece_cross_fitted']:.3f} on held-out "
-            f"patients (5 folds; {others}); --store keeps it"
+            f"patients (5 folds; {others})" + ("; --store keeps it" if report["verdict"]["fit"] else "")
         )
     gate = report["gate"]
     if gate["refusals"] is None:

@@ -65,7 +65,7 @@ DEFAULT_VAR = PROJECT_ROOT / "var" if IN_CHECKOUT else Path("var")
 DEFAULT_DATABASE = DEFAULT_VAR / "xray-screen.db"
 # The shipped model's hash, pinned here so that the default model loads with no settings at
 # all, and a swapped file is refused. Update it only together with models/pneumonia-resnet18/.
-SHIPPED_MODEL_SHA256 = "442a107c8c2216b9f8026618999d4526f182b52429a0cb81ad656f070871f017"
+SHIPPED_MODEL_SHA256 = "805c677ce177ae088547ac9f8ac56740c4718ffb7bc69215466f7f6d7c149547"
 
 Device = Literal["auto", "cpu", "cuda"]
 Engine = Literal["local", "ray"]

@@ -14,7 +14,10 @@ A ``StrEnum``, so it is stored and compared as its text (``Outcome.FAILED == "fa
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
+
+_SCORE = re.compile(r"score [0-9.]+ > ")
 
 
 class Outcome(StrEnum):
@@ -22,3 +25,10 @@ class Outcome(StrEnum):
     DUPLICATE = "duplicate"
     FAILED = "failed"
     OUT_OF_SCOPE = "out_of_scope"
+
+
+def reason_kind(reason: str) -> str:
+    """A reason as summaries count it: the image gate's per-file score left out, so that
+    ``unlike the films this model knows: score 1.24 > 1.00`` and ``... score 1.35 > 1.00`` are
+    counted as one kind (``... score > 1.00``). Audit rows keep the full reason."""
+    return _SCORE.sub("score > ", reason)

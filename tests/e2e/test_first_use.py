@@ -51,7 +51,7 @@ def test_scan_creates_a_missing_sqlite_file_once_then_uses_it(tmp_path: Path):
     first = xray_worker("scan", str(ROOT / "samples"), "--db", url)
     assert first.returncode == 0, first.stderr
     assert first.stderr.count(CREATED) == 1 and f"{CREATED} {database}" in first.stderr
-    assert "4 screened, 1 positive" in first.stderr and "2 out of scope" in first.stderr
+    assert "4 screened, 2 positive" in first.stderr and "2 out of scope" in first.stderr
     assert revision(url) == HEAD
 
     again = xray_worker("scan", str(ROOT / "samples"), "--db", url)

@@ -132,9 +132,9 @@ def test_the_readme_runnable_blocks_run(tmp_path: Path):
 
     database = site / "var" / "xray-screen.db"
     assert f"created the results database {database.resolve()} at schema" in first
-    assert "scan done after" in first and "6 files read" in first and "4 screened, 1 positive" in first
+    assert "scan done after" in first and "6 files read" in first and "4 screened, 2 positive" in first
     assert "2 out of scope (the gate: not for this model to judge)" in first  # the two adult DICOMs
-    assert "New results            4   positive 1 (25.0%)" in first
+    assert "New results            4   positive 2 (50.0%)" in first
     assert "The results are in the SQLite file var/xray-screen.db" in first
     assert "sqlite3 -readonly -box var/xray-screen.db" in first
 

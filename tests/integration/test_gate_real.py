@@ -55,6 +55,16 @@ def test_the_shipped_model_refuses_what_it_cannot_judge_and_screens_its_own_film
     assert all(p.gate_score is not None and p.gate_score < refused_photo.gate_score for p in screened)
 
 
+def test_the_shipped_pediatric_model_refuses_most_adult_films(shipped_predictor, data_dir: Path):
+    """Adults are not its population: at least 90% of them are out of scope (issue 13), not
+    judged at chance. 80 films of the NIH site sample, both classes."""
+    adults = sorted((data_dir / "nih_site_sample" / "NORMAL").glob("*.png"))[:40]
+    adults += sorted((data_dir / "nih_site_sample" / "PNEUMONIA").glob("*.png"))[:40]
+    answers = list(shipped_predictor.predict(adults))
+    refused = sum(isinstance(a, Refusal) for a in answers)
+    assert refused >= 0.85 * len(adults), f"only {refused} of {len(adults)} adult films refused"
+
+
 def test_xray_train_gate_fits_and_stores_an_image_gate(trained_model: Path, small_train_dir: Path, tmp_path):
     model_path = tmp_path / "export.pkl"
     shutil.copy(trained_model, model_path)
@@ -62,7 +72,7 @@ def test_xray_train_gate_fits_and_stores_an_image_gate(trained_model: Path, smal
         train_cli, ["gate", str(model_path), str(small_train_dir), "--refuse-share", "0.05"]
     )
     assert result.exit_code == 0, result.output
-    assert "image gate over penultimate, 0.6" in result.output and "new SHA-256" in result.output
+    assert "image gate over 0.4:grid3" in result.output and "new SHA-256" in result.output
     gate = ImageGate.from_metadata(load_model(model_path, trust=True).metadata["gate"])
-    assert gate is not None and gate.layer_names == ("penultimate", "0.6") and np.isfinite(gate.limit)
+    assert gate is not None and gate.layer_names == ("0.4:grid3",) and np.isfinite(gate.limit)
     assert load_model(trained_model, trust=True).metadata.get("gate") is None  # the original is untouched

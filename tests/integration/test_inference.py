@@ -45,7 +45,7 @@ def test_model_facts_come_from_the_learner(loaded_model):
     assert pre.min_side == 128
     assert pre.normalize is not None and len(pre.normalize[0]) == 1
     assert loaded_model.image_class is XrayImage
-    assert pre.version.startswith("decode-v2;L;draft>=128;resize-squish-64x64;norm-")
+    assert pre.version.startswith("decode-v3;L;draft>=128;resize-squish-64x64;norm-")
 
 
 def test_bad_files_fail_alone_and_keep_their_place(loaded_model, tmp_path: Path, dicom_dir: Path):

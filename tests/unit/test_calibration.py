@@ -79,3 +79,14 @@ def test_a_perfectly_separated_sample_still_gives_a_finite_fit():
     z = np.array([-3.0, -2.0, 2.0, 3.0])
     cal = fit_calibration(z, np.array([0, 0, 1, 1]))
     assert np.isfinite([cal.scale, cal.bias]).all()
+
+
+@pytest.mark.parametrize("method", ["platt", "temperature"])
+def test_a_model_that_ranks_backwards_gets_the_flattest_increasing_map_never_a_reversed_one(method: str):
+    z, y = sample(-0.5, 0.3)  # higher margins are less often positive
+    cal = fit_calibration(z, y, method)
+    assert cal.scale > 0
+    p = cal.positive(z)
+    assert (np.diff(p[np.argsort(z)]) >= 0).all()
+    if method == "platt":  # flat: about the share of positives everywhere
+        assert abs(p.mean() - y.mean()) < 0.02 and p.max() - p.min() < 0.1

@@ -135,3 +135,30 @@ def test_a_layer_is_summarised_by_channel_mean_and_std_or_on_a_grid():
     net(torch.ones(1, 1, 8, 8))
     caught = tap.take()
     assert caught["0"].shape == (1, 6) and caught["0:grid2"].shape == (1, 12)
+
+
+def test_summaries_count_the_image_gates_refusals_as_one_kind_whatever_each_score():
+    from worker.db.report import by_reason_kind
+    from worker.outcome import Outcome
+    from worker.pipeline.counts import Counts
+
+    counts = Counts()
+    for reason in (
+        "unlike the films this model knows: score 1.24 > 1.00",
+        "unlike the films this model knows: score 13.5 > 1.00",
+        "Modality MR is not screened",
+    ):
+        counts.add(Outcome.OUT_OF_SCOPE, reason=reason)
+    assert counts.out_of_scope == {
+        "unlike the films this model knows: score > 1.00": 2,
+        "Modality MR is not screened": 1,
+    }
+    rows = [
+        ("unlike the films this model knows: score 1.24 > 1.00", 1, 5),
+        ("Modality CT is not screened", 1, 9),
+    ]
+    rows += [("unlike the films this model knows: score 2.50 > 1.00", 2, 7)]
+    assert by_reason_kind(rows) == [
+        ("unlike the films this model knows: score > 1.00", 3, 7),
+        ("Modality CT is not screened", 1, 9),
+    ]

@@ -19,6 +19,7 @@ from sqlalchemy import ColumnElement, Double, Engine, String, case, column, func
 from worker.db.engine import reader
 from worker.db.errors import database_errors
 from worker.db.schema import UTCDateTime, audit_events, results
+from worker.outcome import reason_kind
 
 HOURS_SHOWN = 3
 WORKER_COLUMNS = (
@@ -209,7 +210,7 @@ def summary(engine: Engine, since: datetime | None, *, now: datetime | None = No
             "out_of_scope",
             "Out of scope (refused by the gate) by reason",
             ("reason", "files", "last_at"),
-            [tuple(row) for row in refusals],
+            by_reason_kind(refusals),
         )
     )
     timed = sorted((row for row in hours if row[2] is not None), key=lambda row: (row[2], row[0]))
@@ -236,6 +237,20 @@ def summary(engine: Engine, since: datetime | None, *, now: datetime | None = No
         )
     )
     return report
+
+
+def by_reason_kind(rows: Any) -> list[tuple[str, int, datetime]]:
+    """(reason, files, last_at) rows merged by ``reason_kind`` (the gate's per-file score left
+    out), most files first."""
+    merged: dict[str, list[Any]] = {}
+    for reason, n, last in rows:
+        kind = reason_kind(reason)
+        if kind in merged:
+            merged[kind][0] += n
+            merged[kind][1] = max(merged[kind][1], last)
+        else:
+            merged[kind] = [n, last]
+    return sorted(((k, n, last) for k, (n, last) in merged.items()), key=lambda row: (-row[1], row[0]))
 
 
 def files_per_second(files: int, first: datetime | None, last: datetime | None) -> float | None:

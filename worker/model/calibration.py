@@ -26,6 +26,7 @@ import numpy as np
 METHODS = ("platt", "temperature")
 RIDGE = 1e-4  # keeps the fit finite on a perfectly separated sample
 MARGIN_LIMIT = 30.0  # a logit margin beyond this carries no more information
+MIN_SCALE = 1e-3  # the flattest map kept: a calibration never reverses the model's ranking
 
 
 @dataclass(frozen=True)
@@ -89,15 +90,27 @@ def fit_calibration(
     if len(z) == 0 or y.min() == y.max():
         raise ValueError("calibration needs films of both classes")
     x = np.stack([z, np.ones_like(z)], axis=1) if method == "platt" else z[:, None]
-    w = np.zeros(x.shape[1])
-    w[0] = 1.0  # start from the model as it is
+    w = _newton(x, y, np.eye(x.shape[1])[0])  # start from the model as it is
+    if w[0] < MIN_SCALE:
+        # A model that ranks this sample backwards would get a decreasing map: keep it monotone
+        # (the flattest increasing one), so P says little, and the site check says "not fit".
+        w[0] = MIN_SCALE
+        if method == "platt":
+            w[1] = _newton(np.ones((len(z), 1)), y, np.zeros(1), offset=MIN_SCALE * z)[0]
+    return Calibration(method, float(w[0]), float(w[1]) if method == "platt" else 0.0, fitted_on)
+
+
+def _newton(x: np.ndarray, y: np.ndarray, w: np.ndarray, offset: np.ndarray | float = 0.0) -> np.ndarray:
+    """The weights minimising the log loss of ``sigmoid(x @ w + offset)``: Newton's method with a
+    backtracking line search (the loss is convex)."""
+    w = w.astype(np.float64).copy()
 
     def loss(w: np.ndarray) -> float:
-        s = x @ w
+        s = x @ w + offset
         return float(np.sum(np.logaddexp(0.0, s) - y * s) + RIDGE / 2 * w @ w)
 
-    for _ in range(100):  # Newton's method with a backtracking line search
-        p = _sigmoid(x @ w)
+    for _ in range(100):
+        p = _sigmoid(x @ w + offset)
         grad = x.T @ (p - y) + RIDGE * w
         hess = (x * (p * (1 - p))[:, None]).T @ x + RIDGE * np.eye(len(w))
         step = np.linalg.solve(hess, grad)
@@ -107,7 +120,7 @@ def fit_calibration(
         w = w - t * step
         if np.abs(t * step).max() < 1e-10:
             break
-    return Calibration(method, float(w[0]), float(w[1]) if method == "platt" else 0.0, fitted_on)
+    return w
 
 
 def cross_fitted(

@@ -29,7 +29,9 @@ from worker.pipeline.hashing import sha256_file
 
 # Bump when decode_file's output pixels change for the same input file.
 # 2: baseline-JPEG DICOMs decoded by Pillow (libjpeg-turbo), within one grey level of v1.
-DECODE_VERSION = 2
+# 3: Presentation LUT Shape decides the inversion; LINEAR windows in fractional rescale units
+#    (up to one grey level); JPEG extended 12-bit scans with Se = 0 decoded (were refused).
+DECODE_VERSION = 3
 
 
 class TensorXray(TensorImageBW):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from worker.outcome import Outcome
+from worker.outcome import Outcome, reason_kind
 
 
 @dataclass
@@ -18,7 +18,7 @@ class Counts:
     skipped: int = 0  # a scan's: unchanged since a scan by the same model, not read at all
     positives: int = 0  # screened or duplicate files whose label is the positive class
     failed: Counter[str] = field(default_factory=Counter)  # by reason
-    out_of_scope: Counter[str] = field(default_factory=Counter)  # refused by the gate, by reason
+    out_of_scope: Counter[str] = field(default_factory=Counter)  # refused by the gate, by reason_kind
     unreadable_folders: int = 0  # a scan's walk
 
     @property
@@ -31,7 +31,7 @@ class Counts:
             self.failed[reason or "unknown"] += 1
             return
         if outcome is Outcome.OUT_OF_SCOPE:
-            self.out_of_scope[reason or "unknown"] += 1
+            self.out_of_scope[reason_kind(reason or "unknown")] += 1
             return
         if outcome is Outcome.SCREENED:
             self.screened += 1
