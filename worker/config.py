@@ -212,6 +212,44 @@ class GateSettings:
     folder: str = "OUT_OF_SCOPE"
 
 
+# A DICOM AE title: 1-16 printable ASCII characters, no backslash, no leading or trailing space.
+_AE_TITLE = r"[!-\[\]-~]([ -\[\]-~]{0,14}[!-\[\]-~])?"
+
+
+@dataclass(frozen=True)
+class ReceiveSettings:
+    """``xray-worker receive``: a DICOM Storage SCP that files instances into [inbox] path
+    (docs/receiving.md)."""
+
+    # Address and TCP port to listen on (0.0.0.0 or :: for every interface).
+    host: str = "127.0.0.1"
+    port: int = field(default=11112, metadata=_check(minimum=1, maximum=65535))
+    # Our own AE title, the one modalities and PACS call.
+    ae_title: str = field(
+        default="XRAY_SCREEN", metadata={"pattern": _AE_TITLE, "hint": "a DICOM AE title (1-16 characters)"}
+    )
+    # Calling AE titles allowed to send, each optionally bound to its IP address
+    # ("MODALITY1@10.0.0.5"); empty: any.
+    allowed_aets: tuple[str, ...] = ()
+    # Largest PDU we receive (bytes); the peer splits its data into PDUs of at most this size.
+    max_pdu: int = field(default=131_072, metadata=_check(minimum=4096, maximum=16_777_216))
+    # Seconds to wait for an association request or release, and for the network to answer.
+    association_timeout: float = field(default=30.0, metadata=_check(minimum=1, maximum=3600))
+    # Seconds an association may stay silent (mid-instance included) before it is aborted.
+    idle_timeout: float = field(default=60.0, metadata=_check(minimum=1, maximum=86_400))
+    # Largest instance accepted (bytes); larger ones are refused (0xA700), never held in memory.
+    max_instance_bytes: int = field(default=268_435_456, metadata=_check(minimum=1024))
+    # Associations served at once (each may hold up to max_instance_bytes in memory).
+    max_associations: int = field(default=8, metadata=_check(minimum=1, maximum=256))
+    # Also accept Secondary Capture Image Storage (scanned films, screenshots).
+    secondary_capture: bool = False
+    # TLS: our certificate and key (PEM); both or neither. With tls_ca, peers must present a
+    # certificate signed by that CA.
+    tls_cert: str = field(default="", metadata={"path": True})
+    tls_key: str = field(default="", metadata={"path": True})
+    tls_ca: str = field(default="", metadata={"path": True})
+
+
 @dataclass(frozen=True)
 class Settings:
     model: ModelSettings = field(default_factory=ModelSettings)
@@ -222,6 +260,7 @@ class Settings:
     scan: ScanSettings = field(default_factory=ScanSettings)
     ray: RaySettings = field(default_factory=RaySettings)
     gate: GateSettings = field(default_factory=GateSettings)
+    receive: ReceiveSettings = field(default_factory=ReceiveSettings)
     # The file the settings came from, if any (for messages).
     source: Path | None = None
 
@@ -282,6 +321,8 @@ def _layer_file(raw: dict[str, dict[str, tuple[Any, str]]], path: Path) -> None:
             _known(section, key, where)
             if isinstance(value, str) and _field(section, key).type in ("Path", Path):
                 value = _relative_to(path.parent, value)
+            elif isinstance(value, str) and value and _field(section, key).metadata.get("path"):
+                value = _relative_to(path.parent, value)  # an optional path: "" stays "" (none)
             elif isinstance(value, str) and _field(section, key).metadata.get("sqlite_url"):
                 value = _sqlite_url_relative_to(path.parent, value)
             elif isinstance(value, list) and _field(section, key).metadata.get("paths"):

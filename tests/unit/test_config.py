@@ -107,3 +107,38 @@ def test_the_lease_comes_from_the_file_the_environment_or_a_set_flag(tmp_path: P
     assert daemon_settings(ctx, flags).inbox.lease_seconds == 15  # xray-worker watch --set ...
     with pytest.raises(ConfigError, match=r"\[inbox\] lease_seconds = '5'.*: must be at least 10"):
         load_settings(None, environ={}, overrides={"inbox.lease_seconds": "5"})
+
+
+def test_receive_settings_defaults_file_and_flags(tmp_path: Path):
+    s = load_settings(None, environ={})
+    assert (s.receive.host, s.receive.port, s.receive.ae_title) == ("127.0.0.1", 11112, "XRAY_SCREEN")
+    assert s.receive.allowed_aets == () and not s.receive.secondary_capture and s.receive.tls_cert == ""
+    path = write(
+        tmp_path,
+        '[receive]\nport = 104\nallowed_aets = ["MODALITY1@10.0.0.5", "PACS"]\n'
+        'tls_cert = "tls/server.pem"\ntls_key = "/etc/xray-screen/server.key"\n',
+    )
+    s = load_settings(
+        path, environ={"XRAY_SCREEN_RECEIVE_AE_TITLE": "XRAY_GW"}, overrides={"receive.port": 11113}
+    )
+    assert s.receive.port == 11113 and s.receive.ae_title == "XRAY_GW"
+    assert s.receive.allowed_aets == ("MODALITY1@10.0.0.5", "PACS")
+    assert s.receive.tls_cert == str(tmp_path.resolve() / "tls" / "server.pem")  # beside the file
+    assert s.receive.tls_key == "/etc/xray-screen/server.key" and s.receive.tls_ca == ""
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[receive]\nport = 0\n", r"\[receive\] port = 0: must be at least 1"),
+        ("[receive]\nport = 70000\n", r"\[receive\] port = 70000: must be at most 65535"),
+        ('[receive]\nae_title = "A_TITLE_LONGER_THAN_16"\n', r"ae_title .*: must be a DICOM AE title"),
+        ('[receive]\nae_title = "BACK\\\\SLASH"\n', r"ae_title .*: must be a DICOM AE title"),
+        ('[receive]\nae_title = ""\n', r"ae_title .*: must be a DICOM AE title"),
+        ("[receive]\nmax_pdu = 100\n", r"max_pdu = 100: must be at least 4096"),
+        ("[receive]\nidle_timeout = 0\n", r"idle_timeout = 0: must be at least 1"),
+    ],
+)
+def test_bad_receive_settings_name_the_key(tmp_path: Path, text: str, message: str):
+    with pytest.raises(ConfigError, match=message):
+        load_settings(write(tmp_path, text), environ={})

@@ -68,3 +68,29 @@ def test_daemon_unit_settings():
     ]:
         assert line in text, line
     assert "\nPrivateDevices=" not in text  # it would hide the GPU
+
+
+def test_every_service_is_checked():
+    assert {u.name for u in UNITS} >= {"xray-screen.service", "xray-screen-receive.service"}
+
+
+def test_receiver_unit_settings():
+    """The receiver needs no GPU and no JIT: tighter than the daemon's unit."""
+    text = (ROOT / "systemd" / "xray-screen-receive.service").read_text()
+    for line in [
+        "Type=notify",
+        "ExecStart=/opt/xray-screen/.venv/bin/xray-worker receive",
+        "Restart=on-failure",
+        "RestartPreventExitStatus=78",
+        "User=xray-screen",
+        "ProtectSystem=strict",
+        "ReadWritePaths=/srv/xray/inbox\n",  # the inbox only: not processed/ or failed/
+        "PrivateDevices=yes",
+        "MemoryDenyWriteExecute=yes",
+        "NoNewPrivileges=yes",
+        "CapabilityBoundingSet=\n",
+        "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6",
+        "MemoryMax=",
+    ]:
+        assert line in text, line
+    assert "DeviceAllow=" not in text and "db upgrade" not in text  # no GPU, no database

@@ -13,6 +13,7 @@ from worker import __version__, logs
 from worker.app import predict_files
 from worker.cli.common import Commands, model_options, model_overrides, settings_for
 from worker.cli.db import db, report
+from worker.cli.receive import receive
 from worker.cli.scan import scan
 from worker.cli.watch import healthcheck, watch
 
@@ -29,7 +30,7 @@ log = logging.getLogger("worker")
 @click.option(
     "--log-level",
     type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
-    help="Default: INFO for watch (one line per file and batch), WARNING otherwise.",
+    help="Default: INFO for watch and receive (one line per file, batch, association), WARNING otherwise.",
 )
 @click.version_option(__version__, prog_name="xray-worker")
 @click.pass_context
@@ -41,7 +42,7 @@ def cli(ctx: click.Context, config_path: Path | None, log_level: str | None) -> 
       xray-worker predict scans/             # every image below scans/
       xray-worker predict --json a.dcm b.png  # one JSON object per line
     """
-    level = (log_level or ("INFO" if ctx.invoked_subcommand == "watch" else "WARNING")).upper()
+    level = (log_level or ("INFO" if ctx.invoked_subcommand in ("watch", "receive") else "WARNING")).upper()
     logs.configure(level)
     ctx.obj = {"config_path": config_path}
 
@@ -71,6 +72,7 @@ cli.add_command(report)
 cli.add_command(watch)
 cli.add_command(healthcheck)
 cli.add_command(scan)
+cli.add_command(receive)
 
 
 def main() -> None:

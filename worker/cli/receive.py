@@ -1,0 +1,112 @@
+"""``xray-worker receive``: the DICOM Storage SCP (worker/receive/), in front of ``watch``."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import click
+
+from worker.cli.common import settings_for
+from worker.runtime.sdnotify import Notifier
+from worker.runtime.signals import two_stage_shutdown
+
+log = logging.getLogger("worker")
+
+# flag name -> the [receive] key it sets
+_KEYS = {
+    "host": "host",
+    "port": "port",
+    "ae_title": "ae_title",
+    "allow": "allowed_aets",
+    "max_pdu": "max_pdu",
+    "association_timeout": "association_timeout",
+    "idle_timeout": "idle_timeout",
+    "max_instance_bytes": "max_instance_bytes",
+    "max_associations": "max_associations",
+    "secondary_capture": "secondary_capture",
+    "tls_cert": "tls_cert",
+    "tls_key": "tls_key",
+    "tls_ca": "tls_ca",
+}
+
+
+@click.command()
+@click.option(
+    "--inbox",
+    "inbox_path",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where instances are written (watch's inbox). Default: [inbox] path.",
+)
+@click.option("--host", help="Address to listen on (0.0.0.0: every interface). Default: 127.0.0.1.")
+@click.option("--port", type=int, help="TCP port. Default: 11112.")
+@click.option("--ae-title", help="Our AE title, the one senders call. Default: XRAY_SCREEN.")
+@click.option(
+    "--allow",
+    multiple=True,
+    metavar="AET[@IP]",
+    help="A calling AE title allowed to send, optionally only from that address (repeatable). "
+    "Default: [receive] allowed_aets; none: anyone.",
+)
+@click.option("--max-pdu", type=int, help="Largest PDU received, bytes. Default: 131072.")
+@click.option("--association-timeout", type=float, help="Seconds to wait for a request or release.")
+@click.option("--idle-timeout", type=float, help="Seconds an association may stay silent. Default: 60.")
+@click.option("--max-instance-bytes", type=int, help="Refuse larger instances (0xA700). Default: 256 MiB.")
+@click.option("--max-associations", type=int, help="Associations served at once. Default: 8.")
+@click.option(
+    "--secondary-capture/--no-secondary-capture",
+    default=None,
+    help="Also accept Secondary Capture images. Default: no.",
+)
+@click.option("--tls-cert", type=click.Path(dir_okay=False), help="TLS: our certificate (PEM).")
+@click.option("--tls-key", type=click.Path(dir_okay=False), help="TLS: our private key (PEM).")
+@click.option(
+    "--tls-ca", type=click.Path(dir_okay=False), help="TLS: peers must present a certificate from this CA."
+)
+@click.option(
+    "--set",
+    "assignments",
+    multiple=True,
+    metavar="SECTION.KEY=VALUE",
+    help="Any other setting, e.g. --set inbox.umask=007 (repeatable).",
+)
+@click.pass_context
+def receive(ctx: click.Context, inbox_path: Path | None, assignments: tuple[str, ...], **flags: Any) -> None:
+    """Receive X-rays from modalities and PACS (DICOM C-STORE) into the inbox, until stopped.
+
+    Answers C-ECHO and C-STORE of CR and DX images; each instance is written into the inbox
+    as <SOPInstanceUID>.dcm and answered Success once it is safely on disk. Run `watch` on
+    the same inbox to screen them. SIGTERM stops taking associations and lets the ones in
+    progress finish; a second one exits at once.
+
+    \b
+    Example:
+      xray-worker receive --host 0.0.0.0 --port 11112 --ae-title XRAY_SCREEN \\
+                          --allow MODALITY1@10.0.0.5 --inbox /srv/xray/inbox
+    """
+    overrides: dict[str, Any] = {"inbox.path": inbox_path}
+    for flag, key in _KEYS.items():
+        value = flags.pop(flag)
+        overrides[f"receive.{key}"] = (value or None) if flag == "allow" else value
+    for assignment in assignments:
+        key, sep, value = assignment.partition("=")
+        if not sep or "." not in key:
+            raise click.BadParameter(f"{assignment!r}: expected SECTION.KEY=VALUE", param_hint="--set")
+        overrides[key.strip()] = value
+    settings = settings_for(ctx, **overrides)
+
+    from worker.receive import open_receiver  # pynetdicom: only for this command
+
+    receiver = open_receiver(settings)
+    receiver.start()
+    notifier = Notifier()
+    host, port = receiver.address
+    notifier.ready(f"receiving as {settings.receive.ae_title} on {host}:{port}")
+    with two_stage_shutdown(
+        receiver.stop,
+        on_first=lambda name: log.info("%s: finishing the associations in progress, then stopping", name),
+        on_second=lambda name: log.warning("%s again: exiting now; unanswered instances are resent", name),
+    ):
+        receiver.run()
+    notifier.stopping()

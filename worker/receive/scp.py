@@ -1,0 +1,300 @@
+"""The DICOM Storage SCP: associations in, instances into the inbox.
+
+``Receiver`` answers C-ECHO, and C-STORE for CR and DX images (and Secondary Capture when
+``[receive] secondary_capture``) in every transfer syntax ``worker.decode`` reads; other SOP
+classes and syntaxes get no accepted presentation context. Each instance is handed to
+``InboxWriter.store`` (worker/receive/store.py) and answered Success only once it is on disk
+for good; ``watch`` then screens it like any other file in the inbox.
+
+A log line per association (calling AE, address, instances stored and refused, seconds, how
+it ended) and per refused instance; never a patient attribute.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydicom.uid import (
+    HTJ2K,
+    JPEG2000,
+    UID,
+    ComputedRadiographyImageStorage,
+    DeflatedExplicitVRLittleEndian,
+    DigitalXRayImageStorageForPresentation,
+    DigitalXRayImageStorageForProcessing,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    HTJ2KLossless,
+    HTJ2KLosslessRPCL,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    RLELossless,
+    SecondaryCaptureImageStorage,
+)
+from pynetdicom import AE, evt
+from pynetdicom.sop_class import Verification
+from pynetdicom.transport import ThreadedAssociationServer
+
+from worker.config import ReceiveSettings
+from worker.errors import ConfigError
+from worker.receive.limits import BoundedBuffer, bound_data_set, bound_socket
+from worker.receive.peers import AllowedPeers, tls_context
+from worker.receive.store import OUT_OF_RESOURCES, SUCCESS, InboxWriter, Refused, file_name
+
+log = logging.getLogger(__name__)
+
+# The transfer syntaxes worker/decode/dicom.py decodes with pydicom and the installed
+# pylibjpeg plugins (tests/integration/test_receive.py checks each has a decoder).
+TRANSFER_SYNTAXES: tuple[UID, ...] = (
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    JPEG2000Lossless,
+    JPEG2000,
+    HTJ2KLossless,
+    HTJ2KLosslessRPCL,
+    HTJ2K,
+    RLELossless,
+)
+XRAY_STORAGE: tuple[UID, ...] = (
+    ComputedRadiographyImageStorage,
+    DigitalXRayImageStorageForPresentation,
+    DigitalXRayImageStorageForProcessing,
+)
+# A PDU may be longer than max_pdu only for the association request (many contexts).
+MIN_PDU_LIMIT = 1 << 20
+
+
+def storage_classes(settings: ReceiveSettings) -> tuple[UID, ...]:
+    return XRAY_STORAGE + ((SecondaryCaptureImageStorage,) if settings.secondary_capture else ())
+
+
+@dataclass
+class _Association:
+    """What one connection did, for its log line."""
+
+    address: str
+    started: float = field(default_factory=time.monotonic)
+    title: str = ""
+    stored: int = 0
+    refused: int = 0
+    note: str = ""
+
+
+class Receiver:
+    """A Storage SCP on ``settings.host:port`` writing into ``writer``'s folder.
+
+    ``start()`` listens (``address`` is then the bound address), ``run()`` waits until
+    ``stop()``; ``stop()`` closes the port, lets the associations in progress finish for up
+    to ``grace`` seconds, and aborts the rest: what they had not been answered Success for
+    is sent again by the peer.
+    """
+
+    def __init__(self, settings: ReceiveSettings, writer: InboxWriter):
+        self.settings = settings
+        self.writer = writer
+        self.peers = AllowedPeers.parse(settings.allowed_aets)
+        self.ssl_context = tls_context(settings)
+        self.grace = settings.association_timeout
+        self._stop = threading.Event()
+        self._server: ThreadedAssociationServer | None = None
+        self._open: dict[Any, _Association] = {}
+        self._lock = threading.Lock()
+        self.ae = self._application_entity()
+
+    def _application_entity(self) -> AE:
+        s = self.settings
+        ae = AE(ae_title=s.ae_title)
+        ae.maximum_pdu_size = s.max_pdu
+        ae.acse_timeout = s.association_timeout
+        ae.network_timeout = s.idle_timeout
+        ae.dimse_timeout = s.idle_timeout
+        ae.maximum_associations = s.max_associations
+        ae.add_supported_context(Verification)
+        for sop_class in storage_classes(s):
+            ae.add_supported_context(sop_class, list(TRANSFER_SYNTAXES))
+        return ae
+
+    # -- running ------------------------------------------------------------------
+
+    def start(self) -> None:
+        handlers = [
+            (evt.EVT_CONN_OPEN, self._on_open),
+            (evt.EVT_REQUESTED, self._on_requested),
+            (evt.EVT_ACCEPTED, self._on_accepted),
+            (evt.EVT_C_ECHO, self._on_echo),
+            (evt.EVT_C_STORE, self._on_store),
+        ]
+        address = (self.settings.host, self.settings.port)
+        try:
+            self._server = self.ae.start_server(
+                address, block=False, evt_handlers=handlers, ssl_context=self.ssl_context
+            )
+        except OSError as exc:
+            where = f"{address[0]}:{address[1]}"
+            raise ConfigError(f"[receive] cannot listen on {where}: {exc.strerror or exc}") from None
+        log.info(
+            "receiving as %s on %s:%d%s into %s (%s)",
+            self.settings.ae_title,
+            *self.address,
+            " (TLS)" if self.ssl_context else "",
+            self.writer.folder,
+            ", ".join(c.name for c in storage_classes(self.settings)),
+        )
+
+    @property
+    def address(self) -> tuple[str, int]:
+        assert self._server is not None
+        host, port = self._server.server_address[:2]
+        return str(host), int(port)
+
+    def run(self) -> None:
+        if self._server is None:
+            self.start()
+        self._stop.wait()
+        self._shutdown()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _shutdown(self) -> None:
+        server, self._server = self._server, None
+        if server is None:
+            return
+        active = server.active_associations
+        server.shutdown()
+        deadline = time.monotonic() + self.grace
+        for assoc in active:
+            assoc.join(max(0.0, deadline - time.monotonic()))
+            if assoc.is_alive():
+                assoc.abort()
+        log.info("stopped receiving")
+
+    # -- association events -------------------------------------------------------
+
+    def _on_open(self, event: Any) -> None:
+        assoc = event.assoc
+        host, port = event.address[:2]
+        stats = _Association(address=f"{host}:{port}")
+        with self._lock:
+            self._open[assoc] = stats
+        bound_socket(assoc, max(self.settings.max_pdu, MIN_PDU_LIMIT) + 6, self.settings.idle_timeout)
+        bound_data_set(assoc, self.settings.max_instance_bytes)
+        run = assoc.run
+
+        def run_then_log() -> None:  # the thread's end: exactly one line per connection
+            try:
+                run()
+            finally:
+                self._closed(assoc)
+
+        assoc.run = run_then_log
+
+    def _on_requested(self, event: Any) -> None:
+        assoc = event.assoc
+        stats = self._stats(assoc)
+        stats.title = str(assoc.requestor.primitive.calling_ae_title).strip()
+        address = stats.address.rsplit(":", 1)[0]
+        if not self.peers.allows(stats.title, address):
+            stats.note = "calling AE title not allowed from this address"
+            assoc.acse.send_reject(0x01, 0x01, 0x03)  # permanent, by the user: calling AE not recognised
+            assoc.kill()
+
+    def _on_accepted(self, event: Any) -> None:
+        assoc = event.assoc
+        accepted = {cx.abstract_syntax for cx in assoc.accepted_contexts}
+        refused = sorted({UID(cx.abstract_syntax).name for cx in assoc.rejected_contexts} - accepted)
+        if refused:  # SOP classes, or transfer syntaxes, not taken
+            what = "no presentation context accepted" if not accepted else "presentation contexts refused"
+            self._stats(assoc).note = f"{what}: {', '.join(refused[:5])}"
+
+    def _on_echo(self, event: Any) -> int:
+        return SUCCESS
+
+    def _on_store(self, event: Any) -> int:
+        stats = self._stats(event.assoc)
+        data_set = event.request.DataSet
+        if isinstance(data_set, BoundedBuffer) and data_set.overflowed:
+            return self._refuse(
+                stats,
+                event,
+                Refused(
+                    OUT_OF_RESOURCES,
+                    f"instance of {data_set.received} bytes is over max_instance_bytes "
+                    f"({self.settings.max_instance_bytes})",
+                ),
+            )
+        preamble = b"\0" * 128 + b"DICM" + _encoded_file_meta(event.file_meta)
+        try:
+            self.writer.store((preamble, data_set.getbuffer()))
+        except Refused as refusal:
+            return self._refuse(stats, event, refusal)
+        stats.stored += 1
+        return SUCCESS
+
+    def _refuse(self, stats: _Association, event: Any, refusal: Refused) -> int:
+        stats.refused += 1
+        try:
+            what = file_name(event.request.AffectedSOPInstanceUID)
+        except Refused:
+            what = "an instance"
+        log.warning(
+            "refused %s from %s at %s: 0x%04X %s",
+            what,
+            stats.title or "?",
+            stats.address,
+            refusal.status,
+            refusal.reason,
+        )
+        return refusal.status
+
+    # -- bookkeeping --------------------------------------------------------------
+
+    def _stats(self, assoc: Any) -> _Association:
+        with self._lock:
+            return self._open.setdefault(assoc, _Association(address="?"))
+
+    def _closed(self, assoc: Any) -> None:
+        with self._lock:
+            stats = self._open.pop(assoc, None)
+        if stats is None:
+            return
+        seconds = time.monotonic() - stats.started
+        if assoc.is_rejected:
+            ending = "rejected"
+        elif assoc.is_released:
+            ending = "released"
+        elif assoc.is_aborted:
+            ending = "aborted"
+        elif not stats.title:
+            ending = "closed before an association request"
+        else:
+            ending = "connection lost or timed out"
+        note = f"; {stats.note}" if stats.note else ""
+        line = "association from %s at %s: %d stored, %d refused, %.1f s, %s%s"
+        args = (stats.title or "?", stats.address, stats.stored, stats.refused, seconds, ending, note)
+        level = logging.INFO if ending == "released" and not stats.refused and not note else logging.WARNING
+        log.log(level, line, *args)
+
+
+def _encoded_file_meta(file_meta: Any) -> bytes:
+    from pynetdicom.dsutils import encode_file_meta
+
+    return encode_file_meta(file_meta)
