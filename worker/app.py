@@ -69,10 +69,19 @@ def open_gate(settings: Settings, model: Any) -> Any:
 
 
 def predict_files(
-    settings: Settings, paths: Iterable[Path], out: TextIO, err: TextIO, *, as_json: bool
+    settings: Settings,
+    paths: Iterable[Path],
+    out: TextIO,
+    err: TextIO,
+    *,
+    as_json: bool,
+    heatmaps: Path | None = None,
+    heatmaps_for: str = "positives",
 ) -> int:
     """``predict``: screen the files named (folders walked), one line each; the exit status
-    (1 when a file failed, or when nothing was found, with what was skipped and why)."""
+    (1 when a file failed, or when nothing was found, with what was skipped and why).
+    ``heatmaps``: a folder to write the heatmaps of the films ``heatmaps_for`` names into
+    (``worker/explain``), each path on its film's line."""
     from worker.sinks.console import Console, describe
     from worker.sources.walk import expand_paths
 
@@ -80,8 +89,18 @@ def predict_files(
     console = Console(predictor, out, err, as_json=as_json)
     console.header()
     skipped: Counter[str] = Counter()
-    for answer in predictor.predict(expand_paths(paths, skipped)):
-        console.write(answer)
+    answers = predictor.predict(expand_paths(paths, skipped))
+    if heatmaps is not None and heatmaps_for != "none":
+        from worker.explain.heatmaps import Heatmapper
+        from worker.explain.settings import ExplainSettings
+
+        explain = ExplainSettings(heatmaps=heatmaps_for, folder=heatmaps)  # type: ignore[arg-type]
+        mapper = Heatmapper(predictor.model, explain, device=predictor.device)
+        for answer, heatmap in mapper.annotate(answers, window=predictor.batch_size):
+            console.write(answer, heatmap)
+    else:
+        for answer in answers:
+            console.write(answer)
     if console.summary(skipped) == 0:
         why = f" (skipped: {describe(skipped)})" if skipped else ""
         err.write(f"Error: no files to screen under the given paths{why}\n")

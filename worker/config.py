@@ -250,6 +250,59 @@ class ReceiveSettings:
     tls_ca: str = field(default="", metadata={"path": True})
 
 
+PACS_OUTPUTS = ("sr", "sc")
+
+
+@dataclass(frozen=True)
+class PacsDestination:
+    """One PACS (or other DICOM archive) that ``xray-worker send`` delivers to: a
+    ``[[pacs.destinations]]`` table of the config file."""
+
+    # Our name for it: outbox rows and `xray-worker report deliveries` use it.
+    name: str = field(
+        default="", metadata={"pattern": r"[A-Za-z0-9_.-]{1,64}", "hint": "1-64 letters, digits, _ . -"}
+    )
+    # Its AE title, host and DICOM port.
+    ae_title: str = field(
+        default="", metadata={"pattern": _AE_TITLE, "hint": "a DICOM AE title (1-16 characters)"}
+    )
+    host: str = field(default="", metadata={"pattern": r"\S+", "hint": "a host name or address"})
+    port: int = field(default=104, metadata=_check(minimum=1, maximum=65535))
+    # What it receives: "sr" (a structured report per DICOM input), "sc" (a key image per positive).
+    outputs: tuple[str, ...] = PACS_OUTPUTS
+    # Ask it to commit to keeping what it stored (N-ACTION, Storage Commitment Push Model).
+    storage_commitment: bool = False
+
+
+@dataclass(frozen=True)
+class PacsSettings:
+    """``xray-worker send``: delivering the outbox's objects to PACS (docs/pacs-delivery.md)."""
+
+    # Where to send; none: nothing is queued or sent.
+    destinations: tuple[PacsDestination, ...] = ()
+    # Our AE title, the calling AE title of every association (configure it on the PACS).
+    ae_title: str = field(
+        default="XRAY_SCREEN", metadata={"pattern": _AE_TITLE, "hint": "a DICOM AE title (1-16 characters)"}
+    )
+    # Objects per association.
+    batch_size: int = field(default=50, metadata=_check(minimum=1, maximum=10_000))
+    # Failed attempts of one object before it is marked failed (and left for an operator).
+    max_attempts: int = field(default=20, metadata=_check(minimum=1, maximum=1000))
+    # Seconds before the first retry, doubling (with jitter) up to backoff_cap.
+    backoff_base: float = field(default=30.0, metadata=_check(minimum=0))
+    backoff_cap: float = field(default=3600.0, metadata=_check(minimum=0))
+    # Seconds between looks at the outbox when nothing is due.
+    poll_interval: float = field(default=5.0, metadata=_check(minimum=0.05))
+    # Seconds to wait for an association, and for the PACS to answer a request.
+    association_timeout: float = field(default=30.0, metadata=_check(minimum=1, maximum=3600))
+    # Storage commitment: where our SCP listens for the PACS's N-EVENT-REPORT ("0.0.0.0": every
+    # interface). Port 0: no listener; only reports sent on the request's own association count.
+    commitment_host: str = "127.0.0.1"
+    commitment_port: int = field(default=0, metadata=_check(minimum=0, maximum=65535))
+    # Seconds to wait for a report before the objects are sent and committed again.
+    commitment_timeout: float = field(default=3600.0, metadata=_check(minimum=1))
+
+
 @dataclass(frozen=True)
 class Settings:
     model: ModelSettings = field(default_factory=ModelSettings)
@@ -261,6 +314,7 @@ class Settings:
     ray: RaySettings = field(default_factory=RaySettings)
     gate: GateSettings = field(default_factory=GateSettings)
     receive: ReceiveSettings = field(default_factory=ReceiveSettings)
+    pacs: PacsSettings = field(default_factory=PacsSettings)
     # The file the settings came from, if any (for messages).
     source: Path | None = None
 
@@ -374,10 +428,47 @@ def _build(cls: type, section: str, values: Mapping[str, tuple[Any, str]]) -> An
         if f.name not in values:
             continue
         value, where = values[f.name]
+        if hints[f.name] == tuple[PacsDestination, ...]:
+            kwargs[f.name] = _destinations(value, where)
+            continue
         label = f"{where}: [{section}] {f.name} = {value!r}"
         kwargs[f.name] = _coerce(hints[f.name], value, label)
         _check_range(f, kwargs[f.name], label)
     return cls(**kwargs)
+
+
+def _destinations(value: Any, where: str) -> tuple[PacsDestination, ...]:
+    """``[[pacs.destinations]]`` tables, each checked like a section of its own."""
+    if not isinstance(value, list) or not all(isinstance(t, dict) for t in value):
+        raise ConfigError(
+            f"{where}: [pacs] destinations must be [[pacs.destinations]] tables in the config file"
+        )
+    built: list[PacsDestination] = []
+    for number, table in enumerate(value, 1):
+        section = f"pacs.destinations #{number}"
+        for key in table:
+            _known_destination_key(key, f"{where}: [{section}]")
+        missing = [k for k in ("name", "ae_title", "host", "port") if k not in table]
+        if missing:
+            raise ConfigError(f"{where}: [{section}] needs {', '.join(missing)}")
+        destination = _build(PacsDestination, section, {k: (v, where) for k, v in table.items()})
+        unknown = sorted(set(destination.outputs) - set(PACS_OUTPUTS))
+        if unknown or not destination.outputs:
+            raise ConfigError(
+                f"{where}: [{section}] outputs = {list(destination.outputs)!r}: choose from sr, sc"
+            )
+        if destination.name in {d.name for d in built}:
+            raise ConfigError(
+                f"{where}: [{section}] name = {destination.name!r}: used by another destination"
+            )
+        built.append(destination)
+    return tuple(built)
+
+
+def _known_destination_key(key: str, where: str) -> None:
+    names = [f.name for f in dataclasses.fields(PacsDestination)]
+    if key not in names:
+        raise ConfigError(f"{where}: unknown key {key}; known: {', '.join(names)}")
 
 
 def _coerce(hint: Any, value: Any, label: str) -> Any:

@@ -115,6 +115,10 @@ def test_studies_get_one_verdict_positive_when_any_screened_film_is(store: Store
         ("1.2", "A", "NEGATIVE", 2, 0, 0.3),
     ]
     assert report.totals == {"studies": 3, "positive_studies": 2, "films": 5}
+    table = render(report, "table")
+    assert "studies 3   positive studies 2   films 5" in table and "POSITIVE" in table
+    assert json.loads(render(report, "json"))["totals"]["positive_studies"] == 2
+    assert "1.2" in render(report, "csv")
     assert len(studies(store.engine, None, now=NOW).sections[0].rows) == 4  # the month-old study too
 
 

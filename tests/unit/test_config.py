@@ -142,3 +142,63 @@ def test_receive_settings_defaults_file_and_flags(tmp_path: Path):
 def test_bad_receive_settings_name_the_key(tmp_path: Path, text: str, message: str):
     with pytest.raises(ConfigError, match=message):
         load_settings(write(tmp_path, text), environ={})
+
+
+def test_pacs_destinations_come_from_tables_of_the_config_file(tmp_path: Path):
+    path = tmp_path / "config.toml"
+    path.write_text(
+        "[pacs]\nae_title = 'XRAY1'\nbatch_size = 10\n"
+        "[[pacs.destinations]]\nname = 'main'\nae_title = 'PACS1'\nhost = '10.0.0.20'\nport = 104\n"
+        "[[pacs.destinations]]\nname = 'backup'\nae_title = 'PACS2'\nhost = 'pacs2'\nport = 11112\n"
+        "outputs = ['sr']\nstorage_commitment = true\n"
+    )
+    s = load_settings(path, environ={"XRAY_SCREEN_PACS_BATCH_SIZE": "20"})
+    assert (s.pacs.ae_title, s.pacs.batch_size) == ("XRAY1", 20)
+    main, backup = s.pacs.destinations
+    assert (main.name, main.ae_title, main.host, main.port, main.outputs) == (
+        "main",
+        "PACS1",
+        "10.0.0.20",
+        104,
+        ("sr", "sc"),
+    )
+    assert (backup.outputs, backup.storage_commitment, main.storage_commitment) == (("sr",), True, False)
+    assert load_settings(ROOT_CONFIG, environ={}).pacs.destinations == ()
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "[[pacs.destinations]]\nname = 'a'\nhost = 'h'\nport = 104\n",
+            r"\[pacs.destinations #1\] needs ae_title",
+        ),
+        (
+            "[[pacs.destinations]]\nname = 'a'\nae_title = 'A'\nhost = 'h'\nport = 0\n",
+            r"\[pacs.destinations #1\] port = 0: must be at least 1",
+        ),
+        (
+            "[[pacs.destinations]]\nname = 'a'\nae_title = 'A'\nhost = 'h'\nport = 1\noutputs = ['pdf']\n",
+            r"outputs = \['pdf'\]: choose from sr, sc",
+        ),
+        (
+            "[[pacs.destinations]]\nname = 'a'\nae_title = 'A'\nhost = 'h'\nport = 1\nqueue = 2\n",
+            r"\[pacs.destinations #1\]: unknown key queue",
+        ),
+        (
+            "[[pacs.destinations]]\nname='a'\nae_title='A'\nhost='h'\nport=1\n"
+            "[[pacs.destinations]]\nname='a'\nae_title='B'\nhost='h'\nport=2\n",
+            r"\[pacs.destinations #2\] name = 'a': used by another destination",
+        ),
+        (
+            "[pacs]\nae_title = 'MUCH TOO LONG AE TITLE'\n",
+            r"\[pacs\] ae_title = .*: must be a DICOM AE title",
+        ),
+        ("[pacs]\ndestinations = 'main'\n", r"must be \[\[pacs.destinations\]\] tables"),
+    ],
+)
+def test_bad_pacs_settings_name_the_key(tmp_path: Path, text: str, message: str):
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_settings(path, environ={})

@@ -71,7 +71,11 @@ def test_daemon_unit_settings():
 
 
 def test_every_service_is_checked():
-    assert {u.name for u in UNITS} >= {"xray-screen.service", "xray-screen-receive.service"}
+    assert {u.name for u in UNITS} >= {
+        "xray-screen.service",
+        "xray-screen-receive.service",
+        "xray-screen-send.service",
+    }
 
 
 def test_receiver_unit_settings():
@@ -94,3 +98,24 @@ def test_receiver_unit_settings():
     ]:
         assert line in text, line
     assert "DeviceAllow=" not in text and "db upgrade" not in text  # no GPU, no database
+
+
+def test_sender_unit_settings():
+    """The PACS sender needs no GPU, no JIT and no inbox: as tight as the receiver's unit."""
+    text = (ROOT / "systemd" / "xray-screen-send.service").read_text()
+    for line in [
+        "Type=notify",
+        "ExecStart=/opt/xray-screen/.venv/bin/xray-worker send",
+        "Restart=on-failure",
+        "RestartPreventExitStatus=78",
+        "User=xray-screen",
+        "ProtectSystem=strict",
+        "PrivateDevices=yes",
+        "MemoryDenyWriteExecute=yes",
+        "NoNewPrivileges=yes",
+        "CapabilityBoundingSet=\n",
+        "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6",
+        "MemoryMax=",
+    ]:
+        assert line in text, line
+    assert "DeviceAllow=" not in text and "ReadWritePaths=/srv/xray/inbox" not in text

@@ -22,6 +22,7 @@ from worker.db import migrate
 from worker.db.engine import make_engine, reader, safe_url, sqlite_file
 from worker.db.errors import database_errors
 from worker.db.render import FORMATS, render
+from worker.db.report import deliveries as deliveries_report
 from worker.db.report import flagged as flagged_report
 from worker.db.report import parse_since, summary
 from worker.db.report import studies as studies_report
@@ -202,6 +203,7 @@ def report(ctx: click.Context, since: datetime | None, fmt: str, db_url: str | N
       xray-worker report --since 24h --format json
       xray-worker report flagged --since 2025-11-01 --format csv > flagged.csv
       xray-worker report studies --since 24h    # one verdict per DICOM study
+      xray-worker report deliveries             # what went to the PACS, what waits
     """
     if ctx.invoked_subcommand is not None:
         return
@@ -260,6 +262,22 @@ def studies_command(ctx: click.Context, since: datetime | None, fmt: str, db_url
     """
     with open_engine(ctx, db_url, at_head=True) as engine:
         result = studies_report(engine, since)
+    click.echo(render(result, fmt))
+
+
+@report.command(name="deliveries")
+@report_options
+@click.pass_context
+def deliveries_command(ctx: click.Context, since: datetime | None, fmt: str, db_url: str | None) -> None:
+    """Show PACS deliveries: objects per destination and status, last errors, the backlog.
+
+    \b
+    Example:
+      xray-worker report deliveries             # queued in the last 7 days, and the backlog
+      xray-worker report deliveries --since all --format json
+    """
+    with open_engine(ctx, db_url, at_head=True) as engine:
+        result = deliveries_report(engine, since)
     click.echo(render(result, fmt))
 
 

@@ -15,6 +15,7 @@ from worker.cli.common import Commands, model_options, model_overrides, settings
 from worker.cli.db import db, report
 from worker.cli.receive import receive
 from worker.cli.scan import scan
+from worker.cli.send import send
 from worker.cli.watch import healthcheck, watch
 
 log = logging.getLogger("worker")
@@ -42,7 +43,9 @@ def cli(ctx: click.Context, config_path: Path | None, log_level: str | None) -> 
       xray-worker predict scans/             # every image below scans/
       xray-worker predict --json a.dcm b.png  # one JSON object per line
     """
-    level = (log_level or ("INFO" if ctx.invoked_subcommand in ("watch", "receive") else "WARNING")).upper()
+    level = (
+        log_level or ("INFO" if ctx.invoked_subcommand in ("watch", "receive", "send") else "WARNING")
+    ).upper()
     logs.configure(level)
     ctx.obj = {"config_path": config_path}
 
@@ -51,20 +54,50 @@ def cli(ctx: click.Context, config_path: Path | None, log_level: str | None) -> 
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @model_options
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line, errors included.")
+@click.option(
+    "--heatmaps",
+    "heatmap_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Write a Grad-CAM heatmap (PNG) of each positive film under DIR/<date>/ and print its path.",
+    metavar="DIR",
+)
+@click.option(
+    "--heatmaps-for",
+    type=click.Choice(["positives", "all"]),
+    default="positives",
+    show_default=True,
+    help="Which screened films get a heatmap (with --heatmaps).",
+)
 @click.pass_context
-def predict(ctx: click.Context, paths: tuple[Path, ...], as_json: bool, **flags: Any) -> None:
+def predict(
+    ctx: click.Context,
+    paths: tuple[Path, ...],
+    as_json: bool,
+    heatmap_dir: Path | None,
+    heatmaps_for: str,
+    **flags: Any,
+) -> None:
     """Print the predicted label and every class probability for each file.
 
     Folders are searched recursively. A file that cannot be screened gets an error
-    line; the others are still predicted, and the exit status is then 1.
+    line; the others are still predicted, and the exit status is then 1. With
+    --heatmaps, each positive film (every film with --heatmaps-for all) also gets a
+    heatmap of where the model found its evidence: not for diagnosis (docs/heatmaps.md).
 
     \b
     Example:
       xray-worker predict chest.jpeg
       chest.jpeg  PNEUMONIA  NORMAL=0.0269 PNEUMONIA=0.9731
+      xray-worker predict --heatmaps maps/ chest.jpeg
+      chest.jpeg  PNEUMONIA  NORMAL=0.0269 PNEUMONIA=0.9731  heatmap=maps/2025-01-31/3f2a....png
     """
     settings = settings_for(ctx, **model_overrides(flags))
-    sys.exit(predict_files(settings, paths, sys.stdout, sys.stderr, as_json=as_json))
+    out, err = sys.stdout, sys.stderr
+    sys.exit(
+        predict_files(
+            settings, paths, out, err, as_json=as_json, heatmaps=heatmap_dir, heatmaps_for=heatmaps_for
+        )
+    )
 
 
 cli.add_command(db)
@@ -73,6 +106,7 @@ cli.add_command(watch)
 cli.add_command(healthcheck)
 cli.add_command(scan)
 cli.add_command(receive)
+cli.add_command(send)
 
 
 def main() -> None:

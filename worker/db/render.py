@@ -53,8 +53,10 @@ def render_csv(report: Report) -> str:
 def render_table(report: Report) -> str:
     window = f"since {_text(report.since)}" if report.since else "all time"
     lines = [f"{report.title}, {window} (until {_text(report.until)}, times in UTC)"]
-    if report.totals:
-        t = report.totals
+    t = report.totals
+    if t and "screened" not in t:  # another report's totals (studies): "name value" pairs
+        lines += ["", "   ".join(f"{k.replace('_', ' ')} {_text(v)}" for k, v in t.items())]
+    elif t:  # the summary's
         rate = f"{t['positive_rate']:.1%}" if t["positive_rate"] is not None else "n/a"
         lines += [
             "",

@@ -18,7 +18,7 @@ from sqlalchemy import ColumnElement, Double, Engine, String, case, column, func
 
 from worker.db.engine import reader
 from worker.db.errors import database_errors
-from worker.db.schema import UTCDateTime, audit_events, results
+from worker.db.schema import UTCDateTime, audit_events, outbox, results
 from worker.outcome import reason_kind
 
 HOURS_SHOWN = 3
@@ -305,6 +305,65 @@ def studies(engine: Engine, since: datetime | None, *, now: datetime | None = No
         Section("studies", "Studies (positive when any screened film is)", STUDY_COLUMNS, rows)
     )
     return report
+
+
+def deliveries(engine: Engine, since: datetime | None, *, now: datetime | None = None) -> Report:
+    """PACS deliveries (``xray-worker send``): objects queued in the window per destination and
+    status, with the oldest and the last error; then every destination's backlog, whatever
+    the window."""
+    from worker.pacs.outbox import backlog  # the outbox's own reading of what is left
+
+    o = outbox.c
+    now = now or datetime.now(UTC)
+    in_window = o.created_at >= since if since else true()
+    with database_errors(), reader(engine).connect() as conn:
+        groups = conn.execute(
+            select(o.destination, o.status, func.count(), func.min(o.created_at), func.max(o.last_attempt_at))
+            .where(in_window)
+            .group_by(o.destination, o.status)
+            .order_by(o.destination, o.status)
+        ).all()
+        rows = []
+        for destination, status, n, oldest, last_attempt in groups:
+            error = conn.execute(
+                select(o.last_error)
+                .where(in_window, o.destination == destination, o.status == status, o.last_error.is_not(None))
+                .order_by(o.last_attempt_at.desc())
+                .limit(1)
+            ).scalar()
+            rows.append((destination, status, n, _utc(oldest), _utc(last_attempt), error))
+        left = backlog(conn, now)
+    report = Report("xray-screen PACS deliveries", since, now)
+    report.sections.append(
+        Section(
+            "deliveries",
+            "Objects by destination and status",
+            ("destination", "status", "objects", "oldest_queued_at", "last_attempt_at", "last_error"),
+            rows,
+            keys=2,
+        )
+    )
+    report.sections.append(
+        Section(
+            "backlog",
+            "Backlog per destination (all time)",
+            ("destination", "pending", "due_now", "awaiting_commitment", "failed", "oldest_pending"),
+            [
+                (b.destination, b.pending, b.due, b.awaiting_commitment, b.failed, b.oldest_pending)
+                for b in left
+            ],
+        )
+    )
+    return report
+
+
+def _utc(value: Any) -> datetime | None:
+    """MIN()/MAX() of a time column, as a UTC datetime on either backend."""
+    if value is None:
+        return None
+    if isinstance(value, str):  # SQLite: the stored UTC text
+        value = datetime.fromisoformat(value)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def hour_bucket(col: ColumnElement[Any], dialect: str) -> ColumnElement[str]:

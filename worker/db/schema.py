@@ -21,6 +21,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -34,6 +35,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from worker.outcome import Outcome
 
 OUTCOMES = tuple(outcome.value for outcome in Outcome)
+# Where an outbox row's delivery stands (worker/pacs/outbox.py).
+OUTBOX_STATUSES = ("pending", "delivered", "committed", "failed")
 
 # Deterministic constraint and index names, so that migrations can name what they drop.
 NAMING = {
@@ -199,6 +202,54 @@ class ScannedFile(Base):
     )
 
 
+class OutboxEntry(Base):
+    """One DICOM object to deliver to one PACS destination, and where its delivery stands.
+
+    Written in the transaction that stores the result it derives from, so a result never
+    exists without its objects queued; ``xray-worker send`` (worker/pacs/sender.py) delivers
+    them. ``pending`` until the destination answers a C-STORE with success or a warning, then
+    ``delivered``; with storage commitment, ``committed`` once the destination reports it
+    holds the object. ``failed`` after ``[pacs] max_attempts``, with ``last_error``.
+    """
+
+    __tablename__ = "outbox"
+
+    id: Mapped[int] = mapped_column(RowId, primary_key=True)
+    created_at: Mapped[datetime]
+    # The result the object reports on (NULL: not derived from one result).
+    result_id: Mapped[int | None] = mapped_column(RowId, ForeignKey("results.id"))
+    # A [[pacs.destinations]] name.
+    destination: Mapped[str] = mapped_column(String(64))
+    # "sr" (a structured report), "sc" (a secondary capture key image), or another kind.
+    kind: Mapped[str] = mapped_column(String(16))
+    sop_class_uid: Mapped[str] = mapped_column(String(64))
+    sop_instance_uid: Mapped[str] = mapped_column(String(64))
+    study_instance_uid: Mapped[str | None] = mapped_column(String(64))
+    # The object as a DICOM Part 10 file.
+    payload: Mapped[bytes] = mapped_column(LargeBinary())
+    status: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer())
+    next_attempt_at: Mapped[datetime]
+    last_attempt_at: Mapped[datetime | None]
+    last_error: Mapped[str | None] = mapped_column(Text)
+    delivered_at: Mapped[datetime | None]
+    committed_at: Mapped[datetime | None]
+    # The storage commitment request (N-ACTION) that asked for it; NULL: none pending.
+    commitment_transaction_uid: Mapped[str | None] = mapped_column(String(64))
+
+    __table_args__ = (
+        # Enqueueing an object again is a no-op: one copy per destination.
+        UniqueConstraint("sop_instance_uid", "destination"),
+        CheckConstraint("status IN ('pending', 'delivered', 'committed', 'failed')", name="status"),
+        CheckConstraint("status <> 'failed' OR last_error IS NOT NULL", name="failed_has_error"),
+        CheckConstraint("attempts >= 0", name="attempts"),
+        Index(None, "destination", "status", "next_attempt_at"),
+        Index(None, "commitment_transaction_uid"),
+        Index(None, "result_id"),
+    )
+
+
 results = Result.__table__
 audit_events = AuditEvent.__table__
 scanned_files = ScannedFile.__table__
+outbox = OutboxEntry.__table__

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, Engine, Insert, Table, select, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
@@ -26,6 +26,9 @@ from worker.db.schema import audit_events, scanned_files
 from worker.db.schema import results as results_table
 from worker.names import as_hex, as_text, from_stored
 from worker.outcome import Outcome
+
+if TYPE_CHECKING:
+    from worker.pacs.outbox import OutboxItem
 
 # Keeps IN (...) lists and multi-row inserts well under every backend's parameter limit.
 CHUNK = 500
@@ -168,13 +171,16 @@ class Store:
         audits: Sequence[AuditRecord],
         scanned: Sequence[ScannedRecord] = (),
         *,
+        outbox: Sequence[OutboxItem] = (),
         before_commit: Callable[[], None] | None = None,
     ) -> BatchSummary:
         """Commit results, their audit rows and a scan's index rows together, or nothing.
 
         ``TransientError`` means nothing was committed, or the commit's fate is unknown:
         retrying the same batch is safe either way. ``before_commit`` runs with every row
-        written and the transaction still open (the chaos harness's crash point).
+        written and the transaction still open (the chaos harness's crash point). ``outbox``:
+        DICOM objects for PACS destinations, queued in the same transaction (an object already
+        queued is left as it is); an item's ``result_key`` links it to its result.
         """
         # One lock order for every writer, so two Postgres transactions never deadlock.
         rows = sorted(
@@ -199,6 +205,8 @@ class Store:
             scanned_rows = [self._scanned_row(latest[key], ids) for key in sorted(latest)]
             for chunk in chunks(scanned_rows, CHUNK):
                 conn.execute(_upsert(conn, scanned_files, ["path", "model_sha256", "path_hex"]), chunk)
+            if outbox:
+                _enqueue(conn, outbox)
             if before_commit is not None:
                 before_commit()
         return BatchSummary(inserted, len(rows) - inserted, audits_inserted)
@@ -317,6 +325,20 @@ class Store:
             "path_hex": as_hex(record.path) or "",
             "result_id": ids.get(key),
         }
+
+
+def _enqueue(conn: Connection, items: Sequence[OutboxItem]) -> None:
+    """Queue PACS objects in this transaction, each linked to its result by ``result_key``."""
+    from worker.pacs.outbox import enqueue  # only a batch with objects needs the outbox
+
+    ids = _result_ids(conn, {i.result_key for i in items if i.result_key and i.result_id is None})
+    enqueue(
+        conn,
+        [
+            replace(i, result_id=ids.get(i.result_key)) if i.result_key and i.result_id is None else i
+            for i in items
+        ],
+    )
 
 
 def chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:

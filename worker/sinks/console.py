@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any, TextIO
 
 from worker.names import as_fields, for_log
@@ -28,8 +29,9 @@ class Console:
         )
         self._line(self.err, f"model {model.name} {model.version} (SHA-256 {model.sha256[:12]}...): {rule}")
 
-    def write(self, answer: Any) -> None:
-        """One ``Prediction`` (a line on stdout) or ``Failure`` (an ERROR line on stderr)."""
+    def write(self, answer: Any, heatmap: Path | None = None) -> None:
+        """One ``Prediction`` (a line on stdout, with its heatmap's path if it has one) or
+        ``Failure`` (an ERROR line on stderr)."""
         error = getattr(answer, "error", None)
         if error is not None:
             self.counts["failed"] += 1
@@ -50,10 +52,14 @@ class Console:
             return
         self.counts[answer.label] += 1
         if self.as_json:
-            self._line(self.out, json.dumps(self._record(answer)))
+            record = self._record(answer)
+            if heatmap is not None:
+                record.update(as_fields("heatmap", str(heatmap)))
+            self._line(self.out, json.dumps(record))
         else:
             probs = " ".join(f"{name}={p:.4f}" for name, p in answer.probabilities.items())
-            self._line(self.out, f"{for_log(str(answer.path))}  {answer.label}  {probs}")
+            shown = f"  heatmap={for_log(str(heatmap))}" if heatmap is not None else ""
+            self._line(self.out, f"{for_log(str(answer.path))}  {answer.label}  {probs}{shown}")
 
     def summary(self, skipped: Counter[str]) -> int:
         """The closing line (and what was skipped); the number of files screened or failed."""

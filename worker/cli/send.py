@@ -1,0 +1,88 @@
+"""``xray-worker send``: deliver the PACS outbox (worker/pacs/sender.py), its own process."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import click
+
+from worker.cli.common import settings_for
+from worker.runtime.sdnotify import Notifier
+from worker.runtime.signals import two_stage_shutdown
+
+log = logging.getLogger("worker")
+
+
+@click.command()
+@click.option(
+    "--destination",
+    "names",
+    multiple=True,
+    metavar="NAME",
+    help="Only this [[pacs.destinations]] name (repeatable). Default: every destination.",
+)
+@click.option("--once", is_flag=True, help="Send what is due now, then exit (no waiting, no retries).")
+@click.option("--batch-size", type=int, help="Objects per association. Default: [pacs] batch_size (50).")
+@click.option("--db", "db_url", help="Database URL. Default: [database] url.")
+@click.option(
+    "--set",
+    "assignments",
+    multiple=True,
+    metavar="SECTION.KEY=VALUE",
+    help="Any other setting, e.g. --set pacs.poll_interval=2 (repeatable).",
+)
+@click.pass_context
+def send(
+    ctx: click.Context,
+    names: tuple[str, ...],
+    once: bool,
+    batch_size: int | None,
+    db_url: str | None,
+    assignments: tuple[str, ...],
+) -> None:
+    """Deliver the results' DICOM objects (reports, key images) to the PACS, until stopped.
+
+    Objects wait in the database's outbox, queued with their results; each destination of
+    [pacs] gets them in batches, one association per batch, with retries and backoff while it
+    is down. SIGTERM finishes the batch in hand; a second one exits at once (what was not yet
+    answered is sent again at the next start).
+
+    \b
+    Example:
+      xray-worker send                       # every destination, until stopped
+      xray-worker send --once --destination main
+      xray-worker report deliveries          # what is pending, delivered, failed
+    """
+    overrides: dict[str, Any] = {"pacs.batch_size": batch_size, "database.url": db_url}
+    for assignment in assignments:
+        key, sep, value = assignment.partition("=")
+        if not sep or "." not in key:
+            raise click.BadParameter(f"{assignment!r}: expected SECTION.KEY=VALUE", param_hint="--set")
+        overrides[key.strip()] = value
+    settings = settings_for(ctx, **overrides)
+    if names:
+        known = {d.name for d in settings.pacs.destinations}
+        unknown = sorted(set(names) - known)
+        if unknown:
+            raise click.BadParameter(
+                f"{', '.join(unknown)}: not in [pacs] destinations ({', '.join(sorted(known)) or 'none'})",
+                param_hint="--destination",
+            )
+
+    from worker.pacs.sender import open_sender  # pynetdicom: only for this command
+
+    sender = open_sender(settings, only=names)
+    if once:
+        handled = sender.step()
+        click.echo(f"{handled} objects handled; see `xray-worker report deliveries`")
+        return
+    notifier = Notifier()
+    notifier.ready(f"sending as {settings.pacs.ae_title} to {len(sender.settings.destinations)} destinations")
+    with two_stage_shutdown(
+        sender.stop,
+        on_first=lambda name: log.info("%s: finishing the batch in hand, then stopping", name),
+        on_second=lambda name: log.warning("%s again: exiting now; unanswered objects are sent again", name),
+    ):
+        sender.run()
+    notifier.stopping()
