@@ -197,7 +197,9 @@ def _repair_scan_header(ds: Dataset) -> bool:
 
 
 def _name(syntax: pydicom.uid.UID) -> str:
-    return syntax.name if syntax.name != str(syntax) else f"{syntax} (unknown to pydicom)"
+    # The UID first, whether pydicom knows its name or not: importing pynetdicom adds names
+    # (JPEG XL, ...) to pydicom's dictionary, and a reason must not depend on that.
+    return f"{syntax} ({syntax.name})" if syntax.name != str(syntax) else f"{syntax} (unknown to pydicom)"
 
 
 def _plugin_error(exc: RuntimeError) -> str:
