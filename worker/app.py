@@ -205,6 +205,33 @@ def absolute(path: Path) -> Path:
     return path.expanduser().absolute()
 
 
+def open_heatmapper(settings: Settings, predictor: Any) -> Any:
+    """The heatmap stage for ``[explain]`` (None: ``heatmaps = "none"``), on the predictor's
+    device; its folder made absolute, like the inbox's."""
+    if settings.explain.heatmaps == "none":
+        return None
+    from worker.explain.heatmaps import Heatmapper
+
+    explain = dataclasses.replace(settings.explain, folder=absolute(settings.explain.folder))
+    log.info("heatmaps: %s, under %s", explain.heatmaps, explain.folder)
+    return Heatmapper(predictor.model, explain, device=predictor.device)
+
+
+def open_pacs_outputs(settings: Settings, store: Any) -> Any:
+    """The PACS objects queued with each result (None: no ``[[pacs.destinations]]``); a new
+    model's report names the report it replaces, as ``store`` knows it."""
+    if not settings.pacs.destinations:
+        return None
+    from worker.sinks.pacs import PacsOutputs
+
+    outputs = PacsOutputs(
+        settings.pacs.destinations,
+        max_side=settings.explain.max_side,
+        reported=store.reported_by_other_models,
+    )
+    return outputs or None
+
+
 def build_daemon(settings: Settings, *, faults: Any = None) -> Any:
     """The inbox daemon: umask, folders, work area, inbox watcher, warmed-up predictor, store."""
     from worker.daemon import Daemon
@@ -249,6 +276,8 @@ def build_daemon(settings: Settings, *, faults: Any = None) -> Any:
         notifier=Notifier(),
         lease_seconds=box.lease_seconds,
         faults=faults,
+        heatmapper=open_heatmapper(settings, predictor),
+        outputs=open_pacs_outputs(settings, store),
     )
 
 
@@ -381,6 +410,10 @@ def open_scan_engine(stack: ExitStack, settings: Settings) -> tuple[list[str], C
     """Load the model for the chosen engine (before any cluster is joined, so a bad model
     fails fast); its classes, and a function that builds the scanner from the run's parts."""
     if settings.scan.engine == "ray":
+        if settings.explain.heatmaps != "none" or settings.pacs.destinations:
+            log.warning(
+                "scan --engine ray writes no heatmaps and queues no PACS objects (the local engine does)"
+            )
         model = open_model(settings)
         resources = _enter_ray(stack, settings)
         return model.vocab, lambda **common: _ray_scanner(settings, model, resources, common)
@@ -388,7 +421,13 @@ def open_scan_engine(stack: ExitStack, settings: Settings) -> tuple[list[str], C
 
     predictor = open_predictor(settings)
     size = settings.inference.batch_size
-    return predictor.model.vocab, lambda **common: Scanner(predictor=predictor, batch_size=size, **common)
+    heatmapper = open_heatmapper(settings, predictor)
+
+    def scanner(**common: Any) -> Any:
+        outputs = open_pacs_outputs(settings, common["store"])
+        return Scanner(predictor=predictor, batch_size=size, heatmapper=heatmapper, outputs=outputs, **common)
+
+    return predictor.model.vocab, scanner
 
 
 def _enter_ray(stack: ExitStack, settings: Settings) -> dict[str, float]:

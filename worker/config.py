@@ -303,6 +303,28 @@ class PacsSettings:
     commitment_timeout: float = field(default=3600.0, metadata=_check(minimum=1))
 
 
+HeatmapsFor = Literal["positives", "all", "none"]
+HEATMAPS_FOR: tuple[str, ...] = typing.get_args(HeatmapsFor)
+
+
+@dataclass(frozen=True)
+class ExplainSettings:
+    """``[explain]``: which screened films get a Grad-CAM heatmap, and where it is written
+    (docs/heatmaps.md; the stage is ``worker/explain/heatmaps.py``)."""
+
+    # Which screened films get a heatmap: positives (the model's positive verdicts), all, none.
+    # "none" by default: the shipped model's maps fail the localisation check (docs/heatmaps.md).
+    heatmaps: HeatmapsFor = "none"
+    # Where heatmaps are written: <folder>/<date>/<content sha256>.png.
+    folder: Path = DEFAULT_VAR / "heatmaps"
+    # The overlay's long side at most (pixels); smaller films keep their size.
+    max_side: int = field(default=1024, metadata=_check(minimum=64, maximum=8192))
+
+    def wants(self, label: str, positive_class: str) -> bool:
+        """Whether a film screened with ``label`` gets a heatmap."""
+        return self.heatmaps == "all" or (self.heatmaps == "positives" and label == positive_class)
+
+
 @dataclass(frozen=True)
 class Settings:
     model: ModelSettings = field(default_factory=ModelSettings)
@@ -315,6 +337,7 @@ class Settings:
     gate: GateSettings = field(default_factory=GateSettings)
     receive: ReceiveSettings = field(default_factory=ReceiveSettings)
     pacs: PacsSettings = field(default_factory=PacsSettings)
+    explain: ExplainSettings = field(default_factory=ExplainSettings)
     # The file the settings came from, if any (for messages).
     source: Path | None = None
 

@@ -26,13 +26,14 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from worker.db.store import Store
 from worker.errors import TransientError
 from worker.model.predictor import Predictor
 from worker.names import for_log
 from worker.outcome import Outcome
-from worker.pipeline.commit import Committer, log_batch
+from worker.pipeline.commit import Committer, Outputs, log_batch
 from worker.pipeline.counts import Counts
 from worker.pipeline.item import Item
 from worker.pipeline.settle import Settler
@@ -75,6 +76,8 @@ class Daemon:
         status_interval: float = 30.0,
         lease_seconds: float = 600.0,
         faults: Faults | None = None,
+        heatmapper: Any = None,
+        outputs: Outputs | None = None,
     ):
         self.inbox, self.work, self.predictor, self.store = inbox, work, predictor, store
         self.folders = folders
@@ -93,6 +96,9 @@ class Daemon:
         self._heartbeat = Heartbeat(work.heartbeat, self.beat_interval)
         self.faults = faults or Faults()  # crash points for bench/chaos.py; inert by default
         self.backoff = Backoff()
+        # After screening: a heatmap for the films [explain] names (worker/explain/heatmaps.py);
+        # with the commit: the PACS objects of each result (worker/sinks/pacs.py).
+        self.heatmapper = heatmapper
         self.committer = Committer(
             store=store,
             screening=predictor,
@@ -100,6 +106,7 @@ class Daemon:
             worker_id=work.worker_id,
             destination=lambda item: folders.destination(item, item.source.name),
             before_commit=lambda: self.faults.reach("in-commit"),
+            outputs=outputs,
         )
         self.filer = Filer(store, folders, reach=lambda point: self.faults.reach(point))
         self._queue: deque[Claimed] = deque()
@@ -277,8 +284,9 @@ class Daemon:
         known = self.store.known_results(settler.unknown(todo), model.sha256)
         to_screen, decided = settler.settle(todo, known)
         answers = self.predictor.predict([i.path for i in to_screen])
-        for item, answer in zip(to_screen, answers, strict=True):
+        for item, (answer, heatmap) in zip(to_screen, self._annotate(answers), strict=True):
             decided += settler.decide(item, answer, model.positive_class)
+            item.heatmap_path = heatmap
         self.work.check()  # files unreadable because the share dropped are not failures to record
         ready = [i for i in self._still_mine(decided) if not self._try_again_later(i)]
         recorded = self.committer.commit(ready)
@@ -288,6 +296,13 @@ class Daemon:
             self._internal.pop(item.source.token, None)
             self._attempts.pop(item.source.token, None)
         log_batch(recorded, start)
+
+    def _annotate(self, answers: Any) -> Any:
+        """Each answer with its heatmap's path (None: none); maps are computed a window of
+        films at a time, and a film that wants none is not held back for them."""
+        if self.heatmapper is None:
+            return ((answer, None) for answer in answers)
+        return self.heatmapper.annotate(answers, window=self.batch_size)
 
     def _item(self, claimed: Claimed) -> Item:
         item = Item(

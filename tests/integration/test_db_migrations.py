@@ -10,7 +10,7 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from db_support import audit, populate
+from db_support import audit, populate, result, sha
 from sqlalchemy import Engine, func, inspect, literal_column, select, table, text
 
 from worker.db import migrate
@@ -102,6 +102,27 @@ def test_0005_admits_out_of_scope_rows_and_its_downgrade_keeps_them_as_failures(
     migrate.upgrade(store.engine)
     with pytest.raises(Exception, match=r"(?i)check|constraint"):  # a refusal needs its reason
         store.record_batch([], [audit("ct", "out_of_scope", reason=None)])
+
+
+def test_0008_stores_a_heatmap_path_and_its_downgrade_keeps_the_results_and_views(store: Store):
+    populate(store, datetime.now(UTC))
+    store.record_batch(
+        [result("mapped", positive=True, heatmap_path="/maps/2026-12-02/x.png")], [audit("mapped")]
+    )
+    results = table("results", literal_column("heatmap_path"), literal_column("content_sha256"))
+    with store.engine.connect() as conn:
+        paths = dict(conn.execute(select(results.c.content_sha256, results.c.heatmap_path)).all())
+    assert (
+        paths[sha("mapped")] == "/maps/2026-12-02/x.png" and sum(p is not None for p in paths.values()) == 1
+    )
+    migrate.downgrade(store.engine, "0007")
+    assert "heatmap_path" not in {c["name"] for c in inspect(store.engine).get_columns("results")}
+    with store.engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(table("results"))).scalar() == len(paths)
+        for view in VIEWS:  # every view still reads the table
+            conn.execute(select(literal_column("*")).select_from(table(view))).all()
+    migrate.upgrade(store.engine)
+    assert migrate.current_revision(store.engine) == "0008"
 
 
 def test_upgrading_twice_changes_nothing(engine: Engine):

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from db_support import MODEL_A, audit, result, sha
+from db_support import MODEL_A, MODEL_B, audit, result, sha
 from sqlalchemy import Engine, func, select
 
 from worker.db.schema import outbox as outbox_table
@@ -180,3 +180,16 @@ def test_the_deliveries_report_counts_per_destination_and_status(engine: Engine)
     backlog = {r[0]: r for r in report.sections[1].rows}
     assert backlog["main"][1:5] == (2, 1, 0, 0) and backlog["backup"][1:3] == (1, 1)  # 1 of main's is due
     assert "no association with PACS1" in render(report, "table")
+
+
+def test_the_reports_a_new_models_results_replace_are_found(store: Store):
+    reported = item(1, kind="sr", result_key=(MODEL_A, sha("a")))
+    key_image = item(2, kind="sc", result_key=(MODEL_A, sha("b")))
+    store.record_batch(
+        [result("a", positive=True), result("b", positive=True), result("c")],
+        [audit("a"), audit("b"), audit("c")],
+        outbox=[reported, key_image],
+    )
+    # Only a content with a report queued by another model: not b (a key image), not c (none).
+    assert store.reported_by_other_models([sha("a"), sha("b"), sha("c")], MODEL_B) == {sha("a"): MODEL_A}
+    assert store.reported_by_other_models([sha("a")], MODEL_A) == {}  # its own report replaces nothing

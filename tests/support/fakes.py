@@ -136,6 +136,7 @@ class MemoryStore:
         self.results: dict[tuple[str, str], ResultRecord] = {}
         self.audits: dict[uuid.UUID, AuditRecord] = {}
         self.scanned: dict[tuple[str, str], ScannedRecord] = {}
+        self.outbox: dict[tuple[str, str], Any] = {}  # (SOP Instance UID, destination) -> OutboxItem
         self.down = False
         self.refused: set[str] = set()
         self.commits = 0
@@ -156,6 +157,7 @@ class MemoryStore:
         audits: Iterable[AuditRecord],
         scanned: Iterable[ScannedRecord] = (),
         *,
+        outbox: Iterable[Any] = (),
         before_commit: Any = None,
     ) -> BatchSummary:
         self._up()
@@ -172,6 +174,8 @@ class MemoryStore:
             self.audits[a.event_id] = a
         for s in scanned:
             self.scanned[(s.path, s.model_sha256)] = s
+        for o in outbox:  # an object already queued for a destination is left as it is
+            self.outbox.setdefault((o.sop_instance_uid, o.destination), o)
         self.commits += 1
         return BatchSummary(len(new_results), len(results) - len(new_results), len(new_audits))
 
@@ -184,6 +188,15 @@ class MemoryStore:
                 found[sha] = StoredResult(
                     0, sha, r.label, r.positive, r.positive_probability, r.probabilities, r.finished_at
                 )
+        return found
+
+    def reported_by_other_models(self, content_sha256s: Iterable[str], model_sha256: str) -> dict[str, str]:
+        self._up()
+        wanted, found = set(content_sha256s), {}
+        reported = {o.result_key for o in self.outbox.values() if o.kind == "sr" and o.result_key}
+        for model, sha in sorted(reported, key=lambda k: self.results[k].finished_at):
+            if sha in wanted and model != model_sha256:
+                found[sha] = model
         return found
 
     def scan_index(self, paths: Iterable[str], model_sha256: str) -> dict[str, FileStamp]:

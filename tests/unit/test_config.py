@@ -144,6 +144,32 @@ def test_bad_receive_settings_name_the_key(tmp_path: Path, text: str, message: s
         load_settings(write(tmp_path, text), environ={})
 
 
+def test_explain_settings_default_to_none_and_come_from_file_env_and_flags(tmp_path: Path):
+    s = load_settings(environ={})
+    assert (s.explain.heatmaps, s.explain.max_side) == ("none", 1024)  # docs/heatmaps.md says why
+    assert load_settings(ROOT_CONFIG, environ={}).explain == s.explain  # config.toml: all commented
+    path = write(tmp_path, '[explain]\nheatmaps = "positives"\nfolder = "maps"\n')
+    s = load_settings(path, environ={"XRAY_SCREEN_EXPLAIN_MAX_SIDE": "512"})
+    assert (s.explain.heatmaps, s.explain.max_side) == ("positives", 512)
+    assert s.explain.folder == tmp_path.resolve() / "maps"  # beside the file
+    assert load_settings(path, environ={}, overrides={"explain.heatmaps": "all"}).explain.heatmaps == "all"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            '[explain]\nheatmaps = "some"\n',
+            r"\[explain\] heatmaps = 'some': must be one of positives, all, none",
+        ),
+        ("[explain]\nmax_side = 10\n", r"\[explain\] max_side = 10: must be at least 64"),
+    ],
+)
+def test_bad_explain_settings_name_the_key(tmp_path: Path, text: str, message: str):
+    with pytest.raises(ConfigError, match=message):
+        load_settings(write(tmp_path, text), environ={})
+
+
 def test_pacs_destinations_come_from_tables_of_the_config_file(tmp_path: Path):
     path = tmp_path / "config.toml"
     path.write_text(

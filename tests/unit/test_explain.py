@@ -160,10 +160,11 @@ def test_the_heatmap_path_is_root_date_and_content_hash():
 
 
 def test_which_films_get_a_heatmap():
-    assert ExplainSettings().heatmaps == "positives" and ExplainSettings().max_side == 1024
+    assert ExplainSettings().heatmaps == "none" and ExplainSettings().max_side == 1024  # docs/heatmaps.md
     assert ExplainSettings().folder.parts[-2:] == ("var", "heatmaps")
-    assert ExplainSettings().wants("PNEUMONIA", "PNEUMONIA")
-    assert not ExplainSettings().wants("NORMAL", "PNEUMONIA")
+    assert not ExplainSettings().wants("PNEUMONIA", "PNEUMONIA")
+    assert ExplainSettings(heatmaps="positives").wants("PNEUMONIA", "PNEUMONIA")
+    assert not ExplainSettings(heatmaps="positives").wants("NORMAL", "PNEUMONIA")
     assert ExplainSettings(heatmaps="all").wants("NORMAL", "PNEUMONIA")
     assert not ExplainSettings(heatmaps="none").wants("PNEUMONIA", "PNEUMONIA")
 

@@ -123,6 +123,8 @@ class Result(Base):
     gate_score: Mapped[float | None] = mapped_column(Double())
     # The site profile (operating point chosen on a site's films) the label was given under.
     site_profile: Mapped[str | None] = mapped_column(String(200))
+    # The Grad-CAM overlay written for this image ([explain]); NULL: none was made.
+    heatmap_path: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (
         UniqueConstraint("content_sha256", "model_sha256"),

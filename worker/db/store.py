@@ -23,6 +23,7 @@ from worker.db.engine import make_engine, reader
 from worker.db.errors import database_errors
 from worker.db.migrate import require_head
 from worker.db.schema import audit_events, scanned_files
+from worker.db.schema import outbox as outbox_table
 from worker.db.schema import results as results_table
 from worker.names import as_hex, as_text, from_stored
 from worker.outcome import Outcome
@@ -68,6 +69,7 @@ class ResultRecord:
     patient_id: str | None = None  # stored only with store_patient_ids
     gate_score: float | None = None  # the image gate's score (None: the model has no image gate)
     site_profile: str | None = None  # the site profile the label was given under
+    heatmap_path: str | None = None  # the Grad-CAM overlay written for it ([explain]), if any
 
     @property
     def positive(self) -> bool:
@@ -244,6 +246,24 @@ class Store:
                 )
                 for row in conn.execute(query):
                     found[row.content_sha256] = StoredResult(**row._asdict())
+        return found
+
+    def reported_by_other_models(self, content_sha256s: Iterable[str], model_sha256: str) -> dict[str, str]:
+        """For each of these contents that another model's result has a structured report
+        queued for (outbox kind ``sr``), that model's SHA-256 (the latest such result's): the
+        report a new result's report replaces."""
+        r, o = results_table.c, outbox_table.c
+        found: dict[str, str] = {}
+        with database_errors(), reader(self.engine).connect() as conn:
+            for chunk in chunks(sorted(set(content_sha256s)), CHUNK):
+                query = (
+                    select(r.content_sha256, r.model_sha256)
+                    .join(outbox_table, o.result_id == r.id)
+                    .where(r.content_sha256.in_(chunk), r.model_sha256 != model_sha256, o.kind == "sr")
+                    .order_by(r.finished_at, r.id)
+                )
+                for row in conn.execute(query):
+                    found[row.content_sha256] = row.model_sha256  # the latest wins
         return found
 
     def plans_of(self, event_ids: Iterable[uuid.UUID]) -> dict[uuid.UUID, FilingPlan]:

@@ -15,6 +15,7 @@ model (``min_side``) is decoded again at up to ``max_side``.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import date
 from pathlib import Path
@@ -30,6 +31,8 @@ from worker.explain.overlay import CAPTION, NO_REGION, render, write_png
 from worker.explain.settings import ExplainSettings, heatmap_path
 from worker.model.learner import LoadedModel
 from worker.pipeline.hashing import sha256_file
+
+log = logging.getLogger(__name__)
 
 
 class Heatmapper:
@@ -87,15 +90,32 @@ class Heatmapper:
         except XrayScreenError:  # changed or gone since it was screened: the pixels we have
             return decoded.pixels
 
+    def write_or_skip(self, predictions: Sequence[Any]) -> list[Path | None]:
+        """``write``, but a failure of our own (not ``TransientError``) costs the maps, not the
+        films: it is logged with its traceback, and these films go on without a heatmap."""
+        try:
+            return list(self.write(predictions))
+        except TransientError:
+            raise
+        except Exception as exc:
+            log.error(
+                "internal error computing %d heatmaps (%s: %s); their films go on without one",
+                len(predictions),
+                type(exc).__name__,
+                exc,
+                exc_info=exc,
+            )
+            return [None] * len(predictions)
+
     def annotate(self, answers: Iterable[Any], window: int = 16) -> Iterator[tuple[Any, Path | None]]:
-        """Each answer with its heatmap's path (None: it wants none), in input order."""
-        return annotate(answers, self.wants, self.write, window)
+        """Each answer with its heatmap's path (None: it wants none, or it failed), in input order."""
+        return annotate(answers, self.wants, self.write_or_skip, window)
 
 
 def annotate(
     answers: Iterable[Any],
     wants: Callable[[Any], bool],
-    write: Callable[[list[Any]], list[Path]],
+    write: Callable[[list[Any]], Sequence[Path | None]],
     window: int,
 ) -> Iterator[tuple[Any, Path | None]]:
     """Pairs each answer with ``write``'s path for it (None where ``wants`` says no), in input

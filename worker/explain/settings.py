@@ -1,35 +1,14 @@
-"""``[explain]``: which films get a heatmap, and where heatmaps are written.
-
-Not yet read by ``worker.config``'s loader; it follows its conventions (a frozen dataclass,
-``minimum``/``maximum`` metadata, comments an operator reads) so that it can be wired in as
-one more section.
-"""
+"""``[explain]``: which films get a heatmap (``worker.config.ExplainSettings``, read by the
+settings loader like every section), and where a content's heatmap is written."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
-from typing import Literal
 
-from worker.config import DEFAULT_VAR
+from worker.config import HEATMAPS_FOR, ExplainSettings, HeatmapsFor
 
-HeatmapsFor = Literal["positives", "all", "none"]
-HEATMAPS_FOR: tuple[str, ...] = ("positives", "all", "none")
-
-
-@dataclass(frozen=True)
-class ExplainSettings:
-    # Which screened films get a heatmap: positives (the model's positive verdicts), all, none.
-    heatmaps: HeatmapsFor = "positives"
-    # Where heatmaps are written: <folder>/<date>/<content sha256>.png.
-    folder: Path = DEFAULT_VAR / "heatmaps"
-    # The overlay's long side at most (pixels); smaller films keep their size.
-    max_side: int = field(default=1024, metadata={"minimum": 64, "maximum": 8192})
-
-    def wants(self, label: str, positive_class: str) -> bool:
-        """Whether a film screened with ``label`` gets a heatmap."""
-        return self.heatmaps == "all" or (self.heatmaps == "positives" and label == positive_class)
+__all__ = ["HEATMAPS_FOR", "ExplainSettings", "HeatmapsFor", "heatmap_path"]
 
 
 def heatmap_path(root: Path, sha256: str, day: date) -> Path:

@@ -20,7 +20,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from worker.db.store import AuditRecord, ResultRecord, ScannedRecord, Store
 from worker.errors import TransientError
@@ -31,8 +31,15 @@ from worker.pipeline.records import result_record
 from worker.runtime.boundary import contain
 from worker.runtime.retry import RetryPolicy, retrying
 
+if TYPE_CHECKING:
+    from worker.pacs.outbox import OutboxItem
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+# What a batch's results become besides their rows (PACS objects for the outbox), built from
+# each screened item (its file still where the pipeline has it) and its result record; see
+# worker/sinks/pacs.py.
+Outputs = Callable[[Sequence[tuple[Item, ResultRecord]]], "Sequence[OutboxItem]"]
 NO_RETRY = RetryPolicy(attempts=1)  # the caller's loop waits and retries (the daemon's)
 
 
@@ -61,7 +68,9 @@ class Committer:
 
     ``screening`` is what screened them: it has ``model``, ``threshold`` and
     ``device_name``, like a ``Predictor``. ``destination(item)`` says where the item's file
-    will be moved (None: nowhere); ``index`` also writes a scan's skip-index rows.
+    will be moved (None: nowhere); ``index`` also writes a scan's skip-index rows;
+    ``outputs([(item, result), ...])`` gives the objects the screened items' results are
+    queued with, in the same transaction (retried like the database while it is unavailable).
     """
 
     def __init__(
@@ -76,6 +85,7 @@ class Committer:
         destination: Callable[[Item], str | None] | None = None,
         index: bool = False,
         before_commit: Callable[[], None] | None = None,
+        outputs: Outputs | None = None,
     ):
         self.store = store
         self.screening = screening
@@ -86,13 +96,16 @@ class Committer:
         self.destination = destination or (lambda _item: None)
         self.index = index
         self.before_commit = before_commit
+        self.outputs = outputs
         self.counts = Counts()
 
     def commit(self, items: Sequence[Item]) -> list[Item]:
         """Commit ``items``; the ones recorded (all, unless some were refused), counted."""
         try:
-            rows = self._rows(items)
-            self.retrying(lambda: self.store.record_batch(*rows, before_commit=self.before_commit))
+            *rows, outbox = self._rows(items)
+            self.retrying(
+                lambda: self.store.record_batch(*rows, outbox=outbox, before_commit=self.before_commit)
+            )
             recorded = list(items)
         except TransientError:
             raise
@@ -120,18 +133,22 @@ class Committer:
 
     def _rows(
         self, items: Sequence[Item]
-    ) -> tuple[list[ResultRecord], list[AuditRecord], list[ScannedRecord]]:
-        """The batch's rows. An item whose result row cannot be built fails (internal error)."""
-        results = []
+    ) -> tuple[list[ResultRecord], list[AuditRecord], list[ScannedRecord], list[OutboxItem]]:
+        """The batch's rows and objects. An item whose result row cannot be built fails
+        (internal error)."""
+        screened: list[tuple[Item, ResultRecord]] = []
         for item in items:
             if item.outcome is Outcome.SCREENED:
                 try:
-                    results.append(self._result(item))
+                    screened.append((item, self._result(item)))
                 except Exception as exc:
                     item.fail(contain("recording the result of", item.name, exc), retry=True)
+        outputs, outbox = self.outputs, []
+        if outputs is not None and screened:
+            outbox = list(self.retrying(lambda: outputs(screened)))
         audits = [self._audit(item) for item in items]
         scanned = [self._scanned(item) for item in items if self.index and not item.retry]
-        return results, audits, scanned
+        return [result for _, result in screened], audits, scanned, outbox
 
     def _one_by_one(self, items: Sequence[Item]) -> list[Item]:
         recorded = []
@@ -160,7 +177,8 @@ class Committer:
         return recorded
 
     def _record_alone(self, item: Item) -> None:
-        self.store.record_batch(*self._rows([item]))
+        *rows, outbox = self._rows([item])
+        self.store.record_batch(*rows, outbox=outbox)
 
     def _result(self, item: Item) -> ResultRecord:
         assert item.prediction is not None and item.sha256 is not None
@@ -171,6 +189,7 @@ class Committer:
             queued_at=item.queued_at,
             started_at=item.started_at,
             finished_at=item.finished_at or now(),
+            heatmap_path=str(item.heatmap_path) if item.heatmap_path else None,
         )
 
     def _audit(self, item: Item) -> AuditRecord:

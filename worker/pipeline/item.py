@@ -51,6 +51,7 @@ class Item:
     positive_probability: float | None = None
     probabilities: dict[str, float] | None = None
     prediction: Any = None  # the model's ``Prediction``, for a screened item
+    heatmap_path: Path | None = None  # its Grad-CAM overlay ([explain]), for a screened item
     destination: str | None = None  # where the inbox files it (recorded before the move)
     twins: list[Item] = field(default_factory=list)  # same content, waiting for this one's verdict
 
@@ -71,7 +72,7 @@ class Item:
     def fail(self, reason: str, *, retry: bool = False) -> None:
         self.outcome, self.reason, self.retry = Outcome.FAILED, reason, retry
         self.label, self.prediction, self.probabilities, self.positive_probability = None, None, None, None
-        self.positive = False
+        self.positive, self.heatmap_path = False, None
         self.finished_at = now()
 
     def decide(self, answer: Any, positive_class: str) -> None:

@@ -16,6 +16,7 @@ def result_record(
     queued_at: datetime | None,
     started_at: datetime,
     finished_at: datetime,
+    heatmap_path: str | None = None,
 ) -> ResultRecord:
     """What ``predictor``'s model said about one image (a ``Prediction``), with the image's facts.
 
@@ -50,4 +51,5 @@ def result_record(
         patient_id=facts.patient_id if facts else None,
         gate_score=getattr(prediction, "gate_score", None),
         site_profile=(model.metadata.get("site_profile") or {}).get("name"),
+        heatmap_path=heatmap_path,
     )

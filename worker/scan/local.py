@@ -52,12 +52,14 @@ class Scanner(ScanRun):
         files: Iterable[FoundFile],
         predictor: Predictor,
         batch_size: int | None = None,
-        **run: Any,  # ScanRun's store, worker_host, limit, progress, on_commit, retry
+        heatmapper: Any = None,
+        **run: Any,  # ScanRun's store, worker_host, limit, progress, on_commit, retry, outputs
     ):
         super().__init__(screening=predictor, **run)
         self.files = iter(files)
         self.predictor = predictor
         self.batch_size = batch_size or predictor.batch_size
+        self.heatmapper = heatmapper  # a heatmap for the films [explain] names, after screening
         self._screening: deque[Item] = deque()  # handed to the predictor, in its order
         self._ready: list[Item] = []  # decided, waiting for the next commit
         self._committer: ThreadPoolExecutor | None = None
@@ -74,16 +76,23 @@ class Scanner(ScanRun):
         ):
             self._committer = committer
             try:
-                for answer in self.predictor.predict(self._feed(hashers)):
+                for answer, heatmap in self._annotate(self.predictor.predict(self._feed(hashers))):
                     item = self._screening.popleft()
                     assert answer.path == item.path, (answer.path, item.path)
                     self._decide(item, answer)
+                    item.heatmap_path = heatmap
                     if len(self._ready) >= self.batch_size:
                         self._commit_soon()
                 self._commit_soon()
             finally:
                 self._wait_for_commit()
         return self.counts
+
+    def _annotate(self, answers: Iterator[Answer]) -> Iterator[tuple[Answer, Path | None]]:
+        """Each answer with its heatmap's path (None: none); see ``Heatmapper.annotate``."""
+        if self.heatmapper is None:
+            return ((answer, None) for answer in answers)
+        return self.heatmapper.annotate(answers, window=self.batch_size)
 
     def _commit_soon(self) -> None:
         """Hand the decided files to the commit thread, so the model need not wait for the

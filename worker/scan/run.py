@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from worker.db.store import Store
-from worker.pipeline.commit import Committer, log_batch
+from worker.pipeline.commit import Committer, Outputs, log_batch
 from worker.pipeline.counts import Counts
 from worker.pipeline.item import Item
 from worker.pipeline.settle import Settler
@@ -43,7 +43,8 @@ class ScanRun:
     """The settler, the committer and its counts, ``stop()`` and the limit of one scan run.
 
     ``screening`` is the ``Predictor`` (local engine) or ``RayScreening`` (Ray engine);
-    ``on_commit`` (``--output``) gets each batch's items once they are committed.
+    ``on_commit`` (``--output``) gets each batch's items once they are committed;
+    ``outputs``: the PACS objects queued with each result (``worker/sinks/pacs.py``).
     """
 
     def __init__(
@@ -56,6 +57,7 @@ class ScanRun:
         progress: Progress | None = None,
         on_commit: Callable[[Sequence[Item]], None] | None = None,
         retry: RetryPolicy | None = None,
+        outputs: Outputs | None = None,
     ):
         self._stop = threading.Event()
         self.store = store
@@ -70,6 +72,7 @@ class ScanRun:
             retry=retry or SCAN_RETRY,
             stop=self._stop,
             index=True,
+            outputs=outputs,
         )
         self.settler = Settler()  # touched by the main thread only
         self._committed: deque[Item] = deque()  # filled by the commit thread, emptied by the main one
