@@ -272,6 +272,20 @@ class PacsDestination:
     outputs: tuple[str, ...] = PACS_OUTPUTS
     # Ask it to commit to keeping what it stored (N-ACTION, Storage Commitment Push Model).
     storage_commitment: bool = False
+    # DICOMweb instead of DICOM: its base URL ("http://pacs:8042/dicom-web"); each batch is one
+    # STOW-RS request (POST <url>/studies), and ae_title, host and port are not used.
+    dicomweb_url: str = field(
+        default="",
+        metadata={"pattern": r"(https?://[^\s/@]+(/\S*)?)?", "hint": "an http:// or https:// URL, no user@"},
+    )
+    # HTTP basic auth for dicomweb_url: the user, and the NAME of the environment variable that
+    # holds the password (the password itself is never in the config file, nor logged).
+    username: str = ""
+    password_env: str = field(
+        default="", metadata={"pattern": r"([A-Za-z_][A-Za-z0-9_]*)?", "hint": "an environment variable name"}
+    )
+    # Seconds to wait for the STOW-RS answer.
+    http_timeout: float = field(default=60.0, metadata=_check(minimum=1, maximum=3600))
 
 
 @dataclass(frozen=True)
@@ -471,10 +485,24 @@ def _destinations(value: Any, where: str) -> tuple[PacsDestination, ...]:
         section = f"pacs.destinations #{number}"
         for key in table:
             _known_destination_key(key, f"{where}: [{section}]")
-        missing = [k for k in ("name", "ae_title", "host", "port") if k not in table]
+        needs = (
+            ("name", "dicomweb_url") if table.get("dicomweb_url") else ("name", "ae_title", "host", "port")
+        )
+        missing = [k for k in needs if k not in table]
         if missing:
             raise ConfigError(f"{where}: [{section}] needs {', '.join(missing)}")
         destination = _build(PacsDestination, section, {k: (v, where) for k, v in table.items()})
+        if destination.dicomweb_url and destination.storage_commitment:
+            raise ConfigError(
+                f"{where}: [{section}] storage_commitment = true: not with dicomweb_url "
+                "(STOW-RS has no storage commitment); use one or the other"
+            )
+        if bool(destination.username) != bool(destination.password_env):
+            raise ConfigError(
+                f"{where}: [{section}] username and password_env go together: set both or neither"
+            )
+        if destination.username and not destination.dicomweb_url:
+            raise ConfigError(f"{where}: [{section}] username: only for a dicomweb_url destination")
         unknown = sorted(set(destination.outputs) - set(PACS_OUTPUTS))
         if unknown or not destination.outputs:
             raise ConfigError(

@@ -221,6 +221,19 @@ def test_pacs_destinations_come_from_tables_of_the_config_file(tmp_path: Path):
             r"\[pacs\] ae_title = .*: must be a DICOM AE title",
         ),
         ("[pacs]\ndestinations = 'main'\n", r"must be \[\[pacs.destinations\]\] tables"),
+        (
+            "[[pacs.destinations]]\nname = 'w'\ndicomweb_url = 'http://pacs/dicom-web'\n"
+            "storage_commitment = true\n",
+            r"storage_commitment = true: not with dicomweb_url",
+        ),
+        (
+            "[[pacs.destinations]]\nname = 'w'\ndicomweb_url = 'http://u:p@pacs/dicom-web'\n",
+            r"dicomweb_url = .*: must be an http:// or https:// URL, no user@",
+        ),
+        (
+            "[[pacs.destinations]]\nname = 'w'\ndicomweb_url = 'http://pacs/dicom-web'\nusername = 'u'\n",
+            r"username and password_env go together",
+        ),
     ],
 )
 def test_bad_pacs_settings_name_the_key(tmp_path: Path, text: str, message: str):
@@ -228,3 +241,18 @@ def test_bad_pacs_settings_name_the_key(tmp_path: Path, text: str, message: str)
     path.write_text(text)
     with pytest.raises(ConfigError, match=message):
         load_settings(path, environ={})
+
+
+def test_a_dicomweb_destination_needs_no_ae_title_host_or_port(tmp_path: Path):
+    path = tmp_path / "config.toml"
+    path.write_text(
+        "[[pacs.destinations]]\nname = 'web'\ndicomweb_url = 'https://pacs:8042/dicom-web'\n"
+        "username = 'xray'\npassword_env = 'PACS_WEB_PASSWORD'\nhttp_timeout = 10\n"
+    )
+    [web] = load_settings(path, environ={}).pacs.destinations
+    assert (web.dicomweb_url, web.username, web.password_env, web.http_timeout) == (
+        "https://pacs:8042/dicom-web",
+        "xray",
+        "PACS_WEB_PASSWORD",
+        10.0,
+    )

@@ -21,17 +21,23 @@ replaces (or is ignored by) the PACS, never duplicated.
 
 With ``storage_commitment``, the stored objects are recorded as ``delivered`` with a new
 Transaction UID first, then one N-ACTION asks for their commitment (commitment.py).
+
+A destination with a ``dicomweb_url`` gets each batch as one STOW-RS request instead
+(stow.py): ``delivered`` only what the answer lists as stored; a refused object is retried, or
+``failed`` at once when its failure reason says no retry can help; no answer, or an HTTP error:
+the whole batch is retried, with the same backoff.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import random
 import socket
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from io import BytesIO
@@ -51,7 +57,7 @@ from worker.db.engine import make_engine
 from worker.db.errors import database_errors
 from worker.db.migrate import require_head
 from worker.errors import ConfigError, TransientError
-from worker.pacs import outbox
+from worker.pacs import outbox, stow
 from worker.pacs.commitment import CommitmentListener, ReportHandler, request
 from worker.runtime.retry import Backoff, RetryPolicy, wait
 
@@ -79,6 +85,7 @@ class Sender:
     ``step()`` sends one batch per destination and returns how many rows it handled (the
     tests call it); ``run()`` repeats it until ``stop()``, waiting ``poll_interval`` when
     nothing was due. ``stop()`` only sets an event: the batch in hand is finished and recorded.
+    ``passwords`` maps a DICOMweb destination's name to its HTTP basic auth password.
     """
 
     def __init__(
@@ -88,8 +95,10 @@ class Sender:
         *,
         clock: Callable[[], datetime] = outbox.utcnow,
         rng: random.Random | None = None,
+        passwords: Mapping[str, str] | None = None,
     ):
         self.settings = settings
+        self.passwords = dict(passwords or {})
         self.engine = engine
         self.clock = clock
         self.rng = rng or random.Random()
@@ -107,7 +116,7 @@ class Sender:
         log.info(
             "sending as %s to %s",
             self.settings.ae_title,
-            ", ".join(f"{d.name} ({d.ae_title}@{d.host}:{d.port})" for d in self.settings.destinations),
+            ", ".join(f"{d.name} ({where(d)})" for d in self.settings.destinations),
         )
         outage = Backoff(RetryPolicy(initial=1.0, maximum=60.0))
         try:
@@ -164,20 +173,20 @@ class Sender:
         started = time.monotonic()
         batch = Batch(destination)
         datasets = self._read(rows, batch)
-        if datasets:
+        if datasets and destination.dicomweb_url:
+            self._send_stow(datasets, batch)
+        elif datasets:
             self._send(datasets, batch)
         self._record(batch, [r for r in rows if r.id not in batch.broken])
         seconds = time.monotonic() - started
-        line = "%s (%s@%s:%d): %d sent, %d stored, %d to retry, %d failed, %.2f s, %.1f objects/s%s"
+        line = "%s (%s): %d sent, %d stored, %d to retry, %d failed, %.2f s, %.1f objects/s%s"
         level = logging.INFO if not (batch.errors or batch.broken) else logging.WARNING
         first_error = next(iter(batch.errors.values()), "") or next(iter(batch.broken.values()), "")
         log.log(
             level,
             line,
             destination.name,
-            destination.ae_title,
-            destination.host,
-            destination.port,
+            where(destination),
             len(rows),
             len(batch.stored),
             len(batch.errors),
@@ -252,6 +261,31 @@ class Sender:
             if assoc.is_established:
                 assoc.release()
 
+    def _send_stow(self, datasets: list[tuple[outbox.Due, Dataset]], batch: Batch) -> None:
+        """One STOW-RS request for the batch; stored only what its answer lists as stored."""
+        d = batch.destination
+        rows = [row for row, _ in datasets]
+        try:
+            answer = stow.store(
+                d.dicomweb_url,
+                [row.payload for row in rows],
+                username=d.username,
+                password=self.passwords.get(d.name, ""),
+                timeout=d.http_timeout,
+            )
+        except stow.StowError as exc:
+            batch.errors.update({row.id: str(exc) for row in rows})
+            return
+        for row in rows:
+            uid = row.sop_instance_uid
+            if uid in answer.failed:
+                reason, permanent = answer.failed[uid]
+                (batch.broken if permanent else batch.errors)[row.id] = reason
+            elif uid in answer.stored:
+                batch.stored.append(row)
+            else:
+                batch.errors[row.id] = f"not listed as stored in the STOW-RS answer (HTTP {answer.status})"
+
     def _store(self, assoc: Any, row: outbox.Due, ds: Dataset, batch: Batch) -> None:
         try:
             status = assoc.send_c_store(ds)
@@ -318,6 +352,29 @@ class Sender:
                 outbox.mark_failed(conn, batch.broken, now=now)
 
 
+def where(destination: PacsDestination) -> str:
+    """A destination as the logs name it: its DICOMweb URL, or AE title, host and port."""
+    if destination.dicomweb_url:
+        return destination.dicomweb_url
+    return f"{destination.ae_title}@{destination.host}:{destination.port}"
+
+
+def passwords(destinations: Sequence[PacsDestination], environ: Mapping[str, str]) -> dict[str, str]:
+    """Each DICOMweb destination's password, from the environment variable its ``password_env``
+    names; ``ConfigError`` naming the variable when it is not set."""
+    found = {}
+    for d in destinations:
+        if not d.password_env:
+            continue
+        if d.password_env not in environ:
+            raise ConfigError(
+                f"[pacs.destinations] {d.name}: password_env = {d.password_env!r}, "
+                f"but the environment variable {d.password_env} is not set"
+            )
+        found[d.name] = environ[d.password_env]
+    return found
+
+
 def _no_delay(event: Any) -> None:
     """Send each PDU at once: with Nagle's algorithm, a C-STORE's small command PDU waits for the
     peer's delayed ACK (about 40 ms per object on Linux)."""
@@ -334,10 +391,13 @@ def _why_not(assoc: Any) -> str:
     return "no connection, or no answer in time"
 
 
-def open_sender(settings: Settings, *, only: Sequence[str] = ()) -> Sender:
+def open_sender(
+    settings: Settings, *, only: Sequence[str] = (), environ: Mapping[str, str] | None = None
+) -> Sender:
     """The sender of the [pacs] settings on the [database] outbox, for the destinations named
-    in ``only`` (none: all). ``ConfigError`` for a database not at head or nothing to send to,
-    ``TransientError`` when the database is down."""
+    in ``only`` (none: all), with DICOMweb passwords from ``environ`` (default: this process's).
+    ``ConfigError`` for a database not at head, nothing to send to or a password variable not
+    set, ``TransientError`` when the database is down."""
     pacs = settings.pacs
     if only:
         pacs = dataclasses.replace(pacs, destinations=tuple(d for d in pacs.destinations if d.name in only))
@@ -345,8 +405,9 @@ def open_sender(settings: Settings, *, only: Sequence[str] = ()) -> Sender:
         raise ConfigError(
             "[pacs] has no destinations: add a [[pacs.destinations]] table (docs/pacs-delivery.md)"
         )
+    secrets = passwords(pacs.destinations, os.environ if environ is None else environ)
     engine = make_engine(settings.database.url)
     with database_errors():
         require_head(engine)
     logging.getLogger("pynetdicom").setLevel(max(logging.WARNING, logging.getLogger().level))
-    return Sender(pacs, engine)
+    return Sender(pacs, engine, passwords=secrets)
