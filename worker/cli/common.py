@@ -46,6 +46,38 @@ def settings_for(ctx: click.Context, **overrides: Any) -> Settings:
     return load_settings(ctx.obj["config_path"], overrides=overrides)
 
 
+def assignments_overrides(assignments: Any) -> dict[str, str]:
+    """``--set SECTION.KEY=VALUE`` options as settings overrides."""
+    overrides = {}
+    for assignment in assignments:
+        key, sep, value = assignment.partition("=")
+        if not sep or "." not in key:
+            raise click.BadParameter(f"{assignment!r}: expected SECTION.KEY=VALUE", param_hint="--set")
+        overrides[key.strip()] = value
+    return overrides
+
+
+def serve(ready: str, run: Any, stop: Any, *, finishing: str, exiting: str) -> None:
+    """A long-running command's life: tell systemd it is ready, ``run()`` until the first
+    SIGTERM/SIGINT calls ``stop()`` (logging ``finishing``), exit at once on a second one
+    (logging ``exiting``), then tell systemd it is stopping."""
+    import logging
+
+    from worker.runtime.sdnotify import Notifier
+    from worker.runtime.signals import two_stage_shutdown
+
+    log = logging.getLogger("worker")
+    notifier = Notifier()
+    notifier.ready(ready)
+    with two_stage_shutdown(
+        stop,
+        on_first=lambda name: log.info("%s: %s", name, finishing),
+        on_second=lambda name: log.warning("%s again: %s", name, exiting),
+    ):
+        run()
+    notifier.stopping()
+
+
 def model_options(func: Any) -> Any:
     """The flags every command that runs the model shares."""
     options = [

@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any
 
 import click
 
-from worker.cli.common import settings_for
-from worker.runtime.sdnotify import Notifier
-from worker.runtime.signals import two_stage_shutdown
-
-log = logging.getLogger("worker")
+from worker.cli.common import assignments_overrides, serve, settings_for
 
 # flag name -> the [receive] key it sets
 _KEYS = {
@@ -89,24 +84,18 @@ def receive(ctx: click.Context, inbox_path: Path | None, assignments: tuple[str,
     for flag, key in _KEYS.items():
         value = flags.pop(flag)
         overrides[f"receive.{key}"] = (value or None) if flag == "allow" else value
-    for assignment in assignments:
-        key, sep, value = assignment.partition("=")
-        if not sep or "." not in key:
-            raise click.BadParameter(f"{assignment!r}: expected SECTION.KEY=VALUE", param_hint="--set")
-        overrides[key.strip()] = value
+    overrides.update(assignments_overrides(assignments))
     settings = settings_for(ctx, **overrides)
 
     from worker.receive import open_receiver  # pynetdicom: only for this command
 
     receiver = open_receiver(settings)
     receiver.start()
-    notifier = Notifier()
     host, port = receiver.address
-    notifier.ready(f"receiving as {settings.receive.ae_title} on {host}:{port}")
-    with two_stage_shutdown(
+    serve(
+        f"receiving as {settings.receive.ae_title} on {host}:{port}",
+        receiver.run,
         receiver.stop,
-        on_first=lambda name: log.info("%s: finishing the associations in progress, then stopping", name),
-        on_second=lambda name: log.warning("%s again: exiting now; unanswered instances are resent", name),
-    ):
-        receiver.run()
-    notifier.stopping()
+        finishing="finishing the associations in progress, then stopping",
+        exiting="exiting now; unanswered instances are resent",
+    )

@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import click
 
-from worker.cli.common import settings_for
-from worker.runtime.sdnotify import Notifier
-from worker.runtime.signals import two_stage_shutdown
-
-log = logging.getLogger("worker")
+from worker.cli.common import assignments_overrides, serve, settings_for
 
 
 @click.command()
@@ -55,11 +50,7 @@ def send(
       xray-worker report deliveries          # what is pending, delivered, failed
     """
     overrides: dict[str, Any] = {"pacs.batch_size": batch_size, "database.url": db_url}
-    for assignment in assignments:
-        key, sep, value = assignment.partition("=")
-        if not sep or "." not in key:
-            raise click.BadParameter(f"{assignment!r}: expected SECTION.KEY=VALUE", param_hint="--set")
-        overrides[key.strip()] = value
+    overrides.update(assignments_overrides(assignments))
     settings = settings_for(ctx, **overrides)
     if names:
         known = {d.name for d in settings.pacs.destinations}
@@ -77,12 +68,10 @@ def send(
         handled = sender.step()
         click.echo(f"{handled} objects handled; see `xray-worker report deliveries`")
         return
-    notifier = Notifier()
-    notifier.ready(f"sending as {settings.pacs.ae_title} to {len(sender.settings.destinations)} destinations")
-    with two_stage_shutdown(
+    serve(
+        f"sending as {settings.pacs.ae_title} to {len(sender.settings.destinations)} destinations",
+        sender.run,
         sender.stop,
-        on_first=lambda name: log.info("%s: finishing the batch in hand, then stopping", name),
-        on_second=lambda name: log.warning("%s again: exiting now; unanswered objects are sent again", name),
-    ):
-        sender.run()
-    notifier.stopping()
+        finishing="finishing the batch in hand, then stopping",
+        exiting="exiting now; unanswered objects are sent again",
+    )

@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from worker.app import build_daemon, faults_from_environ, open_predictor, open_store
-from worker.cli.common import model_options, model_overrides, settings_for
+from worker.cli.common import assignments_overrides, model_options, model_overrides, settings_for
 from worker.config import Settings
 from worker.errors import ConfigError, ModelError, XrayScreenError
 from worker.runtime.signals import two_stage_shutdown
@@ -69,11 +69,7 @@ def daemon_settings(ctx: click.Context, flags: dict[str, Any]) -> Settings:
             "inbox.worker_id": flags.pop("worker_id"),
         }
     )
-    for assignment in flags.pop("assignments"):
-        key, sep, value = assignment.partition("=")
-        if not sep or "." not in key:
-            raise click.BadParameter(f"{assignment!r}: expected SECTION.KEY=VALUE", param_hint="--set")
-        overrides[key.strip()] = value
+    overrides.update(assignments_overrides(flags.pop("assignments")))
     return settings_for(ctx, **overrides)
 
 
