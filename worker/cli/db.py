@@ -244,9 +244,7 @@ def flagged(ctx: click.Context, since: datetime | None, fmt: str, db_url: str | 
       xray-worker report flagged --since 24h
       xray-worker report flagged --since all --format csv > flagged.csv
     """
-    with open_engine(ctx, db_url, at_head=True) as engine:
-        result = flagged_report(engine, since)
-    click.echo(render(result, fmt))
+    _show(ctx, flagged_report, since, fmt, db_url)
 
 
 @report.command(name="studies")
@@ -260,9 +258,7 @@ def studies_command(ctx: click.Context, since: datetime | None, fmt: str, db_url
       xray-worker report studies --since 24h
       xray-worker report studies --since all --format csv > studies.csv
     """
-    with open_engine(ctx, db_url, at_head=True) as engine:
-        result = studies_report(engine, since)
-    click.echo(render(result, fmt))
+    _show(ctx, studies_report, since, fmt, db_url)
 
 
 @report.command(name="deliveries")
@@ -276,8 +272,13 @@ def deliveries_command(ctx: click.Context, since: datetime | None, fmt: str, db_
       xray-worker report deliveries             # queued in the last 7 days, and the backlog
       xray-worker report deliveries --since all --format json
     """
+    _show(ctx, deliveries_report, since, fmt, db_url)
+
+
+def _show(ctx: click.Context, build: Any, since: datetime | None, fmt: str, db_url: str | None) -> None:
+    """A report subcommand's body: ``build(engine, since)`` on the database at head, printed."""
     with open_engine(ctx, db_url, at_head=True) as engine:
-        result = deliveries_report(engine, since)
+        result = build(engine, since)
     click.echo(render(result, fmt))
 
 
