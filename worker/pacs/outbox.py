@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from sqlalchemy import Connection, case, func, literal, select, type_coerce, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -148,41 +149,25 @@ def mark_retry(
     """A failed attempt for each row of ``errors`` (id -> reason): tried again ``delay`` seconds
     from now, or ``failed`` once this was attempt number ``max_attempts``."""
     now = now or utcnow()
-    o = outbox.c
-    changed = 0
-    for reason, ids in _by_reason(errors).items():
-        gives_up = o.attempts + 1 >= max_attempts
-        changed += _update(
-            conn,
-            ids,
-            status="pending",
-            values={
-                "status": case((gives_up, literal("failed")), else_=literal("pending")),
-                "attempts": o.attempts + 1,
-                "last_attempt_at": now,
-                "next_attempt_at": now + timedelta(seconds=delay),
-                "last_error": reason,
-            },
-        )
-    return changed
+    gives_up = outbox.c.attempts + 1 >= max_attempts
+    status = case((gives_up, literal("failed")), else_=literal("pending"))
+    return _failed_attempt(conn, errors, now, status, next_attempt_at=now + timedelta(seconds=delay))
 
 
 def mark_failed(conn: Connection, errors: Mapping[int, str], *, now: datetime | None = None) -> int:
     """Give up on these pending rows now, with their reasons (no retry can succeed)."""
-    now = now or utcnow()
+    return _failed_attempt(conn, errors, now or utcnow(), "failed")
+
+
+def _failed_attempt(
+    conn: Connection, errors: Mapping[int, str], now: datetime, status: Any, **more: Any
+) -> int:
+    """One more attempt, failed, on each pending row of ``errors`` (id -> reason): its new
+    ``status``, its reason, and ``more`` columns."""
     changed = 0
     for reason, ids in _by_reason(errors).items():
-        changed += _update(
-            conn,
-            ids,
-            status="pending",
-            values={
-                "status": "failed",
-                "attempts": outbox.c.attempts + 1,
-                "last_attempt_at": now,
-                "last_error": reason,
-            },
-        )
+        values = {"status": status, "attempts": outbox.c.attempts + 1, "last_attempt_at": now}
+        changed += _update(conn, ids, status="pending", values={**values, "last_error": reason, **more})
     return changed
 
 
