@@ -224,11 +224,12 @@ class Predictor:
                 features = {PENULTIMATE: feats.float().cpu().numpy(), **self._tap.take()}
             else:
                 logits = self.net(x).float()
-            out = self.activation(logits.double())  # float64: P near 0 or 1 keeps its margin
+            # The site's calibration replaces the model's own activation, which is then not run.
+            out = None if self.calibration is not None else self.activation(logits.double())
         logits_np = logits.cpu().numpy()
-        if self.calibration is not None:
+        if out is None:
             return self.calibration.probabilities(logits_np, self.model.positive_index), features, logits_np
-        return out.cpu().numpy(), features, logits_np
+        return out.cpu().numpy(), features, logits_np  # float64: P near 0 or 1 keeps its margin
 
     def classify(self, probs: np.ndarray) -> tuple[str, dict[str, float], float]:
         """One image's class probabilities -> its label (by the model's stored threshold, else
