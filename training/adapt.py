@@ -101,7 +101,8 @@ def run_adapt(
         adapted = load_model(draft, trust=True, positive_class=model.positive_class)
         held_files = [(files[i], model.vocab[int(y[i])]) for i in held_idx]
         after = evaluate_files(adapted, held_files, calibrate=False)
-        layers = ImageGate.of(model).layer_names if ImageGate.of(model) else ("penultimate", "0.6")
+        source_gate = ImageGate.of(model)  # parses the stored statistics: once
+        layers = source_gate.layer_names if source_gate else ("penultimate", "0.6")
         f_train, kept, _ = layer_features(adapted, [files[i] for i in train_idx], layers)
         f_held, _, _ = layer_features(adapted, [files[i] for i in held_idx], layers)
     gate = fit_gate(
