@@ -7,6 +7,11 @@
 # and the shipped model alone is 47 MB). Then, through the device tool:
 #   run(command="bash bench/gpu.sh run", carry=[".whl", ".gpu-data"], timeout_s=540)
 # It prints the Markdown table for BENCHMARKS.md (with the card's name).
+# ONNX Runtime on the GPU (issue 16): onnxruntime-gpu's wheel is about 250 MB, more than the
+# 64 MiB the device tool carries, so its rows appear only where that machine has it installed
+# (gpu_bench.py says which providers it found). JPEG decoding on the GPU needs only torchvision.
+# For the fp16 bundle's row: xray-train export models/pneumonia-resnet18/export.pkl --out .gpu-data/fp16
+#   --variant fp16 --validate ../shared/data/site_sample, then `run --fp16-bundle .gpu-data/fp16`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WANT="fastai==2.8.* fastcore fasttransform plum-dispatch beartype fastprogress fastdownload

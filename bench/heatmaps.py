@@ -52,7 +52,7 @@ def per_image(rounds: int, batch: int, step: Callable[[], object]) -> float:
 def cost(args: argparse.Namespace) -> None:
     import torch
 
-    from worker.config import DEFAULT_MODEL, InferenceSettings
+    from worker.config import DEFAULT_LEARNER, InferenceSettings
     from worker.decode import decode_file
     from worker.explain.gradcam import GradCam
     from worker.explain.overlay import render, write_png
@@ -60,7 +60,7 @@ def cost(args: argparse.Namespace) -> None:
     from worker.model.predictor import Predictor
 
     torch.set_num_threads(args.threads)
-    model = load_model(DEFAULT_MODEL, trust=True)
+    model = load_model(DEFAULT_LEARNER, trust=True)
     paths = sorted((DATA / "site_sample" / "PNEUMONIA").glob("*.jpeg"))[: args.films]
     prepared = [model.decode_and_prepare(p) for p in paths]
     items = [item for item, _ in prepared]
@@ -71,7 +71,7 @@ def cost(args: argparse.Namespace) -> None:
     def next_batch() -> list:
         return batches[next(cycle) % len(batches)]
 
-    predictor = Predictor(model, InferenceSettings(device="cpu", batch_size=b, torch_threads=args.threads))
+    predictor = Predictor(model, InferenceSettings(device="cpu", batch_size=b, threads=args.threads))
     gradcam = GradCam.of(model)
     rows = [
         (
@@ -145,11 +145,11 @@ def cost(args: argparse.Namespace) -> None:
 def sanity(films: int) -> None:
     from test_heatmaps import BLOB_LEVELS, BLOB_SIGMA, LUNGS, peak_side, with_blob  # tests/integration
 
-    from worker.config import DEFAULT_MODEL
+    from worker.config import DEFAULT_LEARNER
     from worker.explain.gradcam import GradCam
     from worker.model.learner import load_model
 
-    model = load_model(DEFAULT_MODEL, trust=True)
+    model = load_model(DEFAULT_LEARNER, trust=True)
     decoded = [
         model.decode_and_prepare(p)[1]
         for p in sorted((DATA / "site_sample" / "NORMAL").glob("*.jpeg"))[:films]

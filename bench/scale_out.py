@@ -115,7 +115,7 @@ def stage_rates(corpus: Path, work: Path) -> dict:
         torch.set_num_threads(threads)
         spec = StageSpec(
             str(model.path), model.sha256, model.positive_class,
-            InferenceSettings(device="cpu", batch_size=64, torch_threads=threads), DEFAULT_LIMITS, db,
+            InferenceSettings(device="cpu", batch_size=64, threads=threads), DEFAULT_LIMITS, db,
         )  # fmt: skip
         prepare, screen = Prepare(spec), Screen(spec)
         prepared, seconds = [], 0.0

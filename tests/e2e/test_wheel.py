@@ -32,7 +32,12 @@ SAMPLE = ROOT / "samples" / "NORMAL2-IM-1427-0001.jpeg"
 
 # What the wheel must hold besides the code (paths inside the wheel).
 SHIPPED_FILES = (
-    "worker/shipped_model/export.pkl",
+    "worker/shipped_model/site_baseline.json",
+    "worker/shipped_model/onnx/bundle.json",
+    "worker/shipped_model/onnx/model.onnx",
+    "worker/shipped_model/onnx/gate.npz",
+    "worker/shipped_model/onnx-int8/bundle.json",
+    "worker/shipped_model/onnx-int8/model.onnx",
     "worker/shipped_model/MODEL_CARD.md",
     "worker/shipped_model/metrics.json",
     "worker/db/migrations/env.py",
@@ -40,7 +45,7 @@ SHIPPED_FILES = (
 )
 
 # Not copied into the build's source tree: what .gitignore ignores, and git's own folder.
-_IGNORED_AT_ROOT = {".git", ".venv", "build", "dist", "runs", "var", "shared", ".coverage"}
+_IGNORED_AT_ROOT = {".git", ".venv", ".venv-lean", "build", "dist", "runs", "var", "shared", ".coverage"}
 _IGNORED_ANYWHERE = {"__pycache__", ".pytest_cache", ".ruff_cache", ".hypothesis", ".import_linter_cache"}
 
 
@@ -140,13 +145,14 @@ def test_the_wheel_holds_the_migrations_and_the_shipped_model(installed: Install
     with zipfile.ZipFile(installed.wheel) as wheel:
         names = set(wheel.namelist())
         versions = [n for n in names if n.startswith("worker/db/migrations/versions/") and n.endswith(".py")]
-        model_size = (
-            wheel.getinfo("worker/shipped_model/export.pkl").file_size if SHIPPED_FILES[0] in names else 0
-        )
+        network = "worker/shipped_model/onnx/model.onnx"
+        model_size = wheel.getinfo(network).file_size if network in names else 0
     missing = [f for f in SHIPPED_FILES if f not in names]
     assert not missing, f"not in the wheel: {missing}"
     assert len(versions) == len(list((ROOT / "migrations" / "versions").glob("*.py")))
-    assert model_size == (ROOT / "models" / "pneumonia-resnet18" / "export.pkl").stat().st_size
+    assert model_size == (ROOT / "models" / "pneumonia-resnet18" / "onnx" / "model.onnx").stat().st_size
+    # A deployed worker unpickles nothing: the learner stays in the repository.
+    assert not any(n.endswith(".pkl") for n in names)
     # Nothing at the top level but the two packages and the metadata (no stray "migrations").
     assert {n.split("/")[0] for n in names} == {"worker", "training", f"{_dist_info(installed.wheel)}"}
 
@@ -171,7 +177,7 @@ def test_worker_is_imported_from_the_installed_wheel(installed: Installed):
     for path in (module, model, migrations):
         assert Path(path).is_relative_to(installed.venv), path
         assert not Path(path).is_relative_to(ROOT), path
-    assert Path(model).is_file() and (Path(migrations) / "env.py").is_file()
+    assert (Path(model) / "bundle.json").is_file() and (Path(migrations) / "env.py").is_file()
     # Installed, the defaults are relative to the working directory, not to site-packages' parent.
     assert Path(inbox) == installed.work.resolve() / "var" / "inbox"
     assert url == "sqlite:///var/xray-screen.db"

@@ -26,7 +26,7 @@ from scipy.stats import spearmanr
 from torch.nn import functional as F
 
 from worker.cli.main import cli
-from worker.config import DEFAULT_MODEL
+from worker.config import DEFAULT_LEARNER
 from worker.decode import DecodedImage
 from worker.explain.gradcam import GradCam
 from worker.explain.overlay import BAND_COLOUR, render
@@ -42,7 +42,7 @@ SHARE_NEEDED = 0.75  # per side; 23 of 30 by chance (p = 0.5) has probability 0.
 
 @pytest.fixture(scope="module")
 def shipped() -> LoadedModel:
-    return load_model(DEFAULT_MODEL, trust=True)
+    return load_model(DEFAULT_LEARNER, trust=True)
 
 
 @pytest.fixture(scope="module")

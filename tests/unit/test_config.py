@@ -78,11 +78,22 @@ def test_missing_file_is_reported(tmp_path: Path):
 
 
 def test_shipped_model_hash_is_pinned_only_for_the_shipped_path(tmp_path: Path):
-    from worker.config import DEFAULT_MODEL, SHIPPED_MODEL_SHA256
+    from worker.config import (
+        DEFAULT_BUNDLE,
+        DEFAULT_LEARNER,
+        DEFAULT_MODEL,
+        SHIPPED_BUNDLE_SHA256,
+        SHIPPED_MODEL_SHA256,
+    )
 
+    assert DEFAULT_MODEL == DEFAULT_BUNDLE  # the bundle screens by default: no pickle
     assert load_settings(None, environ={}).model.path == DEFAULT_MODEL
-    assert load_settings(None, environ={}).model.expected_sha256() == SHIPPED_MODEL_SHA256
-    assert load_settings(ROOT_CONFIG, environ={}).model.expected_sha256() == SHIPPED_MODEL_SHA256
+    assert load_settings(None, environ={}).model.expected_sha256() == SHIPPED_BUNDLE_SHA256
+    assert load_settings(ROOT_CONFIG, environ={}).model.expected_sha256() == SHIPPED_BUNDLE_SHA256
+    manifest = load_settings(None, environ={}, overrides={"model.path": str(DEFAULT_BUNDLE / "bundle.json")})
+    assert manifest.model.expected_sha256() == SHIPPED_BUNDLE_SHA256
+    learner = load_settings(None, environ={}, overrides={"model.path": str(DEFAULT_LEARNER)})
+    assert learner.model.expected_sha256() == SHIPPED_MODEL_SHA256
     other = load_settings(None, environ={}, overrides={"model.path": str(tmp_path / "mine.pkl")})
     assert other.model.expected_sha256() == ""
     explicit = load_settings(None, environ={}, overrides={"model.sha256": "AB" * 32})

@@ -12,7 +12,8 @@ from torch import nn
 
 from worker.config import GateSettings
 from worker.decode import DecodedImage, DicomFacts
-from worker.model.gate import ImageGate, energy, fit_gate, split_head
+from worker.model.gate import ImageGate, energy, fit_gate
+from worker.model.taps import split_head
 from worker.pipeline.gate import Gate
 
 
@@ -116,7 +117,7 @@ def test_energy_is_higher_for_flat_logits():
 
 
 def test_a_layer_is_summarised_by_channel_mean_and_std_or_on_a_grid():
-    from worker.model.gate import FeatureTap, summarise
+    from worker.model.taps import FeatureTap, summarise
 
     out = torch.zeros(2, 3, 6, 6)
     out[0, 1, :2, :2] = 9.0  # one channel lit in the top-left corner of the first image

@@ -18,19 +18,19 @@ adult film sits far from them.
 
 docs/gate.md says why this score, and which layers, with the measurements
 (``bench/gate_study.py``). The cost is pure numpy on features of the forward pass that
-screening runs anyway: one small product per layer and image.
+screening runs anyway: one small product per layer and image. Pure numpy: the features
+are caught by ``worker/model/taps.py`` on torch, or are outputs of a bundle's ONNX graph.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
 import numpy as np
-import torch
-from torch import nn
 
 SHRINKAGE = 0.01  # ridge on the covariance: a few thousand films for hundreds of features
 PENULTIMATE = "penultimate"
@@ -48,15 +48,22 @@ class LayerStats:
     def scores(self, features: np.ndarray) -> np.ndarray:
         # (f - m)' P (f - m) = f'Pf - 2 f'Pm + m'Pm: one product with P for every class mean.
         f = np.asarray(features, dtype=np.float64)
-        # torch's product, in the thread pool that just ran the model: numpy's BLAS threads,
-        # woken right after a forward pass, made this 10-30x slower than the product itself.
-        fp = (torch.from_numpy(f) @ torch.from_numpy(self.precision)).numpy()
+        fp = _product(f, self.precision)
         per_class = (fp * f).sum(axis=1)[:, None] - 2 * fp @ self.means.T + self._mean_terms[None, :]
         return np.maximum(per_class.min(axis=1), 0.0) / f.shape[1]
 
     @cached_property
     def _mean_terms(self) -> np.ndarray:
         return ((self.means @ self.precision) * self.means).sum(axis=1)
+
+
+def _product(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a @ b``; on torch's thread pool when torch ran the model: numpy's BLAS threads, woken
+    right after a torch forward pass, made this 10-30x slower than the product itself."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        return (torch.from_numpy(a) @ torch.from_numpy(b)).numpy()
+    return a @ b
 
 
 @dataclass(frozen=True)
@@ -153,45 +160,6 @@ def energy(logits: np.ndarray) -> np.ndarray:
     return -(top + np.log(np.exp(logits - top[:, None]).sum(axis=1)))
 
 
-def split_head(net: nn.Module) -> tuple[nn.Module, nn.Module] | None:
-    """``(trunk, classifier)`` of a fastai vision learner's model: everything up to the
-    penultimate features, and the final linear layer; None for any other structure."""
-    if not (isinstance(net, nn.Sequential) and len(net) == 2 and isinstance(net[1], nn.Sequential)):
-        return None
-    head = net[1]
-    if not isinstance(head[-1], nn.Linear):
-        return None
-    return nn.Sequential(net[0], head[:-1]), head[-1]
-
-
-class FeatureTap:
-    """Catches the features of named submodules during a forward pass. A layer is named by its
-    module path, and optionally how to summarise its map, after a colon:
-
-    - ``"0.6"`` (a fastai resnet's layer3): the mean and standard deviation of each channel;
-    - ``"0.4:grid3"`` (layer1): each channel's mean over a 3 x 3 grid of the image, which
-      keeps where things are (the layout of a film), not only how much of them there is.
-    """
-
-    def __init__(self, net: nn.Module, layers: Sequence[str]):
-        self.caught: dict[str, np.ndarray] = {}
-        for name in layers:
-            if name != PENULTIMATE:
-                module, _, how = name.partition(":")
-                summary_of(how)  # an unknown summary fails here, not in the first batch
-                net.get_submodule(module).register_forward_hook(self._hook(name, how))
-
-    def _hook(self, name: str, how: str) -> Any:
-        def hook(_module: nn.Module, _inputs: Any, output: torch.Tensor) -> None:
-            self.caught[name] = summarise(output, how)
-
-        return hook
-
-    def take(self) -> dict[str, np.ndarray]:
-        caught, self.caught = self.caught, {}
-        return caught
-
-
 def summary_of(how: str) -> int:
     """The grid size of a layer's summary: 0 for channel mean and std, N for ``gridN``."""
     if not how:
@@ -199,15 +167,3 @@ def summary_of(how: str) -> int:
     if how.startswith("grid") and how[4:].isdigit() and 1 <= int(how[4:]) <= 8:
         return int(how[4:])
     raise ValueError(f"unknown layer summary {how!r}: use none (mean and std) or grid1-grid8")
-
-
-def summarise(output: torch.Tensor, how: str = "") -> np.ndarray:
-    """A layer's output as one vector per image."""
-    o = output.detach().float()
-    if o.dim() == 4:
-        grid = summary_of(how)
-        if grid:
-            o = torch.nn.functional.adaptive_avg_pool2d(o, grid)
-        else:
-            o = torch.cat([o.mean(dim=(2, 3)), o.std(dim=(2, 3))], dim=1)
-    return o.reshape(len(o), -1).cpu().numpy()

@@ -25,13 +25,8 @@ from PIL import Image
 
 from worker.decode import DEFAULT_LIMITS, DecodedImage, Limits, decode_file
 from worker.errors import ModelError
+from worker.model.preprocess import Preprocessing
 from worker.pipeline.hashing import sha256_file
-
-# Bump when decode_file's output pixels change for the same input file.
-# 2: baseline-JPEG DICOMs decoded by Pillow (libjpeg-turbo), within one grey level of v1.
-# 3: Presentation LUT Shape decides the inversion; LINEAR windows in fractional rescale units
-#    (up to one grey level); JPEG extended 12-bit scans with Se = 0 decoded (were refused).
-DECODE_VERSION = 3
 
 
 class TensorXray(TensorImageBW):
@@ -56,28 +51,6 @@ class OpenXray(Transform):
 
     def encodes(self, fn: Path | str) -> XrayImage:
         return XrayImage(Image.fromarray(decode_file(fn, min_side=self.min_side).pixels))
-
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """What the learner does to a decoded image, read from the learner itself."""
-
-    image_mode: str  # "L" (one channel) or "RGB"
-    min_side: int  # JPEG draft decoding keeps both sides at least this long
-    resize: tuple[int, int] | None  # (height, width)
-    resize_method: str | None
-    normalize: tuple[list[float], list[float]] | None  # (mean, std) per channel
-
-    @property
-    def version(self) -> str:
-        """A short, stable description recorded with every result."""
-        parts = [f"decode-v{DECODE_VERSION}", self.image_mode, f"draft>={self.min_side}"]
-        if self.resize:
-            parts.append(f"resize-{self.resize_method}-{self.resize[0]}x{self.resize[1]}")
-        if self.normalize:
-            mean, std = self.normalize
-            parts.append("norm-" + ",".join(f"{m:.4f}/{s:.4f}" for m, s in zip(mean, std, strict=True)))
-        return ";".join(parts)
 
 
 @dataclass

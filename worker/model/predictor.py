@@ -1,8 +1,9 @@
 """Batched inference: decode in a thread pool while the model runs, keep input order.
 
-The stages are the learner's own: ``decode_file`` (through ``LoadedModel.decode_and_prepare``)
-and the learner's item transforms in worker threads, then the learner's batch transforms
-and model on the chosen device. Nothing about the preprocessing is restated here.
+The stages: ``decode_file`` and the model's item transforms in worker threads (through the
+model's ``decode_and_prepare``: the learner's own fastai transforms, or a bundle's numpy
+rebuild of them), then the batch through the engine on the chosen device, then the gate,
+the calibration and the threshold.
 """
 
 from __future__ import annotations
@@ -13,21 +14,17 @@ import time
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from worker.config import InferenceSettings
 from worker.decode import DEFAULT_LIMITS, DecodedImage, Limits
 from worker.errors import ConfigError, DecodeError, XrayScreenError
+from worker.model.bundle import BundleModel
 from worker.model.calibration import Calibration
-from worker.model.fusion import fold_batchnorm
-from worker.model.gate import PENULTIMATE, FeatureTap, split_head
-from worker.model.learner import LoadedModel
 from worker.runtime.boundary import contain
 
 log = logging.getLogger(__name__)
@@ -72,25 +69,19 @@ class Failure:
 Answer = Prediction | Failure | Refusal  # what the predictor says of one file
 
 
-def resolve_device(requested: str) -> torch.device:
-    """``auto`` picks CUDA when a GPU is visible, else the CPU."""
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("[inference] device = cuda, but no CUDA GPU is available (use auto or cpu)")
-    return torch.device(requested)
-
-
 class Predictor:
-    """Screens files in batches with a loaded model.
+    """Screens files in batches with a loaded model, on the runtime that fits it.
 
-    ``predict(paths)`` yields one ``Prediction`` or ``Failure`` per path, in input order.
-    Decoding of the next batch overlaps the model's work on the current one.
+    ``predict(paths)`` yields one ``Prediction``, ``Refusal`` or ``Failure`` per path, in
+    input order. Decoding of the next batch overlaps the model's work on the current one.
+    The network runs in an engine: torch for an exported learner (``torch_engine.py``), ONNX
+    Runtime for a bundle (``onnx_engine.py``); the rest (batches, the gate, the calibration,
+    the threshold) is the same numpy for both.
     """
 
     def __init__(
         self,
-        model: LoadedModel,
+        model: Any,
         settings: InferenceSettings | None = None,
         limits: Limits = DEFAULT_LIMITS,
         gate: Any = None,
@@ -102,40 +93,30 @@ class Predictor:
         self.gate = gate  # ``worker.pipeline.gate.Gate`` (before, image_scores, after), or None
         self.limits = limits
         self.batch_size = settings.batch_size
-        self.device = resolve_device(settings.device)
-        if settings.torch_threads:
-            torch.set_num_threads(settings.torch_threads)
         self.workers = settings.decode_workers or os.cpu_count() or 1
         self.threshold = float(model.metadata.get("threshold", 0.0) or 0.0)
-        self.activation = getattr(model.learner.loss_func, "activation", None) or (
-            lambda x: torch.softmax(x, dim=1)
-        )
         # A site's calibration (worker/model/calibration.py) replaces the softmax's scale;
         # ``calibrate=False`` gives the model's own output (site-check fits on it).
         self.calibration = Calibration.of(model) if calibrate else None
-        # channels_last is faster for convolutions on current CPUs and on GPUs alike.
-        net, folded = fold_batchnorm(model.learner.model)
-        log.debug("folded %d BatchNorm layers into the convolutions before them", folded)
-        self.net = net.to(self.device, memory_format=torch.channels_last)
-        # The penultimate features come with every batch for free, and the image gate's other
-        # layers are caught on the way (worker/model/gate.py).
-        self._split = split_head(self.net)
+        # The image gate's layers are caught in the same pass (worker/model/gate.py).
         image = getattr(gate, "image", None)
-        self._tap = FeatureTap(self.net, feature_layers or (image.layer_names if image else ()))
-        cuda = self.device.type == "cuda"
-        if cuda:
-            _move_parameters(model.batch_pipeline, self.device)
-        self._autocast = (lambda: torch.autocast("cuda", dtype=torch.float16)) if cuda else nullcontext
+        self.engine = open_engine(model, settings, feature_layers or (image.layer_names if image else ()))
+
+    @property
+    def device(self) -> Any:
+        return self.engine.device
+
+    @property
+    def device_name(self) -> str:
+        return str(self.engine.device_name)
+
+    @property
+    def runtime(self) -> str:
+        return str(self.engine.runtime)
 
     def warm_up(self) -> None:
         """One full-size batch through the model, so the first real file is not slow."""
         self.infer([self.model.blank_item()] * min(self.batch_size, 8))
-
-    @property
-    def device_name(self) -> str:
-        if self.device.type == "cuda":
-            return f"cuda:{torch.cuda.get_device_name(self.device)}"
-        return "cpu"
 
     def predict(self, paths: Iterable[Path | str]) -> Iterator[Answer]:
         with ThreadPoolExecutor(self.workers, thread_name_prefix="decode") as pool:
@@ -209,27 +190,12 @@ class Predictor:
         return self.infer_features(items)[0]
 
     def infer_features(self, items: list[Any]) -> tuple[np.ndarray, dict[str, np.ndarray] | None, np.ndarray]:
-        """Item tensors -> (class probabilities, features by layer or None, logits), in one
-        pass through the model."""
-        x = items[0].__class__(torch.stack(items))  # keep fastai's tensor type for dispatch
-        if self.device.type == "cuda":
-            x = x.pin_memory().to(self.device, non_blocking=True)
-        features = None
-        with torch.inference_mode(), self._autocast():
-            x = self.model.batch_pipeline(x).contiguous(memory_format=torch.channels_last)
-            if self._split is not None:
-                trunk, classifier = self._split
-                feats = trunk(x)
-                logits = classifier(feats).float()
-                features = {PENULTIMATE: feats.float().cpu().numpy(), **self._tap.take()}
-            else:
-                logits = self.net(x).float()
-            # The site's calibration replaces the model's own activation, which is then not run.
-            out = None if self.calibration is not None else self.activation(logits.double())
-        logits_np = logits.cpu().numpy()
-        if out is None:
-            return self.calibration.probabilities(logits_np, self.model.positive_index), features, logits_np
-        return out.cpu().numpy(), features, logits_np  # float64: P near 0 or 1 keeps its margin
+        """Items -> (class probabilities, features by layer or None, logits), in one pass
+        through the network."""
+        logits, features = self.engine.run(items)
+        if self.calibration is not None:  # the site's calibration replaces the model's activation
+            return self.calibration.probabilities(logits, self.model.positive_index), features, logits
+        return self.engine.activation(logits), features, logits  # float64: P near 0 or 1 keeps its margin
 
     def classify(self, probs: np.ndarray) -> tuple[str, dict[str, float], float]:
         """One image's class probabilities -> its label (by the model's stored threshold, else
@@ -264,9 +230,32 @@ class Predictor:
         )
 
 
-def prepare(
-    model: LoadedModel, path: Path, limits: Limits = DEFAULT_LIMITS
-) -> tuple[Any, DecodedImage, float]:
+def open_engine(model: Any, settings: InferenceSettings, layers: tuple[str, ...] = ()) -> Any:
+    """The engine for ``[inference] runtime``: "auto" takes the one that fits the model."""
+    runtime = settings.runtime
+    is_bundle = isinstance(model, BundleModel)
+    if runtime == "auto":
+        runtime = "onnx" if is_bundle else "torch"
+    if runtime == "onnx":
+        if not is_bundle:
+            raise ConfigError(
+                f"[inference] runtime = onnx needs a model bundle, and {model.path} is an exported learner: "
+                f"make one with: xray-train export {model.path} --out DIR, and set [model] path to DIR"
+            )
+        from worker.model.onnx_engine import OnnxEngine
+
+        return OnnxEngine(model, settings, layers)
+    if is_bundle:
+        raise ConfigError(
+            f"[inference] runtime = torch needs an exported learner (export.pkl), and {model.path} is an "
+            "ONNX bundle: set runtime = onnx (or auto), or [model] path to the learner it was exported from"
+        )
+    from worker.model.torch_engine import TorchEngine
+
+    return TorchEngine(model, settings, layers)
+
+
+def prepare(model: Any, path: Path, limits: Limits = DEFAULT_LIMITS) -> tuple[Any, DecodedImage, float]:
     """Decode one file and apply the learner's item transforms: (item tensor, decoded image, ms).
 
     Raises ``XrayScreenError`` only: a decoder bug (even a Rust panic) fails this file alone,
@@ -280,12 +269,3 @@ def prepare(
     except BaseException as exc:  # a Rust panic is a BaseException
         raise DecodeError(contain("decoding", str(path), exc)) from exc
     return item, decoded, (time.perf_counter() - start) * 1000
-
-
-def _move_parameters(pipeline: Any, device: torch.device) -> None:
-    """Put transform statistics (Normalize's mean and std) on the model's device."""
-    for tfm in pipeline.fs:
-        for name in getattr(tfm, "parameters", ()) or ():
-            value = getattr(tfm, name, None)
-            if isinstance(value, torch.Tensor):
-                setattr(tfm, name, value.to(device))

@@ -53,9 +53,9 @@ class StageSpec:
     gate: GateSettings = field(default_factory=GateSettings)  # what the model may judge
 
     def load_model(self) -> Any:
-        from worker.model.learner import load_model
+        from worker.model.load import load
 
-        return load_model(Path(self.model_path), sha256=self.model_sha256, positive_class=self.positive_class)
+        return load(Path(self.model_path), sha256=self.model_sha256, positive_class=self.positive_class)
 
     def open_gate(self, model: Any) -> Any:
         from worker.model.gate import ImageGate
@@ -153,8 +153,6 @@ class Screen:
         self.device = self.predictor.device_name
 
     def __call__(self, batch: Batch) -> Batch:
-        import torch
-
         batch = dict(batch)
         items = batch.pop("item")
         n = len(items)
@@ -167,7 +165,12 @@ class Screen:
         ready = np.flatnonzero(status == READY)
         if len(ready):
             start = time.perf_counter()
-            tensors = [self.tensor_type(torch.from_numpy(items[i].copy())) for i in ready]
+            if self.tensor_type is np.ndarray:  # a bundle's items are arrays already
+                tensors = [items[i].copy() for i in ready]
+            else:
+                import torch
+
+                tensors = [self.tensor_type(torch.from_numpy(items[i].copy())) for i in ready]
             probs, scores, refusals = self.predictor.judge(tensors)
             infer_ms[ready] = (time.perf_counter() - start) * 1000 / len(ready)
             for i, row, score, refused in zip(ready, probs, scores, refusals, strict=True):
