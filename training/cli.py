@@ -236,8 +236,9 @@ def evaluate_command(
         }
         learn.export(model_path.resolve())
         click.echo(
-            f"stored threshold {threshold:.4f} in {model_path}; new SHA-256 {file_sha256(model_path)} "
-            "(update [model] sha256)"
+            f"stored threshold {threshold:.4f} in {model_path}; new SHA-256 {file_sha256(model_path)}: "
+            f"export the bundle the worker screens with again (xray-train export {model_path} --out DIR) "
+            "and update [model] sha256"
         )
 
 
@@ -312,6 +313,7 @@ def site_check_command(
     Example:
       xray-train site-check models/pneumonia-resnet18/export.pkl ../shared/data/site_sample
     """
+    from training.baseline import store_baseline
     from training.card import refresh_model_card
     from training.site_check import report_lines, run_site_check, store_site_profile
     from worker.errors import ModelError
@@ -351,8 +353,10 @@ def site_check_command(
         how = f"{fitted['method']} calibration, " if fitted else ""
         click.echo(
             f"stored site profile {report['site']!r} ({how}threshold {threshold:.4f}) in {model_path}; "
-            f"new SHA-256 {sha} (update [model] sha256)"
+            f"new SHA-256 {sha}: export the bundle the worker screens with again "
+            f"(xray-train export {model_path} --out DIR) and update [model] sha256"
         )
+        click.echo(f"wrote {store_baseline(out_dir, model_path, sha)} (the reference for drift monitoring)")
 
 
 @cli.command(name="adapt")
@@ -490,14 +494,103 @@ def gate_command(
         f"(fitted on {fit.train_files} training films in {fit.seconds:.0f} s)"
     )
     sha = file_sha256(model_path)
-    click.echo(f"stored in {model_path}; new SHA-256 {sha} (update [model] sha256)")
+    click.echo(
+        f"stored in {model_path}; new SHA-256 {sha}: export the bundle the worker screens with again "
+        f"(xray-train export {model_path} --out DIR) and update [model] sha256"
+    )
     if refresh_model_card(
         model_path.parent, learn.xray_metadata, sha, model.sha256, valid_refused=fit.valid_refused
     ):
         click.echo(f"updated {model_path.parent / 'MODEL_CARD.md'} and metrics.json")
 
 
+@cli.command(name="export")
+@click.argument("model_path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="A new folder for the bundle (bundle.json, model.onnx, gate.npz, MODEL_CARD.md).",
+)
+@click.option(
+    "--variant",
+    type=click.Choice(["fp32", "int8", "fp16"]),
+    default="fp32",
+    show_default=True,
+    help="fp32: the learner as it is. int8: static quantization calibrated on --calibration-dir "
+    "(CPUs). fp16: half precision (GPUs). A reduced-precision variant must pass --validate.",
+)
+@click.option(
+    "--calibration-dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="int8: training films whose activations set the quantization ranges (searched recursively).",
+)
+@click.option("--calibration-films", default=512, show_default=True, help="int8: how many of them.")
+@click.option(
+    "--validate",
+    "validate_dirs",
+    multiple=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="A labelled site folder (class subfolders, or labels.csv) to compare the variant with fp32 on; "
+    "repeat for several. A variant is accepted at >= 99.5%% label agreement and AUC within 0.002.",
+)
+@click.option("--sha256", default="", help="Expected SHA-256 of the learner (else it is trusted as yours).")
+def export_command(
+    model_path: Path,
+    out_dir: Path,
+    variant: str,
+    calibration_dir: Path | None,
+    calibration_films: int,
+    validate_dirs: tuple[Path, ...],
+    sha256: str,
+) -> None:
+    """Export a learner as a model bundle the worker runs with ONNX Runtime, without torch,
+    fastai or pickle (docs/runtime.md).
+
+    \b
+    Examples:
+      xray-train export models/pneumonia-resnet18/export.pkl --out models/pneumonia-resnet18/onnx
+      xray-train export models/pneumonia-resnet18/export.pkl --out runs/int8 --variant int8 \\
+          --calibration-dir ../shared/data/chest_xray_224/train \\
+          --validate ../shared/data/site_sample --validate ../shared/data/nih_site_sample
+    """
+    from training.variants import export_variant
+
+    if variant == "int8" and calibration_dir is None:
+        raise click.UsageError("--variant int8 needs --calibration-dir (training films)")
+    if variant != "fp32" and not validate_dirs:
+        raise click.UsageError(f"--variant {variant} needs at least one --validate site folder")
+    result = export_variant(
+        model_path,
+        out_dir,
+        variant=variant,
+        sha256=sha256,
+        calibration_dir=calibration_dir,
+        calibration_films=calibration_films,
+        validate_dirs=validate_dirs,
+    )
+    for line in result.lines:
+        click.echo(line)
+    click.echo(f"bundle: {result.manifest}")
+    click.echo(f"SHA-256 of bundle.json: {result.sha256} (set [model] path to the folder and sha256 to this)")
+    if not result.accepted:
+        click.echo(
+            f"{variant} variant NOT accepted: see {result.manifest.parent / 'MODEL_CARD.md'}", err=True
+        )
+        sys.exit(1)
+
+
 def main() -> None:
     warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]  (per-epoch lines reach logs at once)
-    cli(prog_name="xray-train")
+    try:
+        cli(prog_name="xray-train")
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.split(".")[0] in FULL_INSTALL_ONLY:
+            sys.exit(f"Error: xray-train needs the full install (pip install 'xray-screen[full]'): {exc}")
+        raise
+
+
+# What the lean install (xray-screen[lean]) leaves out.
+FULL_INSTALL_ONLY = {"torch", "torchvision", "fastai", "fastcore", "fasttransform", "onnx", "onnxscript"}

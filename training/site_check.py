@@ -362,12 +362,14 @@ def run_site_check(
     seed: int = SEED,
     calibrate: str = "platt",
 ) -> dict[str, Any]:
-    """Predict the site's sample, compute every figure, write site_check.json and reliability.png.
+    """Predict the site's sample, compute every figure, write site_check.json and reliability.png,
+    and the site baselines for drift monitoring (``training/baseline.py``).
 
     The figures are of the probabilities the model reports today (with its stored calibration,
     if any). ``calibrate`` (``platt``, ``temperature`` or ``none``) also fits a calibration of
     the model's own output to this sample (``calibration.fitted``; ``--store`` keeps it)."""
     from training import plots
+    from training.baseline import write_baselines
     from training.data import labelled_files
     from training.evaluation import evaluate_files
     from worker.model.calibration import Calibration, margins_of
@@ -465,6 +467,7 @@ def run_site_check(
             f"{report['site']}: {fitted['method']} calibration, cross-fitted",
         )
     write_json(out_dir / "site_check.json", report)
+    write_baselines(out_dir, report, ev, p_reported, margins, refusals, stored_threshold, in_use)
     return report
 
 

@@ -33,11 +33,18 @@ log = logging.getLogger(__name__)
 
 
 def open_model(settings: Settings) -> Any:
-    """The model, loaded only if its SHA-256 is the configured (or pinned) one."""
-    from worker.model.learner import load_model
+    """The model, loaded only if its SHA-256 is the configured (or pinned) one: a bundle
+    (``xray-train export``; no torch or fastai needed) or an exported learner."""
+    from worker.model.load import load
 
     m = settings.model
-    return load_model(m.path, sha256=m.expected_sha256(), trust=m.trust, positive_class=m.positive_class)
+    return load(
+        m.path,
+        sha256=m.expected_sha256(),
+        trust=m.trust,
+        positive_class=m.positive_class,
+        runtime=settings.inference.runtime,
+    )
 
 
 def decode_limits(settings: Settings) -> Any:
@@ -93,9 +100,10 @@ def predict_files(
     if heatmaps is not None and heatmaps_for != "none":
         from worker.explain.heatmaps import Heatmapper
         from worker.explain.settings import ExplainSettings
+        from worker.model.load import learner_of
 
         explain = ExplainSettings(heatmaps=heatmaps_for, folder=heatmaps)  # type: ignore[arg-type]
-        mapper = Heatmapper(predictor.model, explain, device=predictor.device)
+        mapper = Heatmapper(learner_of(predictor.model), explain, device=predictor.device)
         for answer, heatmap in mapper.annotate(answers, window=predictor.batch_size):
             console.write(answer, heatmap)
     else:
@@ -211,10 +219,11 @@ def open_heatmapper(settings: Settings, predictor: Any) -> Any:
     if settings.explain.heatmaps == "none":
         return None
     from worker.explain.heatmaps import Heatmapper
+    from worker.model.load import learner_of
 
     explain = dataclasses.replace(settings.explain, folder=absolute(settings.explain.folder))
     log.info("heatmaps: %s, under %s", explain.heatmaps, explain.folder)
-    return Heatmapper(predictor.model, explain, device=predictor.device)
+    return Heatmapper(learner_of(predictor.model), explain, device=predictor.device)
 
 
 def open_pacs_outputs(settings: Settings, store: Any) -> Any:
@@ -232,8 +241,9 @@ def open_pacs_outputs(settings: Settings, store: Any) -> Any:
     return outputs or None
 
 
-def build_daemon(settings: Settings, *, faults: Any = None) -> Any:
-    """The inbox daemon: umask, folders, work area, inbox watcher, warmed-up predictor, store."""
+def build_daemon(settings: Settings, *, faults: Any = None, monitoring: Any = None) -> Any:
+    """The inbox daemon: umask, folders, work area, inbox watcher, warmed-up predictor, store;
+    with ``monitoring`` (``worker.metrics.monitoring.Monitoring``), its metrics and webhooks."""
     from worker.daemon import Daemon
     from worker.runtime.sdnotify import Notifier
     from worker.sinks.filer import Folders
@@ -256,7 +266,10 @@ def build_daemon(settings: Settings, *, faults: Any = None) -> Any:
         work = WorkArea(box.path, box.worker_id or default_worker_id())
     except (OSError, ConfigError) as exc:
         raise ConfigError(f"cannot use the inbox {box.path}: {exc}") from None
-    return Daemon(
+    observer, metrics = (
+        monitoring.pipeline(predictor.model, worker=work.worker_id) if monitoring else (None, None)
+    )
+    daemon = Daemon(
         inbox=Inbox(
             box.path,
             recursive=box.recursive,
@@ -278,7 +291,20 @@ def build_daemon(settings: Settings, *, faults: Any = None) -> Any:
         faults=faults,
         heatmapper=open_heatmapper(settings, predictor),
         outputs=open_pacs_outputs(settings, store),
+        observer=observer,
     )
+    if metrics is not None:
+        metrics.track_daemon(daemon.inbox.backlog, lambda: daemon.claimed)
+    return daemon
+
+
+def open_monitoring(stack: ExitStack, settings: Settings, *, notify: bool = True) -> Any:
+    """A long-running command's [metrics] endpoint and, with ``notify``, its [notify] webhooks
+    (each none when not configured), closed with ``stack``; ``ConfigError`` for a port in use
+    or a token not set."""
+    from worker.metrics.monitoring import Monitoring
+
+    return Monitoring.open(stack, settings, notify=notify)
 
 
 def faults_from_environ() -> Any:
@@ -357,6 +383,7 @@ def run_scan(
     folders = scan_roots(settings)
     if output is not None:
         check_output(output, folders)
+    summary = scan_summary(settings)
     store = open_store(settings)
     with ExitStack() as stack:
         stack.callback(store.close)
@@ -378,7 +405,10 @@ def run_scan(
             limit=limit,
             progress=progress,
             on_commit=out.write if out else None,
+            observer=summary,
         )
+        if summary is not None:
+            summary.describe_model(scanner.committer.screening.model)
         how, code = "done", exitcodes.OK
         shutdown = two_stage_shutdown(
             scanner.stop,
@@ -398,7 +428,18 @@ def run_scan(
         how, code = "interrupted (the next run goes on from here)", exitcodes.INTERRUPTED
     elif code == exitcodes.OK and scanner.at_limit:
         how = f"stopped at --limit {limit} (the next run goes on from here)"
+    if summary is not None:
+        summary.write(skipped=scanner.counts.skipped, seconds=progress.elapsed, exit_code=code)
     return summary_lines(scanner.counts, progress.elapsed, how), code
+
+
+def scan_summary(settings: Settings) -> Any:
+    """The scan's metrics, written to [metrics] textfile at the end (None: no file)."""
+    if not settings.metrics.textfile:
+        return None
+    from worker.metrics.textfile import ScanSummary
+
+    return ScanSummary(absolute(Path(settings.metrics.textfile)))
 
 
 def _say(stream: TextIO, text: str) -> None:
@@ -444,7 +485,7 @@ def _ray_scanner(settings: Settings, model: Any, resources: dict[str, float], co
     pool = size_pool(resources, settings.ray, settings.inference.device)
     inference = settings.inference
     if not pool.gpus_per_actor:  # CPU actors: as many torch threads as CPUs reserved
-        inference = replace(inference, device="cpu", torch_threads=max(1, round(pool.cpus_per_actor)))
+        inference = replace(inference, device="cpu", threads=max(1, round(pool.cpus_per_actor)))
     spec = StageSpec(
         model_path=str(model.path.resolve()),
         model_sha256=model.sha256,

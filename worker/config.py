@@ -7,12 +7,13 @@ place the bad value came from, so an operator can fix it without reading code.
 Where the defaults point depends on how the package is installed:
 
 - In a source checkout (an editable install, ``pip install -e .``): the shipped model is
-  ``models/pneumonia-resnet18/export.pkl`` and the state (inbox, processed, failed, the
+  ``models/pneumonia-resnet18/onnx`` (a bundle) and the state (inbox, processed, failed, the
   SQLite database) lives in ``var/`` of the checkout, whatever the working directory.
 - Installed from a wheel: the shipped model is inside the package
-  (``worker/shipped_model/export.pkl`` in site-packages), and the state defaults to
-  ``var/`` relative to the working directory at the time it is used (``./var/inbox``,
-  ``sqlite:///var/xray-screen.db``); site-packages is no place for data. A service sets
+  (``worker/shipped_model/onnx`` in site-packages; the learner, export.pkl, is not in the
+  wheel), and the state defaults to ``var/`` relative to the working directory at the time
+  it is used (``./var/inbox``, ``sqlite:///var/xray-screen.db``); site-packages is no place
+  for data. A service sets
   these in its config file instead (README, "Deploying from a wheel").
 """
 
@@ -58,17 +59,32 @@ def shipped_path(in_package: str, in_checkout: str) -> Path:
     return checkout
 
 
-DEFAULT_MODEL = shipped_path("shipped_model/export.pkl", "models/pneumonia-resnet18/export.pkl")
+# The shipped model: its learner (export.pkl: training, the torch runtime, heatmaps) and its
+# bundles (xray-train export): fp32, the default, and int8, validated against it.
+DEFAULT_LEARNER = shipped_path("shipped_model/export.pkl", "models/pneumonia-resnet18/export.pkl")
+DEFAULT_BUNDLE = shipped_path("shipped_model/onnx", "models/pneumonia-resnet18/onnx")
+INT8_BUNDLE = shipped_path("shipped_model/onnx-int8", "models/pneumonia-resnet18/onnx-int8")
+DEFAULT_MODEL = DEFAULT_BUNDLE
 # The worker's state (inbox, processed, failed, the SQLite file): the checkout's var/, or, when
 # installed from a wheel, var/ in the working directory (left relative: resolved when used).
 DEFAULT_VAR = PROJECT_ROOT / "var" if IN_CHECKOUT else Path("var")
 DEFAULT_DATABASE = DEFAULT_VAR / "xray-screen.db"
-# The shipped model's hash, pinned here so that the default model loads with no settings at
-# all, and a swapped file is refused. Update it only together with models/pneumonia-resnet18/.
-SHIPPED_MODEL_SHA256 = "805c677ce177ae088547ac9f8ac56740c4718ffb7bc69215466f7f6d7c149547"
+# The shipped model's hashes, pinned here so that the shipped files load with no settings at
+# all, and a swapped file is refused. Update them only together with models/pneumonia-resnet18/.
+SHIPPED_MODEL_SHA256 = "805c677ce177ae088547ac9f8ac56740c4718ffb7bc69215466f7f6d7c149547"  # export.pkl
+SHIPPED_BUNDLE_SHA256 = "909d41e8b20af9f5b4c733ecad4600def125b6516a5de076d2c28fee9f4bf5f4"  # onnx/bundle.json
+SHIPPED_INT8_SHA256 = (
+    "89c930a2b841412e085666c511a63beb6eae7fcc40741e336d9bac4a56fd274f"  # onnx-int8/bundle.json
+)
+SHIPPED = {
+    DEFAULT_LEARNER: SHIPPED_MODEL_SHA256,
+    DEFAULT_BUNDLE: SHIPPED_BUNDLE_SHA256,
+    INT8_BUNDLE: SHIPPED_INT8_SHA256,
+}
 
 Device = Literal["auto", "cpu", "cuda"]
 Engine = Literal["local", "ray"]
+Runtime = Literal["auto", "onnx", "torch"]
 
 
 def _check(*, minimum: int | None = None, maximum: int | None = None) -> dict[str, Any]:
@@ -77,9 +93,9 @@ def _check(*, minimum: int | None = None, maximum: int | None = None) -> dict[st
 
 @dataclass(frozen=True)
 class ModelSettings:
-    # The exported fastai learner (export.pkl).
+    # A model bundle's folder (xray-train export) or an exported fastai learner (export.pkl).
     path: Path = DEFAULT_MODEL
-    # SHA-256 of that file; the worker refuses to unpickle anything else.
+    # SHA-256 of the bundle's bundle.json (or of export.pkl); the worker refuses anything else.
     sha256: str = field(default="", metadata={"pattern": r"([0-9a-fA-F]{64})?", "hint": "64 hex digits"})
     # Load the file without a hash check (only for a path you control).
     trust: bool = False
@@ -88,9 +104,10 @@ class ModelSettings:
 
     def expected_sha256(self) -> str:
         """The configured hash, or the pinned one when the shipped model is used."""
-        if not self.sha256 and self.path.resolve() == DEFAULT_MODEL:
-            return SHIPPED_MODEL_SHA256
-        return self.sha256.lower()
+        if self.sha256:
+            return self.sha256.lower()
+        path = self.path.resolve()
+        return SHIPPED.get(path.parent if path.name == "bundle.json" else path, "")
 
 
 @dataclass(frozen=True)
@@ -99,8 +116,11 @@ class InferenceSettings:
     batch_size: int = field(default=64, metadata=_check(minimum=1, maximum=4096))
     # Threads decoding files while the model runs; 0 picks one per CPU core.
     decode_workers: int = field(default=0, metadata=_check(minimum=0, maximum=256))
-    # Torch intra-op threads on CPU; 0 leaves torch's default.
-    torch_threads: int = field(default=0, metadata=_check(minimum=0, maximum=256))
+    # Intra-op threads of the runtime on CPU; 0 leaves its default (one per core).
+    threads: int = field(default=0, metadata=_check(minimum=0, maximum=256))
+    # What runs the network: "onnx" (ONNX Runtime, for a bundle from `xray-train export`),
+    # "torch" (for an exported learner, export.pkl), or "auto": the one that fits [model] path.
+    runtime: Runtime = "auto"
 
 
 @dataclass(frozen=True)
@@ -339,6 +359,80 @@ class ExplainSettings:
         return self.heatmaps == "all" or (self.heatmaps == "positives" and label == positive_class)
 
 
+# A listen address for the metrics endpoint: host:port, [v6]:port, or empty (off).
+_LISTEN = r"((\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):[0-9]{1,5})?"
+
+
+@dataclass(frozen=True)
+class MetricsSettings:
+    """``[metrics]``: Prometheus metrics (docs/monitoring.md, ``worker/metrics``)."""
+
+    # Where a long-running command (watch, receive, send) serves /metrics, "host:port";
+    # empty: off. One port per process (the units use 9108, 9109, 9110).
+    listen: str = field(
+        default="", metadata={"pattern": _LISTEN, "hint": 'host:port, e.g. "127.0.0.1:9108", or empty'}
+    )
+    # A scan writes its summary metrics to this file at the end, in the textfile format of
+    # node_exporter's textfile collector; empty: none (`scan --metrics-file` sets it too).
+    textfile: str = field(default="", metadata={"path": True})
+
+
+NOTIFY_EVENTS = ("positive", "failure", "drift", "started", "stopped")
+
+
+@dataclass(frozen=True)
+class NotifySettings:
+    """``[notify]``: JSON webhooks on events (docs/monitoring.md, ``worker/notify``)."""
+
+    # Webhook URLs each event is POSTed to; empty: no notifications.
+    urls: tuple[str, ...] = field(
+        default=(), metadata={"each": r"https?://[^\s/@]+(/\S*)?", "hint": "http(s):// URLs, no user@"}
+    )
+    # The events sent: positive, failure, drift, started, stopped.
+    events: tuple[str, ...] = field(
+        default=NOTIFY_EVENTS, metadata={"each": "|".join(NOTIFY_EVENTS), "hint": ", ".join(NOTIFY_EVENTS)}
+    )
+    # Seconds one POST may take.
+    timeout: float = field(default=5.0, metadata=_check(minimum=0.1, maximum=300))
+    # Attempts per delivery; 5xx answers, timeouts and refused connections are tried again.
+    max_attempts: int = field(default=4, metadata=_check(minimum=1, maximum=100))
+    # Seconds before the first retry, doubling up to backoff_cap.
+    backoff_base: float = field(default=1.0, metadata=_check(minimum=0))
+    backoff_cap: float = field(default=30.0, metadata=_check(minimum=0))
+    # Events waiting to be sent, at most; when full the oldest is dropped (and counted).
+    queue_size: int = field(default=1000, metadata=_check(minimum=1, maximum=1_000_000))
+    # Seconds a stopping process keeps sending what is queued.
+    flush_seconds: float = field(default=5.0, metadata=_check(minimum=0, maximum=600))
+    # The NAME of an environment variable holding a bearer token (Authorization: Bearer ...).
+    token_env: str = field(
+        default="", metadata={"pattern": r"([A-Za-z_][A-Za-z0-9_]*)?", "hint": "an environment variable name"}
+    )
+    # Also send DICOM Patient ID and Accession Number; never the name or birth date.
+    include_patient_data: bool = False
+
+
+@dataclass(frozen=True)
+class DriftSettings:
+    """``[drift]``: ``xray-worker report drift``, the recent window against a reference (docs/drift.md)."""
+
+    # What the window is compared with: "site-profile" (the site baseline stored beside the
+    # model), a period "2026-11-01..2026-11-30" (UTC dates, both included), or a duration
+    # "28d" (that long just before the window).
+    reference: str = field(
+        default="site-profile",
+        metadata={
+            "pattern": r"site-profile|\d+[mhdw]|[0-9][0-9:T+-]*\.\.[0-9][0-9:T+-]*",
+            "hint": '"site-profile", a period "2026-11-01..2026-11-30", or a duration "28d"',
+        },
+    )
+    # The recent window: the last 7d, 48h, 2w...
+    window: str = field(default="7d", metadata={"pattern": r"\d+[mhdw]", "hint": "a duration: 7d, 48h, 2w"})
+    # Each figure's significance level (its false alarms per run, at most).
+    alpha: float = field(default=0.001, metadata=_check(minimum=1e-9, maximum=0.5))
+    # Films a figure needs on each side to be judged.
+    min_films: int = field(default=30, metadata=_check(minimum=1))
+
+
 @dataclass(frozen=True)
 class Settings:
     model: ModelSettings = field(default_factory=ModelSettings)
@@ -352,6 +446,9 @@ class Settings:
     receive: ReceiveSettings = field(default_factory=ReceiveSettings)
     pacs: PacsSettings = field(default_factory=PacsSettings)
     explain: ExplainSettings = field(default_factory=ExplainSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    notify: NotifySettings = field(default_factory=NotifySettings)
+    drift: DriftSettings = field(default_factory=DriftSettings)
     # The file the settings came from, if any (for messages).
     source: Path | None = None
 
@@ -575,4 +672,7 @@ def _check_range(f: dataclasses.Field[Any], value: Any, label: str) -> None:
         raise ConfigError(f"{label}: must be at most {maximum}")
     pattern = f.metadata.get("pattern")
     if pattern is not None and not re.fullmatch(pattern, value):
+        raise ConfigError(f"{label}: must be {f.metadata['hint']}")
+    each = f.metadata.get("each")  # a pattern each item of a list must match
+    if each is not None and not all(re.fullmatch(each, item) for item in value):
         raise ConfigError(f"{label}: must be {f.metadata['hint']}")

@@ -36,6 +36,7 @@ from worker.outcome import Outcome
 from worker.pipeline.commit import Committer, Outputs, log_batch
 from worker.pipeline.counts import Counts
 from worker.pipeline.item import Item
+from worker.pipeline.observe import Committed, Observer
 from worker.pipeline.settle import Settler
 from worker.runtime.boundary import contain
 from worker.runtime.faults import Faults
@@ -78,6 +79,7 @@ class Daemon:
         faults: Faults | None = None,
         heatmapper: Any = None,
         outputs: Outputs | None = None,
+        observer: Observer | None = None,
     ):
         self.inbox, self.work, self.predictor, self.store = inbox, work, predictor, store
         self.folders = folders
@@ -109,6 +111,8 @@ class Daemon:
             outputs=outputs,
         )
         self.filer = Filer(store, folders, reach=lambda point: self.faults.reach(point))
+        # Metrics and notifications (worker/pipeline/observe.py): told of each committed batch.
+        self.observer = observer or Observer()
         self._queue: deque[Claimed] = deque()
         self._internal: dict[str, str] = {}  # claim token -> why its file fails (an internal error)
         self._attempts: dict[str, int] = {}  # claim token -> failed reads in a row
@@ -158,6 +162,7 @@ class Daemon:
             self.predictor.model.name,
             self.predictor.device_name,
         )
+        self.observer.started()
         try:
             while not self._stop.is_set():
                 try:
@@ -178,6 +183,7 @@ class Daemon:
             self._hashers.shutdown()
             self.work.close()
             log.info("stopped: %s", self.status())
+            self.observer.stopped()
 
     def _idle_timeout(self) -> float:
         waits = [self.inbox.next_check_in(), self.status_interval, self._next_adoption - time.monotonic()]
@@ -190,6 +196,11 @@ class Daemon:
     @property
     def counts(self) -> Counts:
         return self.committer.counts
+
+    @property
+    def claimed(self) -> int:
+        """Files claimed and not yet filed (the metrics' gauge; any thread may read it)."""
+        return len(self._queue)
 
     def status(self) -> str:
         c = self.counts
@@ -289,8 +300,10 @@ class Daemon:
             item.heatmap_path = heatmap
         self.work.check()  # files unreadable because the share dropped are not failures to record
         ready = [i for i in self._still_mine(decided) if not self._try_again_later(i)]
+        committing = time.perf_counter()
         recorded = self.committer.commit(ready)
         self.faults.reach("after-commit")
+        self.observer.committed(Committed(recorded, time.perf_counter() - committing))  # before filing
         for item in recorded:
             self._file(item, Path(item.destination or ""))
             self._internal.pop(item.source.token, None)

@@ -12,6 +12,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 UNITS = sorted((ROOT / "systemd").glob("*.service"))
+TIMERS = sorted((ROOT / "systemd").glob("*.timer"))
 VENV = Path(sys.executable).parent.parent
 
 
@@ -75,7 +76,45 @@ def test_every_service_is_checked():
         "xray-screen.service",
         "xray-screen-receive.service",
         "xray-screen-send.service",
+        "xray-screen-drift.service",
     }
+
+
+@pytest.mark.parametrize("timer", TIMERS, ids=lambda t: t.name)
+def test_timer_verifies(timer: Path, tmp_path: Path):
+    service = ROOT / "systemd" / timer.name.replace(".timer", ".service")
+    installed_copy(service, tmp_path)
+    proc = subprocess.run(
+        ["systemd-analyze", "verify", tmp_path / timer.name, tmp_path / service.name],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.strip() == "", proc.stderr
+    assert "Persistent=true" in timer.read_text()
+
+
+def test_drift_unit_settings():
+    """A daily one-shot that only reads the database: as tight as the sender's unit, and its
+    alarm (exit 3) is a failure systemd shows, not a success."""
+    text = (ROOT / "systemd" / "xray-screen-drift.service").read_text()
+    for line in [
+        "Type=oneshot",
+        "ExecStart=/opt/xray-screen/.venv/bin/xray-worker report drift --metrics-file /var/lib/xray-screen/",
+        "User=xray-screen",
+        "StateDirectory=xray-screen",
+        "ProtectSystem=strict",
+        "PrivateDevices=yes",
+        "MemoryDenyWriteExecute=yes",
+        "NoNewPrivileges=yes",
+        "CapabilityBoundingSet=\n",
+        "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6",
+        "MemoryMax=",
+    ]:
+        assert line in text, line
+    assert "SuccessExitStatus" not in text and "DeviceAllow=" not in text and "db upgrade" not in text
+    assert "OnCalendar=*-*-* 06:30:00" in (ROOT / "systemd" / "xray-screen-drift.timer").read_text()
 
 
 def test_receiver_unit_settings():

@@ -84,10 +84,15 @@ def model_options(func: Any) -> Any:
         click.option(
             "--model",
             "model_path",
-            type=click.Path(dir_okay=False, path_type=Path),
-            help="Exported learner (export.pkl). Default: [model] path.",
+            type=click.Path(path_type=Path),
+            help="A model bundle (its folder, from xray-train export) or an exported learner "
+            "(export.pkl). Default: [model] path.",
         ),
-        click.option("--sha256", "model_sha256", help="Expected SHA-256 of the model file."),
+        click.option(
+            "--sha256",
+            "model_sha256",
+            help="Expected SHA-256 of the model (a bundle's bundle.json, or export.pkl).",
+        ),
         click.option(
             "--trust-model",
             is_flag=True,

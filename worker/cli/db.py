@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
+import io
 import shlex
 import shutil
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
-from datetime import datetime
+from contextlib import contextmanager, redirect_stdout
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import click
 from sqlalchemy import Engine, make_url, select
 
+from worker import exitcodes
 from worker.app import open_database
+from worker.cli import monitor
 from worker.cli.common import settings_for
 from worker.config import PROJECT_ROOT
 from worker.db import migrate
@@ -27,7 +31,9 @@ from worker.db.report import flagged as flagged_report
 from worker.db.report import parse_since, summary
 from worker.db.report import studies as studies_report
 from worker.db.schema import audit_events
-from worker.errors import ConfigError, TransientError
+from worker.drift.output import as_json, as_table
+from worker.drift.periods import duration, parse_reference
+from worker.errors import ConfigError, TransientError, UsageError
 
 
 class Since(click.ParamType):
@@ -50,14 +56,15 @@ def db_option(func: Any) -> Any:
     )(func)
 
 
-def report_options(func: Any) -> Any:
+def report_options(func: Any, formats: tuple[str, ...] = FORMATS) -> Any:
     func = click.option(
         "--format",
         "fmt",
-        type=click.Choice(FORMATS),
+        type=click.Choice(formats),
         default="table",
         show_default=True,
-        help="Output format.",
+        help="Output format"
+        + (" (html: the dashboard page, with --out FILE)." if "html" in formats else "."),
     )(func)
     func = click.option(
         "--since",
@@ -184,29 +191,65 @@ def downgrade(ctx: click.Context, revision: str, yes: bool, db_url: str | None) 
 
 
 @click.group(invoke_without_command=True)
-@report_options
+@functools.partial(report_options, formats=(*FORMATS, "html"))
 @click.option(
     "--brief",
     is_flag=True,
     help="Only the counts and labels, then where the database is and how to query it.",
 )
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    help="Write the report to this file instead of printing it.",
+)
 @click.pass_context
-def report(ctx: click.Context, since: datetime | None, fmt: str, db_url: str | None, brief: bool) -> None:
+def report(
+    ctx: click.Context, since: datetime | None, fmt: str, db_url: str | None, brief: bool, out: Path | None
+) -> None:
     """Summarise the screening: counts, positive rate, failures, slowest hours, models.
 
     A SQLite database that does not exist yet is created, empty (as scan and watch do).
+    --format html writes the dashboard: one self-contained page of charts (no network access),
+    the period's volume, positive rate with control limits, P(PNEUMONIA) against the reference,
+    the gate's refusals, failures, throughput, workers and PACS deliveries.
 
     \b
     Example:
       xray-worker report                        # the last 7 days, as a table
       xray-worker report --brief                # counts, labels, and how to query the database
       xray-worker report --since 24h --format json
+      xray-worker report --since 30d --format html --out dashboard.html
       xray-worker report flagged --since 2025-11-01 --format csv > flagged.csv
       xray-worker report studies --since 24h    # one verdict per DICOM study
       xray-worker report deliveries             # what went to the PACS, what waits
+      xray-worker report drift                  # has screening drifted? (exit 3 when it has)
     """
     if ctx.invoked_subcommand is not None:
         return
+    if fmt == "html":
+        _dashboard(ctx, since, db_url, out)
+        return
+    if out is not None:
+        with _redirected(out):
+            _summary(ctx, since, fmt, db_url, brief)
+        click.echo(f"wrote {out}", err=True)
+        return
+    _summary(ctx, since, fmt, db_url, brief)
+
+
+def _dashboard(ctx: click.Context, since: datetime | None, db_url: str | None, out: Path | None) -> None:
+    settings = settings_for(ctx, **{"database.url": db_url})
+    until = datetime.now(UTC)
+    with open_engine(ctx, db_url, at_head=True) as engine:
+        text = monitor.dashboard_html(engine, settings, since, until, safe_url(engine.url))
+    if out is None:
+        click.echo(text)
+        return
+    _write(out, text)
+    click.echo(f"wrote the dashboard to {out}")
+
+
+def _summary(ctx: click.Context, since: datetime | None, fmt: str, db_url: str | None, brief: bool) -> None:
     with open_engine(ctx, db_url, at_head=True) as engine:
         result = summary(engine, since)
         empty = not (result.totals["files"] or result.totals["results"])
@@ -275,11 +318,88 @@ def deliveries_command(ctx: click.Context, since: datetime | None, fmt: str, db_
     _show(ctx, deliveries_report, since, fmt, db_url)
 
 
+@report.command(name="drift")
+@click.option(
+    "--reference",
+    metavar="site-profile|START..END|DURATION",
+    help="Compare with the site baseline stored with the model, a period (2026-11-01..2026-11-30, "
+    "UTC dates included) or the DURATION just before the window (28d). Default: [drift] reference.",
+)
+@click.option("--window", metavar="DURATION", help="The recent window: 7d, 48h, 2w. Default: [drift] window.")
+@click.option(
+    "--until",
+    type=Since(),
+    help="End of the window (an ISO date or time, UTC; or 3d: three days ago). Default: now.",
+)
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.option(
+    "--metrics-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write the figures as Prometheus metrics (xray_screen_drift_*) to this file, for "
+    "node_exporter's textfile collector.",
+)
+@db_option
+@click.pass_context
+def drift_command(
+    ctx: click.Context,
+    reference: str | None,
+    window: str | None,
+    until: datetime | None,
+    fmt: str,
+    metrics_file: Path | None,
+    db_url: str | None,
+) -> None:
+    """Has screening drifted? The recent window against a reference, figure by figure.
+
+    Figures: the positive rate, the distribution of P(PNEUMONIA), the gate's refusal rate,
+    the mix of formats and of image sizes; each with its limit (docs/drift.md). Exit status
+    3 when any figure is beyond its limits (and a "drift" webhook is sent, see [notify]);
+    0 when none is, and also when there are too few films to judge (the table says so).
+
+    \b
+    Example:
+      xray-worker report drift                              # [drift]: the last 7d against the site profile
+      xray-worker report drift --reference 2026-11-01..2026-11-30 --window 14d
+      xray-worker report drift --reference 28d --until 2026-12-01   # the week before Dec 1st
+      xray-worker report drift --format json --metrics-file /var/lib/xray-screen/drift.prom
+    """
+    if window is not None:
+        duration(window)  # a mistake on the command line is a usage error (2), not a setting's (78)
+    if reference is not None:
+        parse_reference(reference)
+    settings = settings_for(
+        ctx, **{"database.url": db_url, "drift.reference": reference, "drift.window": window}
+    )
+    now = datetime.now(UTC)
+    with open_engine(ctx, db_url, at_head=True) as engine:
+        drift, described = monitor.drift_check(engine, settings, until or now)
+    click.echo(as_json(drift, described) if fmt == "json" else as_table(drift, described["label"]))
+    monitor.send_on(drift, described, settings, metrics_file, now)
+    if drift.alarms:
+        ctx.exit(exitcodes.DRIFT)
+
+
 def _show(ctx: click.Context, build: Any, since: datetime | None, fmt: str, db_url: str | None) -> None:
     """A report subcommand's body: ``build(engine, since)`` on the database at head, printed."""
     with open_engine(ctx, db_url, at_head=True) as engine:
         result = build(engine, since)
     click.echo(render(result, fmt))
+
+
+@contextmanager
+def _redirected(out: Path) -> Iterator[None]:
+    """click.echo's output into ``out`` (written only when the report is complete)."""
+    buffer = io.StringIO()
+    with redirect_stdout(buffer):
+        yield
+    _write(out, buffer.getvalue())
+
+
+def _write(out: Path, text: str) -> None:
+    try:
+        out.write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"cannot write {out}: {exc.strerror or exc}") from None
 
 
 # -- guiding a new user --------------------------------------------------------------

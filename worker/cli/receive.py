@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import click
 
+from worker.app import open_monitoring
 from worker.cli.common import assignments_overrides, serve, settings_for
 
 # flag name -> the [receive] key it sets
@@ -89,13 +91,16 @@ def receive(ctx: click.Context, inbox_path: Path | None, assignments: tuple[str,
 
     from worker.receive import open_receiver  # pynetdicom: only for this command
 
-    receiver = open_receiver(settings)
-    receiver.start()
-    host, port = receiver.address
-    serve(
-        f"receiving as {settings.receive.ae_title} on {host}:{port}",
-        receiver.run,
-        receiver.stop,
-        finishing="finishing the associations in progress, then stopping",
-        exiting="exiting now; unanswered instances are resent",
-    )
+    with ExitStack() as stack:  # [metrics] endpoint, closed at the end
+        monitoring = open_monitoring(stack, settings, notify=False)
+        receiver = open_receiver(settings)
+        receiver.observer = monitoring.receiver(lambda: receiver.active) or receiver.observer
+        receiver.start()
+        host, port = receiver.address
+        serve(
+            f"receiving as {settings.receive.ae_title} on {host}:{port}",
+            receiver.run,
+            receiver.stop,
+            finishing="finishing the associations in progress, then stopping",
+            exiting="exiting now; unanswered instances are resent",
+        )

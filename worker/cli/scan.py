@@ -42,6 +42,12 @@ from worker.cli.db import Since
 )
 @click.option("--db", "db_url", metavar="URL", help="Results database URL. Default: [database] url.")
 @click.option(
+    "--metrics-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="At the end, write the run's metrics to FILE.prom for node_exporter's textfile collector. "
+    "Default: [metrics] textfile, else none.",
+)
+@click.option(
     "--engine",
     type=click.Choice(["local", "ray"]),
     help="local: this machine's threads; ray: a Ray cluster (xray-screen[ray]). Default: [scan] engine.",
@@ -62,6 +68,7 @@ def scan(
     limit: int | None,
     output: Path | None,
     db_url: str | None,
+    metrics_file: Path | None,
     engine: str | None,
     ray_address: str | None,
     **flags: Any,
@@ -87,12 +94,14 @@ def scan(
       xray-worker scan /srv/archive/xray --include '*.dcm' --since 30d --output night.csv
       xray-worker scan                       # the [scan] roots, as the nightly timer does
       xray-worker scan /mnt/archive --engine ray --ray-address head.example:6379
+      xray-worker scan --metrics-file /var/lib/node_exporter/textfile_collector/xray-screen-scan.prom
     """
     settings = settings_for(
         ctx,
         **model_overrides(flags),
         **{
             "database.url": db_url,
+            "metrics.textfile": str(metrics_file) if metrics_file else None,
             "scan.roots": tuple(map(str, roots)) or None,
             "scan.include": include or None,
             "scan.exclude": exclude or None,

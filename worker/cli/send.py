@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from typing import Any
 
 import click
 
+from worker.app import open_monitoring
 from worker.cli.common import assignments_overrides, serve, settings_for
 
 
@@ -63,15 +65,19 @@ def send(
 
     from worker.pacs.sender import open_sender  # pynetdicom: only for this command
 
-    sender = open_sender(settings, only=names)
     if once:
-        handled = sender.step()
+        handled = open_sender(settings, only=names).step()
         click.echo(f"{handled} objects handled; see `xray-worker report deliveries`")
         return
-    serve(
-        f"sending as {settings.pacs.ae_title} to {len(sender.settings.destinations)} destinations",
-        sender.run,
-        sender.stop,
-        finishing="finishing the batch in hand, then stopping",
-        exiting="exiting now; unanswered objects are sent again",
-    )
+    with ExitStack() as stack:  # [metrics] endpoint, closed at the end
+        monitoring = open_monitoring(stack, settings, notify=False)
+        chosen = [d.name for d in settings.pacs.destinations if not names or d.name in names]
+        observer = monitoring.sender(chosen, lambda: sender.backlog())
+        sender = open_sender(settings, only=names, observer=observer)
+        serve(
+            f"sending as {settings.pacs.ae_title} to {len(sender.settings.destinations)} destinations",
+            sender.run,
+            sender.stop,
+            finishing="finishing the batch in hand, then stopping",
+            exiting="exiting now; unanswered objects are sent again",
+        )

@@ -5,12 +5,13 @@ from __future__ import annotations
 import logging
 import sys
 import uuid
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import click
 
-from worker.app import build_daemon, faults_from_environ, open_predictor, open_store
+from worker.app import build_daemon, faults_from_environ, open_monitoring, open_predictor, open_store
 from worker.cli.common import assignments_overrides, model_options, model_overrides, settings_for
 from worker.config import Settings
 from worker.errors import ConfigError, ModelError, XrayScreenError
@@ -90,17 +91,19 @@ def watch(ctx: click.Context, **flags: Any) -> None:
                         --failed /srv/xray/failed --db sqlite:////var/lib/xray-screen/results.db
     """
     settings = daemon_settings(ctx, flags)
-    daemon = build_daemon(settings, faults=faults_from_environ())
-    with two_stage_shutdown(
-        daemon.stop,
-        on_first=lambda name: log.info(
-            "%s: finishing the current batch, then stopping (again to exit at once)", name
-        ),
-        on_second=lambda name: log.warning(
-            "%s again: exiting now; claimed files are recovered at the next start", name
-        ),
-    ):
-        daemon.run()
+    with ExitStack() as stack:  # [metrics] endpoint and [notify] webhooks, closed at the end
+        monitoring = open_monitoring(stack, settings)
+        daemon = build_daemon(settings, faults=faults_from_environ(), monitoring=monitoring)
+        with two_stage_shutdown(
+            daemon.stop,
+            on_first=lambda name: log.info(
+                "%s: finishing the current batch, then stopping (again to exit at once)", name
+            ),
+            on_second=lambda name: log.warning(
+                "%s again: exiting now; claimed files are recovered at the next start", name
+            ),
+        ):
+            daemon.run()
 
 
 @click.command()

@@ -79,6 +79,14 @@ class Batch:
     committing: str | None = None  # the commitment request's Transaction UID
 
 
+class SenderObserver:
+    """What the sender reports after each batch (its metrics: ``worker/metrics/sender.py``);
+    this default does nothing."""
+
+    def batch(self, destination: str, *, sent: int, retried: int, failed: int, seconds: float) -> None:
+        """One batch to ``destination``: objects stored, to be tried again, failed for good."""
+
+
 class Sender:
     """Delivers the outbox of ``engine`` to ``settings.destinations``.
 
@@ -96,8 +104,10 @@ class Sender:
         clock: Callable[[], datetime] = outbox.utcnow,
         rng: random.Random | None = None,
         passwords: Mapping[str, str] | None = None,
+        observer: SenderObserver | None = None,
     ):
         self.settings = settings
+        self.observer = observer or SenderObserver()
         self.passwords = dict(passwords or {})
         self.engine = engine
         self.clock = clock
@@ -147,6 +157,11 @@ class Sender:
             handled += self.deliver(destination)
         return handled
 
+    def backlog(self) -> list[outbox.Backlog]:
+        """What each destination still has to take (``TransientError``: the database is down)."""
+        with database_errors(), self.engine.connect() as conn:
+            return outbox.backlog(conn, self.clock())
+
     def retry_delay(self, attempt: int) -> float:
         """Seconds before attempt ``attempt`` + 1: base x 2^(attempt-1), jittered, capped."""
         delay = min(self.settings.backoff_cap, self.settings.backoff_base * 2 ** min(attempt - 1, 60))
@@ -179,6 +194,16 @@ class Sender:
             self._send(datasets, batch)
         self._record(batch, [r for r in rows if r.id not in batch.broken])
         seconds = time.monotonic() - started
+        gave_up = sum(
+            1 for r in rows if r.id in batch.errors and r.attempts + 1 >= self.settings.max_attempts
+        )
+        self.observer.batch(
+            destination.name,
+            sent=len(batch.stored),
+            retried=len(batch.errors) - gave_up,
+            failed=len(batch.broken) + gave_up,
+            seconds=seconds,
+        )
         line = "%s (%s): %d sent, %d stored, %d to retry, %d failed, %.2f s, %.1f objects/s%s"
         level = logging.INFO if not (batch.errors or batch.broken) else logging.WARNING
         first_error = next(iter(batch.errors.values()), "") or next(iter(batch.broken.values()), "")
@@ -392,10 +417,15 @@ def _why_not(assoc: Any) -> str:
 
 
 def open_sender(
-    settings: Settings, *, only: Sequence[str] = (), environ: Mapping[str, str] | None = None
+    settings: Settings,
+    *,
+    only: Sequence[str] = (),
+    environ: Mapping[str, str] | None = None,
+    observer: SenderObserver | None = None,
 ) -> Sender:
     """The sender of the [pacs] settings on the [database] outbox, for the destinations named
-    in ``only`` (none: all), with DICOMweb passwords from ``environ`` (default: this process's).
+    in ``only`` (none: all), with DICOMweb passwords from ``environ`` (default: this process's),
+    reporting each batch to ``observer`` (its metrics).
     ``ConfigError`` for a database not at head, nothing to send to or a password variable not
     set, ``TransientError`` when the database is down."""
     pacs = settings.pacs
@@ -410,4 +440,4 @@ def open_sender(
     with database_errors():
         require_head(engine)
     logging.getLogger("pynetdicom").setLevel(max(logging.WARNING, logging.getLogger().level))
-    return Sender(pacs, engine, passwords=secrets)
+    return Sender(pacs, engine, passwords=secrets, observer=observer)

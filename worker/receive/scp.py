@@ -98,6 +98,20 @@ class _Association:
     note: str = ""
 
 
+class ReceiverObserver:
+    """What the receiver reports as it goes (its metrics: ``worker/metrics/receiver.py``); this
+    default does nothing. Called from the associations' threads."""
+
+    def stored(self, size: int) -> None:
+        """An instance of ``size`` bytes was stored (and answered Success)."""
+
+    def refused(self, status: int) -> None:
+        """An instance was refused with DIMSE ``status``."""
+
+    def closed(self, ending: str) -> None:
+        """A connection ended: released, aborted, rejected, or another ending of ``_closed``."""
+
+
 class Receiver:
     """A Storage SCP on ``settings.host:port`` writing into ``writer``'s folder.
 
@@ -107,9 +121,12 @@ class Receiver:
     is sent again by the peer.
     """
 
-    def __init__(self, settings: ReceiveSettings, writer: InboxWriter):
+    def __init__(
+        self, settings: ReceiveSettings, writer: InboxWriter, observer: ReceiverObserver | None = None
+    ):
         self.settings = settings
         self.writer = writer
+        self.observer = observer or ReceiverObserver()
         self.peers = AllowedPeers.parse(settings.allowed_aets)
         self.ssl_context = tls_context(settings)
         self.grace = settings.association_timeout
@@ -158,6 +175,11 @@ class Receiver:
             self.writer.folder,
             ", ".join(c.name for c in storage_classes(self.settings)),
         )
+
+    @property
+    def active(self) -> int:
+        """Connections open now."""
+        return len(self._open)
 
     @property
     def address(self) -> tuple[str, int]:
@@ -242,15 +264,18 @@ class Receiver:
                 ),
             )
         preamble = b"\0" * 128 + b"DICM" + _encoded_file_meta(event.file_meta)
+        body = data_set.getbuffer()
         try:
-            self.writer.store((preamble, data_set.getbuffer()))
+            self.writer.store((preamble, body))
         except Refused as refusal:
             return self._refuse(stats, event, refusal)
         stats.stored += 1
+        self.observer.stored(len(preamble) + body.nbytes)
         return SUCCESS
 
     def _refuse(self, stats: _Association, event: Any, refusal: Refused) -> int:
         stats.refused += 1
+        self.observer.refused(refusal.status)
         try:
             what = file_name(event.request.AffectedSOPInstanceUID)
         except Refused:
@@ -287,6 +312,7 @@ class Receiver:
             ending = "closed before an association request"
         else:
             ending = "connection lost or timed out"
+        self.observer.closed(ending)
         note = f"; {stats.note}" if stats.note else ""
         line = "association from %s at %s: %d stored, %d refused, %.1f s, %s%s"
         args = (stats.title or "?", stats.address, stats.stored, stats.refused, seconds, ending, note)

@@ -22,6 +22,7 @@ from worker.db.store import Store
 from worker.pipeline.commit import Committer, Outputs, log_batch
 from worker.pipeline.counts import Counts
 from worker.pipeline.item import Item
+from worker.pipeline.observe import Committed, Observer
 from worker.pipeline.settle import Settler
 from worker.runtime.boundary import contain
 from worker.runtime.retry import RetryPolicy
@@ -44,7 +45,8 @@ class ScanRun:
 
     ``screening`` is the ``Predictor`` (local engine) or ``RayScreening`` (Ray engine);
     ``on_commit`` (``--output``) gets each batch's items once they are committed;
-    ``outputs``: the PACS objects queued with each result (``worker/sinks/pacs.py``).
+    ``outputs``: the PACS objects queued with each result (``worker/sinks/pacs.py``);
+    ``observer`` is told of each committed batch (metrics: ``worker/pipeline/observe.py``).
     """
 
     def __init__(
@@ -58,8 +60,10 @@ class ScanRun:
         on_commit: Callable[[Sequence[Item]], None] | None = None,
         retry: RetryPolicy | None = None,
         outputs: Outputs | None = None,
+        observer: Observer | None = None,
     ):
         self._stop = threading.Event()
+        self.observer = observer or Observer()
         self.store = store
         self.progress = progress
         self.on_commit = on_commit
@@ -110,6 +114,7 @@ class ScanRun:
         thread (which alone touches the settler) which contents the database has now."""
         started = time.perf_counter()
         recorded = self.committer.commit(items)
+        self.observer.committed(Committed(recorded, time.perf_counter() - started))
         log_batch(recorded, started, rate=False)
         if self.on_commit:
             self._report(recorded)
