@@ -186,7 +186,8 @@ class Predictor:
         return probs, scores, refusals
 
     def infer(self, items: list[Any]) -> np.ndarray:
-        """Item tensors (uint8, C x H x W, all one size) -> class probabilities (N x classes)."""
+        """Items (uint8, C x H x W, all one size: tensors for a learner, arrays for a bundle) -> class
+        probabilities (N x classes)."""
         return self.infer_features(items)[0]
 
     def infer_features(self, items: list[Any]) -> tuple[np.ndarray, dict[str, np.ndarray] | None, np.ndarray]:
