@@ -81,10 +81,10 @@ def test_without_ray_installed_the_message_says_how_to_install_it(monkeypatch):
 @pytest.fixture(scope="module")
 def shipped_model():
     from worker.config import ModelSettings
-    from worker.model.learner import load_model
+    from worker.model.load import load
 
-    m = ModelSettings()
-    return load_model(m.path, sha256=m.expected_sha256())
+    m = ModelSettings()  # the shipped bundle
+    return load(m.path, sha256=m.expected_sha256())
 
 
 @pytest.fixture
@@ -191,8 +191,9 @@ def test_content_already_screened_is_not_decoded_and_settles_as_a_duplicate(
 def test_an_actor_refuses_a_model_file_that_is_not_the_drivers(shipped_model, tmp_path):
     from worker.errors import ModelError
 
-    other = tmp_path / "export.pkl"
-    other.write_bytes(shipped_model.path.read_bytes() + b"\0")  # another file at the node's path
+    other = tmp_path / "bundle"  # another bundle at the node's path: its manifest changed
+    shutil.copytree(shipped_model.path.parent, other)
+    (other / "bundle.json").write_bytes((other / "bundle.json").read_bytes() + b"\n")
     spec = spec_for(SimpleNamespace(path=other, sha256=shipped_model.sha256, positive_class="PNEUMONIA"), "")
     with pytest.raises(ModelError, match="refusing to load it"):
         Screen(spec)
