@@ -119,6 +119,7 @@ def test_daemon_metrics_equal_what_the_store_recorded(site):
         "version": "1",
         "sha256": "f" * 12,
         "site_profile": "",
+        "variant": "learner",  # a model that is no bundle: an export.pkl on torch
     }
 
 
