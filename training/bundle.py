@@ -31,7 +31,7 @@ from worker.model.fusion import fold_batchnorm
 from worker.model.gate import PENULTIMATE, ImageGate, summary_of
 from worker.model.learner import LoadedModel
 from worker.model.preprocess import RESIZE_METHODS
-from worker.model.taps import split_head
+from worker.model.taps import FeatureTap, split_head
 from worker.pipeline.hashing import sha256_file
 
 OPSET = 17
@@ -39,7 +39,7 @@ MAX_P_CHANGE = 1e-4  # fp32 ONNX against the learner on torch, on any input
 MAX_GATE_CHANGE = 1e-3  # relative change in the gate's score
 NETWORK = "model.onnx"
 GATE = "gate.npz"
-CARD = "MODEL_CARD.md"
+CARD = "MODEL_CARD.md"  # written by training/variants.py, which describes the bundle it made
 
 
 class Graph(nn.Module):
@@ -53,23 +53,12 @@ class Graph(nn.Module):
         self.trunk, self.classifier = split
         self.net = net
         self.layers = layers
-        self._caught: dict[str, torch.Tensor] = {}
-        for name in layers:
-            if name != PENULTIMATE:
-                module, _, how = name.partition(":")
-                net.get_submodule(module).register_forward_hook(self._hook(name, how))
-
-    def _hook(self, name: str, how: str) -> Any:
-        def hook(_module: nn.Module, _inputs: Any, output: torch.Tensor) -> None:
-            self._caught[name] = summarise_exportable(output, how)
-
-        return hook
+        self._tap = FeatureTap(net, layers, summary=summarise_exportable)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         feats = self.trunk(x)
         logits = self.classifier(feats)
-        caught = {**self._caught, PENULTIMATE: feats}
-        self._caught = {}
+        caught = {**self._tap.take(), PENULTIMATE: feats}
         return (logits, *(caught[name].flatten(1) for name in self.layers))
 
 
@@ -93,7 +82,7 @@ def summarise_exportable(o: torch.Tensor, how: str) -> torch.Tensor:
     return torch.stack(rows, dim=2)  # N x C x grid x grid, as adaptive_avg_pool2d
 
 
-def export_bundle(model: LoadedModel, out: Path, *, card: str = "") -> Path:
+def export_bundle(model: LoadedModel, out: Path) -> Path:
     """Write ``model`` as an fp32 bundle into ``out`` (a new or empty folder); the manifest."""
     pre = model.preprocessing
     if pre.resize and pre.resize_method not in RESIZE_METHODS:
@@ -145,9 +134,6 @@ def export_bundle(model: LoadedModel, out: Path, *, card: str = "") -> Path:
     if gate:
         manifest["gate"] = _write_gate(out / GATE, gate)
         files.append(GATE)
-    if card:
-        (out / CARD).write_text(card, encoding="utf-8")
-        files.append(CARD)
     write_manifest(out, manifest, files)
     check_against_learner(model, out / MANIFEST)
     return out / MANIFEST

@@ -7,7 +7,7 @@ same summaries as outputs (``training/bundle.py``).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -37,8 +37,13 @@ class FeatureTap:
       keeps where things are (the layout of a film), not only how much of them there is.
     """
 
-    def __init__(self, net: nn.Module, layers: Sequence[str]):
-        self.caught: dict[str, np.ndarray] = {}
+    def __init__(
+        self, net: nn.Module, layers: Sequence[str], summary: Callable[[torch.Tensor, str], Any] | None = None
+    ):
+        # ``summary``: how a caught map becomes the layer's features; by default ``summarise``
+        # (numpy, for the gate); the ONNX export passes one that stays in the traced graph.
+        self.summary = summary or summarise
+        self.caught: dict[str, Any] = {}
         for name in layers:
             if name != PENULTIMATE:
                 module, _, how = name.partition(":")
@@ -47,11 +52,11 @@ class FeatureTap:
 
     def _hook(self, name: str, how: str) -> Any:
         def hook(_module: nn.Module, _inputs: Any, output: torch.Tensor) -> None:
-            self.caught[name] = summarise(output, how)
+            self.caught[name] = self.summary(output, how)
 
         return hook
 
-    def take(self) -> dict[str, np.ndarray]:
+    def take(self) -> dict[str, Any]:
         caught, self.caught = self.caught, {}
         return caught
 
