@@ -5,7 +5,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 from worker.db.report import Report
@@ -87,8 +89,22 @@ def _text(value: Any, *, iso: bool = False) -> str:
     if isinstance(value, datetime):
         return value.isoformat() if iso else value.strftime("%Y-%m-%d %H:%M")
     if isinstance(value, float):
-        return f"{value:.4g}" if not iso else repr(value)
+        return plain(value, None if iso else 4)
     return str(value)
+
+
+def plain(value: float, digits: int | None = 4) -> str:
+    """A number as a person writes it, never in scientific notation: ``digits`` significant
+    digits, whole numbers from there up (``0.7688``, ``26.01``, ``0.00012``, ``139512``), or with
+    None every digit of its shortest form (``0.00001234``, ``2.0``: CSV's)."""
+    if not math.isfinite(value):
+        return str(value)
+    if digits is None:
+        return format(Decimal(repr(value)), "f")
+    if abs(value) >= 10**digits:
+        return f"{value:.0f}"
+    text = format(Decimal(f"{value:.{digits}g}"), "f")
+    return text.rstrip("0").rstrip(".") if "." in text else text
 
 
 def _json_value(value: Any) -> Any:
