@@ -19,6 +19,11 @@ from worker.drift.sample import Sample
 TITLE = "xray-screen dashboard"
 CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
 OUTBOX_STATUSES = ("pending", "delivered", "committed", "failed")
+FILMS_AND_FILES = (
+    "A film is one image, however many files carry it: the same image dropped into the inbox "
+    "after a scan is two files (the second a duplicate) of one film. The rates count films; the "
+    "volume, failures, hours and workers count files, as xray-worker report does."
+)
 CSS = """
 body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #1b1b1b;
        margin: 0 auto; max-width: 980px; padding: 24px; background: #fff; }
@@ -27,7 +32,7 @@ h2 { font-size: 19px; margin: 34px 0 4px; border-bottom: 1px solid #ddd; padding
 dl.facts { display: grid; grid-template-columns: max-content 1fr; gap: 2px 16px; margin: 10px 0 0; }
 dl.facts dt { color: #555; } dl.facts dd { margin: 0; }
 .tiles { display: flex; flex-wrap: wrap; gap: 12px; margin: 20px 0 0; }
-.tile { border: 1px solid #ddd; border-radius: 6px; padding: 10px 14px; min-width: 140px; }
+.tile { border: 1px solid #ddd; border-radius: 6px; padding: 10px 14px; flex: 1 1 0; min-width: 120px; }
 .tile b { display: block; font-size: 24px; } .tile span { color: #555; font-size: 13px; }
 p.note { color: #444; margin: 4px 0 8px; }
 p.empty { color: #555; font-style: italic; background: #f6f6f6; padding: 18px; border-radius: 6px; }
@@ -120,7 +125,8 @@ def _volume(a: Activity, span: plots.Span) -> str:
         "volume",
         "Daily volume by outcome",
         "Every file handled, by what became of it: screened (a verdict), duplicate (content already "
-        "screened: same verdict), out of scope (refused by the gate) or failed.",
+        "screened: same verdict), out of scope (refused by the gate) or failed. Files, not films: "
+        "a film sent twice counts twice here.",
         body,
     )
 
@@ -183,7 +189,8 @@ def _refusals(a: Activity, ref: Reference, span: plots.Span) -> str:
         "refusals",
         "The gate's refusal rate",
         "Share of the films the gate judged that it refused as out of scope (another modality, body "
-        "part or view, or unlike the films the model knows). Labels: refused/judged.",
+        "part or view, or unlike the films the model was trained on). Films, not files: a film sent "
+        "twice counts once. Labels: films refused/films judged.",
         body,
     )
 
@@ -255,21 +262,25 @@ def _deliveries(a: Activity) -> str:
 
 
 def _tiles(a: Activity, recent: Sample) -> str:
-    files = sum(sum(v.values()) for v in a.files_by_day.values())
-    failed = sum(v.get("failed", 0) for v in a.files_by_day.values())
+    """The period in five numbers. Rates count films, the rest files, and each tile says which
+    (the volume chart and ``xray-worker report`` count files): see ``FILMS_AND_FILES``."""
+
+    def files(*outcomes: str) -> int:  # none named: every outcome
+        return sum(n for v in a.files_by_day.values() for o, n in v.items() if o in outcomes or not outcomes)
+
     rate = f"{100 * recent.positive_rate:.1f}%" if recent.positive_rate is not None else "n/a"
     refusal = f"{100 * recent.refusal_rate:.1f}%" if recent.refusal_rate is not None else "n/a"
     tiles = [
-        (f"{files}", "files handled"),
-        (f"{recent.results}", "films with a verdict"),
+        (f"{files()}", "files handled"),
+        (f"{recent.results}", f"films with a verdict, in {files('screened', 'duplicate')} files"),
         (rate, f"positive ({recent.positives} films)"),
-        (refusal, f"refused by the gate ({recent.refused})"),
-        (f"{failed}", "failed"),
+        (refusal, f"refused by the gate: {recent.refused} films, in {files('out_of_scope')} files"),
+        (f"{files('failed')}", "files failed"),
     ]
     return (
         '<div class="tiles">'
         + "".join(f'<div class="tile"><b>{_e(v)}</b><span>{_e(t)}</span></div>' for v, t in tiles)
-        + "</div>"
+        + f'</div><p class="note">{_e(FILMS_AND_FILES)}</p>'
     )
 
 
