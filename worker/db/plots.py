@@ -167,7 +167,8 @@ def refusal_rate(
     reference_label: str,
     span: Span = None,
 ) -> str:
-    """The gate's share of refused films per day: (refused, films the gate judged)."""
+    """The gate's share of refused films per day: (films refused, films the gate judged), films being
+    distinct images (a film sent twice is one)."""
     days = sorted(refused_by_day)
     share = np.array([refused_by_day[d][0] / refused_by_day[d][1] for d in days])
     fig, ax = _figure()
@@ -188,7 +189,7 @@ def refusal_rate(
     top = max(share.max(), reference or 0.0)
     ax.set_ylim(0, top * 1.3 if top > 0 else 0.05)
     ax.yaxis.set_major_formatter(PercentFormatter(1.0))
-    ax.set_ylabel("refused / films judged")
+    ax.set_ylabel("films refused / films judged")
     ax.set_title("The gate's refusal rate per day")
     ax.legend(loc="upper left", fontsize=8, frameon=False)
     return _svg(fig)
