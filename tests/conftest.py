@@ -1,4 +1,14 @@
-"""Shared fixtures: the real data beside the checkout, and a small learner trained on it."""
+"""Shared fixtures: the real data beside the checkout, and a small learner trained on it.
+
+The skip policy, in one place: a test skips only for hardware this machine cannot have (a
+GPU). Whatever else it needs and does not find fails it: the real data (``require`` below),
+the Debian tools (dcmtk, dicom3tools, Orthanc, chromium, sqlite3: each test's own check), and
+PostgreSQL, for every test marked ``postgres`` (``pytest_runtest_setup`` below; the server
+is ``XRAY_SCREEN_TEST_POSTGRES_URL``, default 127.0.0.1:5432/test). ``scripts/test`` installs
+and starts all of it; to run without PostgreSQL, deselect those tests by name:
+``-m "not postgres"``. pytest's ``-ra`` (pyproject.toml) lists every skip with its reason in
+the run's last lines ("short test summary info").
+"""
 
 from __future__ import annotations
 
@@ -11,6 +21,14 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(os.environ.get("XRAY_SCREEN_DATA", ROOT.parent / "shared" / "data"))
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """A test marked ``postgres`` fails at setup when PostgreSQL does not answer (no skip)."""
+    if item.get_closest_marker("postgres") is not None:
+        from db_support import require_postgres
+
+        require_postgres()
 
 
 def require(path: Path) -> Path:

@@ -157,7 +157,6 @@ def test_sqlite_write_lock_held_elsewhere(sites, jpegs):
 
 
 @pytest.mark.postgres
-@pytest.mark.skipif(not POSTGRES_URL, reason="XRAY_SCREEN_TEST_POSTGRES_URL is not set")
 def test_postgres_unreachable_for_30_seconds(sites, jpegs, postgres_schema: URL):
     server = make_url(POSTGRES_URL)
     proxy = Proxy((server.host or "127.0.0.1", server.port or 5432))

@@ -266,15 +266,15 @@ def test_an_instance_over_the_limit_is_refused_without_holding_it(tmp_path, rece
 
 @pytest.fixture
 def tiny_disk(tmp_path: Path):
-    """A real 1 MiB tmpfs (root only: skipped elsewhere; the ENOSPC path is also covered by
-    tests/integration/test_receive.py, which injects the error)."""
+    """A real 1 MiB tmpfs (root only, like scripts/test: it fails, not skips, elsewhere; the
+    ENOSPC path is also covered by tests/integration/test_receive.py, which injects the error)."""
     mount = tmp_path / "tiny"
     mount.mkdir()
     done = subprocess.run(
         ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", mount], capture_output=True, check=False
     )
     if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+        pytest.fail(f"cannot mount a tmpfs here (run as root): {done.stderr.decode().strip()}")
     yield mount
     subprocess.run(["umount", "-l", mount], check=False)
 

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pytest
 from daemon_harness import Site, wait_for
-from db_support import POSTGRES_URL
 from sqlalchemy import URL
 
 from worker.db.schema import results
@@ -27,11 +26,7 @@ from worker.runtime.lease import beat_interval
 from worker.sources.claim import WORK_DIR
 
 pytest_plugins = ["db_fixtures"]
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.postgres,
-    pytest.mark.skipif(not POSTGRES_URL, reason="XRAY_SCREEN_TEST_POSTGRES_URL is not set"),
-]
+pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
 LEASE = 10  # seconds: the smallest the settings allow
 DISTINCT, COPIES, BROKEN = 296, 2, 2

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 from daemon_harness import Site, real_jpegs, wait_for
-from db_support import POSTGRES_URL
 from sqlalchemy import create_engine, func, select
 
 from worker.db.schema import audit_events, results
@@ -84,7 +83,6 @@ def test_sigterm_mid_run_then_restart_loses_nothing(make_site, full_res_dir):
 
 
 @pytest.mark.postgres
-@pytest.mark.skipif(not POSTGRES_URL, reason="XRAY_SCREEN_TEST_POSTGRES_URL is not set")
 def test_two_polling_workers_share_one_inbox(make_site, full_res_dir, postgres_database):
     url = postgres_database.render_as_string(hide_password=False)
     site = make_site(url)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from db_support import POSTGRES_ENV, POSTGRES_URL, audit, result
+from db_support import audit, result
 from sqlalchemy import URL, Engine, update
 
 from worker.cli import cli
@@ -183,7 +183,6 @@ def test_a_model_without_a_baseline_gets_its_charts_and_says_why(store: Store, d
 
 
 @pytest.mark.postgres
-@pytest.mark.skipif(not POSTGRES_URL, reason=f"{POSTGRES_ENV} is not set: no PostgreSQL to test on")
 def test_the_database_password_is_masked(postgres_schema: URL, tmp_path: Path):
     """Only a PostgreSQL URL holds a password; the server's trust authentication ignores it."""
     engine = make_engine(postgres_schema)

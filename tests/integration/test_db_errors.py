@@ -6,7 +6,7 @@ import sqlite3
 
 import psycopg
 import pytest
-from db_support import POSTGRES_URL, audit, result
+from db_support import audit, result
 from sqlalchemy import Engine, event, select, text
 from sqlalchemy import exc as sa_exc
 
@@ -88,7 +88,6 @@ def test_errors_that_no_retry_fixes_pass_through_unchanged(engine: Engine):
 
 
 @pytest.mark.postgres
-@pytest.mark.skipif(not POSTGRES_URL, reason="XRAY_SCREEN_TEST_POSTGRES_URL is not set")
 def test_a_connection_terminated_by_the_server_is_transient(postgres_database):
     engine = make_engine(postgres_database)
     try:

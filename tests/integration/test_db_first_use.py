@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from db_support import POSTGRES_ENV, POSTGRES_URL, audit, populate, result
+from db_support import audit, populate, result
 from sqlalchemy import Engine, inspect
 
 from worker.app import open_database, open_store
@@ -197,7 +197,6 @@ def test_an_existing_empty_sqlite_file_is_refused_not_migrated(tmp_path: Path):
 
 
 @pytest.mark.postgres
-@pytest.mark.skipif(not POSTGRES_URL, reason=f"{POSTGRES_ENV} is not set: no PostgreSQL to test on")
 def test_postgres_is_never_created_or_migrated(postgres_schema, caplog):
     url = postgres_schema.render_as_string(hide_password=False)  # an empty schema of its own
     with pytest.raises(ConfigError) as refused, caplog.at_level(logging.INFO, logger="worker.app"):

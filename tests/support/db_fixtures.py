@@ -1,6 +1,7 @@
 """Fixtures for the results-database tests: every test runs on SQLite, and on Postgres when asked.
 
-Postgres runs when ``XRAY_SCREEN_TEST_POSTGRES_URL`` is set (``.ci/run`` sets it): the
+Postgres runs on ``XRAY_SCREEN_TEST_POSTGRES_URL`` (default: 127.0.0.1:5432/test, which
+``scripts/test`` starts), and a test that needs it fails when it does not answer: the
 session creates its own database ``xray_test_<random>`` on that server and drops it at
 the end, and each test gets a fresh schema in it, so parallel runs never collide.
 Test modules load this file with ``pytest_plugins = ["db_fixtures"]``.
@@ -13,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from db_support import ENGINES, POSTGRES_URL
+from db_support import ENGINES, POSTGRES_URL, require_postgres
 from sqlalchemy import URL, Engine, create_engine, make_url
 
 from worker.db import migrate
@@ -24,6 +25,7 @@ from worker.db.store import Store
 @pytest.fixture(scope="session")
 def postgres_database() -> Iterator[URL]:
     """A database of its own on the test server, dropped at the end of the session."""
+    require_postgres()
     admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
     name = f"xray_test_{secrets.token_hex(4)}"
     with admin.connect() as conn:

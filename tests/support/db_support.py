@@ -8,27 +8,46 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from sqlalchemy import create_engine, make_url, text
 
 from worker.db.store import AuditRecord, ResultRecord
 
+# The database tests' server: a test marked ``postgres`` (ENGINES' "postgres" case, and those
+# marked so by hand) fails, never skips, when it does not answer (the skip policy:
+# tests/conftest.py, which calls require_postgres before each such test).
 POSTGRES_ENV = "XRAY_SCREEN_TEST_POSTGRES_URL"
-POSTGRES_URL = os.environ.get(POSTGRES_ENV, "")
+POSTGRES_DEFAULT = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+POSTGRES_URL = os.environ.get(POSTGRES_ENV) or POSTGRES_DEFAULT
 MODEL_A = hashlib.sha256(b"model A").hexdigest()
 MODEL_B = hashlib.sha256(b"model B").hexdigest()
 
 ENGINES = [
     pytest.param("sqlite", id="sqlite"),
-    pytest.param(
-        "postgres",
-        id="postgres",
-        marks=[
-            pytest.mark.postgres,
-            pytest.mark.skipif(
-                not POSTGRES_URL, reason=f"{POSTGRES_ENV} is not set: no PostgreSQL to test on"
-            ),
-        ],
-    ),
+    pytest.param("postgres", id="postgres", marks=pytest.mark.postgres),
 ]
+
+_postgres_error: list[str] = []  # the probe's answer, once per session: [] not yet probed
+
+
+def require_postgres() -> None:
+    """Fail the test (never skip it) when PostgreSQL does not answer at POSTGRES_URL."""
+    if not _postgres_error:
+        engine = create_engine(POSTGRES_URL, connect_args={"connect_timeout": 5})
+        try:
+            with engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+            _postgres_error.append("")
+        except Exception as exc:
+            _postgres_error.append(str(exc).strip().splitlines()[0])
+        finally:
+            engine.dispose()
+    if _postgres_error[0]:
+        where = make_url(POSTGRES_URL).render_as_string(hide_password=True)
+        pytest.fail(
+            f"PostgreSQL does not answer at {where} ({_postgres_error[0]}): scripts/test "
+            f"installs and starts it; or set {POSTGRES_ENV}, or deselect with -m 'not postgres'",
+            pytrace=False,
+        )
 
 
 def sha(text: str) -> str:
