@@ -104,9 +104,13 @@ def test_the_readme_opens_with_the_main_job_and_marks_its_tour_runnable():
     text = README.read_text(encoding="utf-8")
     blocks = runnable_blocks(text)
     first_line, first = blocks[0]
-    assert first_line <= 40 and "pip install" in first
+    assert first_line <= 40 and "pip install -e '.[lean]'" in first  # the lean install: no torch
     assert first.strip().endswith("xray-worker scan samples/ && .venv/bin/xray-worker report --brief")
-    assert "\n    .venv/bin/python -m pytest\n" in text[: text.index("## A tour")]
+    # The second command runs the tests, and is what CI runs (.ci/run), to the letter.
+    opening = text[: text.index("## A tour")].splitlines()
+    commands = [line[4:] for line in opening if line.startswith("    ") and line.strip()]
+    assert commands[1] == "./scripts/test"
+    assert commands[1] in (ROOT / ".ci" / "run").read_text(encoding="utf-8")
     tour = "".join(block for _, block in blocks[1:])
     assert "xray-worker watch" in tour and "sqlite3" in tour and "xray-worker healthcheck" in tour
     assert (
