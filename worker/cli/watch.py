@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import uuid
 from contextlib import ExitStack
@@ -113,6 +114,9 @@ def watch(ctx: click.Context, **flags: Any) -> None:
 def healthcheck(ctx: click.Context, **flags: Any) -> None:
     """Check that `watch` could run: settings, folders, database, model. Exit 1 on any failure.
 
+    A folder that does not exist yet passes when watch can create it, as it does when it
+    starts; a relative folder is relative to the working directory (the line says which).
+
     \b
     Example:
       xray-worker --config /etc/xray-screen/config.toml healthcheck
@@ -128,7 +132,7 @@ def healthcheck(ctx: click.Context, **flags: Any) -> None:
     checks = [("settings valid" + (f" ({settings.source})" if settings.source else " (defaults)"), None)]
     box = settings.inbox
     for name, folder in (("inbox", box.path), ("processed", box.processed), ("failed", box.failed)):
-        checks.append((f"{name} {folder} writable", _writable(folder)))
+        checks.append(folder_check(name, folder))
     checks.append(_database_check(settings))
     checks.append(_model_check(settings))
     failed = False
@@ -138,11 +142,45 @@ def healthcheck(ctx: click.Context, **flags: Any) -> None:
     sys.exit(1 if failed else 0)
 
 
-def _writable(folder: Path) -> str | None:
+def folder_check(name: str, folder: Path) -> tuple[str, str | None]:
+    """Whether ``watch`` can use ``folder``: (what was checked, the problem or None).
+
+    A folder that is there must take a new file. One that is not there yet passes when
+    ``watch`` can create it (it does, at start): when a folder can be made in its nearest
+    existing parent. The check itself creates nothing. A relative path is relative to the
+    working directory, which the text names, since a service's may not be the shell's.
+    """
+    where = shown_folder(folder)
+    if folder.is_dir():
+        return f"{name} {where} writable", _writable(folder)
+    if os.path.lexists(folder):  # a file, or a link to nothing
+        return f"{name} {where} writable", "it is not a folder"
+    parent = folder.resolve().parent
+    while not os.path.lexists(parent):
+        parent = parent.parent
+    problem = _writable(parent, folder_probe=True) if parent.is_dir() else "not a folder"
+    if problem is None:
+        return f"{name} {where} does not exist yet: watch will create it ({parent} is writable)", None
+    return f"{name} {where} does not exist, and watch could not create it", f"{parent}: {problem}"
+
+
+def shown_folder(folder: Path) -> str:
+    """``folder`` as given, and when relative, what it is relative to and where that makes it."""
+    if folder.is_absolute():
+        return str(folder)
+    return f"{folder} (relative to the working directory: {folder.resolve()})"
+
+
+def _writable(folder: Path, *, folder_probe: bool = False) -> str | None:
+    """None when a file (or, with ``folder_probe``, a folder) can be created in ``folder``."""
     probe = folder / f".healthcheck-{uuid.uuid4().hex}"
     try:
-        probe.write_bytes(b"")
-        probe.unlink()
+        if folder_probe:
+            probe.mkdir()
+            probe.rmdir()
+        else:
+            probe.write_bytes(b"")
+            probe.unlink()
     except OSError as exc:
         return exc.strerror or str(exc)
     return None
