@@ -13,6 +13,10 @@ import logging
 from worker.names import for_log
 
 FORMAT = "%(levelname)s %(name)s: %(message)s"
+# Libraries whose INFO lines are about themselves, not about the files a worker handles:
+# Alembic says "Context impl SQLiteImpl." and "Will assume non-transactional DDL." each time
+# the schema is checked. They log at WARNING and above, or everything with DEBUG.
+QUIET = ("alembic",)
 
 
 class OneLineFormatter(logging.Formatter):
@@ -24,3 +28,5 @@ def configure(level: str) -> None:
     handler = logging.StreamHandler()
     handler.setFormatter(OneLineFormatter(FORMAT))
     logging.basicConfig(level=level, handlers=[handler])
+    for name in QUIET:
+        logging.getLogger(name).setLevel(logging.DEBUG if level.upper() == "DEBUG" else logging.WARNING)

@@ -96,4 +96,5 @@ def test_watch_creates_a_missing_database_and_says_where_to_drop_files(tmp_path:
     expected = f"the inbox {inbox} is empty: copy or move X-rays (PNG, JPEG, DICOM) into it to screen them"
     assert log.count(expected) == 1
     assert log.index(CREATED) < log.index("ready: screening") < log.index(expected)
+    assert "alembic" not in log  # its INFO lines about itself, at each schema check
     assert revision(f"sqlite:///{database}") == HEAD
