@@ -17,7 +17,10 @@ from __future__ import annotations
 import re
 from enum import StrEnum
 
-_SCORE = re.compile(r"score [0-9.]+ > ")
+UNLIKE = "unlike the films this model was trained on"
+_DISTANCE = re.compile(r"distance [0-9.]+ from them, over ")
+# Written before the reason had words (audit rows keep it): counted as the same kind.
+_EARLIER = re.compile(r"^unlike the films this model knows: score [0-9.]+ > ")
 
 
 class Outcome(StrEnum):
@@ -27,8 +30,16 @@ class Outcome(StrEnum):
     OUT_OF_SCOPE = "out_of_scope"
 
 
+def unlike_reason(score: float, limit: float) -> str:
+    """The image gate's reason for refusing an image: its distance from the training films (the
+    gate's score, ``worker/model/gate.py``) and the limit that distance went over."""
+    return f"{UNLIKE}: distance {score:.2f} from them, over the limit {limit:.2f}"
+
+
 def reason_kind(reason: str) -> str:
-    """A reason as summaries count it: the image gate's per-file score left out, so that
-    ``unlike the films this model knows: score 1.24 > 1.00`` and ``... score 1.35 > 1.00`` are
-    counted as one kind (``... score > 1.00``). Audit rows keep the full reason."""
-    return _SCORE.sub("score > ", reason)
+    """A reason as summaries count it: the image gate's per-file distance left out, so that
+    ``... distance 1.24 from them, over the limit 1.00`` and ``... distance 1.35 from them, ...``
+    are counted as one kind (``unlike the films this model was trained on: distance over the
+    limit 1.00``), and so is the earlier wording (``unlike the films this model knows: score 1.24
+    > 1.00``). Audit rows keep the full reason."""
+    return _DISTANCE.sub("distance over ", _EARLIER.sub(f"{UNLIKE}: distance over the limit ", reason))

@@ -216,6 +216,12 @@ def test_failure_kinds():
     assert failure_kind("image too large: 65000x65000") == "image too large"
     assert failure_kind("truncated JPEG") == "truncated JPEG"
     assert (
+        failure_kind(
+            "unlike the films this model was trained on: distance 1.35 from them, over the limit 1.00"
+        )
+        == "unlike the films this model was trained on"
+    )
+    assert (  # as an earlier release worded it
         failure_kind("unlike the films this model knows: score 1.35 > 1.00")
-        == "unlike the films this model knows"
+        == "unlike the films this model was trained on"
     )

@@ -49,7 +49,7 @@ def test_the_shipped_model_refuses_what_it_cannot_judge_and_screens_its_own_film
     assert answers["CT_small.dcm"].reason == "Modality CT is not screened"
     refused_photo = answers["photo.jpeg"]
     assert isinstance(refused_photo, Refusal), refused_photo
-    assert refused_photo.reason.startswith("unlike the films this model knows: score ")
+    assert refused_photo.reason.startswith("unlike the films this model was trained on: distance ")
     screened = [answers[f.name] for f in films if isinstance(answers[f.name], Prediction)]
     assert len(screened) >= 39  # at most one of 40 films of its own population refused
     assert all(p.gate_score is not None and p.gate_score < refused_photo.gate_score for p in screened)

@@ -92,9 +92,9 @@ def test_the_gate_refuses_after_inference_only_above_the_limit():
     image = fit_gate(train, labels, clusters(rng, 500)[0])
     gate = Gate(image=image)
     assert gate.after(image.limit * 0.9) is None and gate.after(None) is None
-    assert (
-        gate.after(image.limit * 3)
-        == f"unlike the films this model knows: score {image.limit * 3:.2f} > {image.limit:.2f}"
+    assert gate.after(image.limit * 3) == (
+        f"unlike the films this model was trained on: distance {image.limit * 3:.2f} from them, "
+        f"over the limit {image.limit:.2f}"
     )
     assert Gate().image_scores(train) is None  # a model without an image gate scores nothing
 
@@ -145,21 +145,21 @@ def test_summaries_count_the_image_gates_refusals_as_one_kind_whatever_each_scor
 
     counts = Counts()
     for reason in (
-        "unlike the films this model knows: score 1.24 > 1.00",
-        "unlike the films this model knows: score 13.5 > 1.00",
+        "unlike the films this model was trained on: distance 1.24 from them, over the limit 1.00",
+        "unlike the films this model was trained on: distance 13.50 from them, over the limit 1.00",
         "Modality MR is not screened",
     ):
         counts.add(Outcome.OUT_OF_SCOPE, reason=reason)
     assert counts.out_of_scope == {
-        "unlike the films this model knows: score > 1.00": 2,
+        "unlike the films this model was trained on: distance over the limit 1.00": 2,
         "Modality MR is not screened": 1,
     }
     rows = [
-        ("unlike the films this model knows: score 1.24 > 1.00", 1, 5),
+        ("unlike the films this model was trained on: distance 1.24 from them, over the limit 1.00", 1, 5),
         ("Modality CT is not screened", 1, 9),
     ]
-    rows += [("unlike the films this model knows: score 2.50 > 1.00", 2, 7)]
+    rows += [("unlike the films this model knows: score 2.50 > 1.00", 2, 7)]  # an earlier release's words
     assert by_reason_kind(rows) == [
-        ("unlike the films this model knows: score > 1.00", 3, 7),
+        ("unlike the films this model was trained on: distance over the limit 1.00", 3, 7),
         ("Modality CT is not screened", 1, 9),
     ]

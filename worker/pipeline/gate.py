@@ -12,15 +12,18 @@ confident verdict. The gate runs for every file, in two halves:
    refused.
 
 A refused file is neither a failure nor a verdict: outcome ``out_of_scope`` with the reason
-(``Modality MR is not screened``, ``unlike the films this model knows: score 41.2 > 18.0``),
-filed under ``processed/OUT_OF_SCOPE/``. The predictor asks this object (``before``,
-``image_scores``, ``after``); it holds no model and no decoder, only their outputs.
+(``Modality MR is not screened``, ``unlike the films this model was trained on: distance 1.35
+from them, over the limit 1.00``), filed under ``processed/OUT_OF_SCOPE/``. The predictor asks
+this object (``before``, ``image_scores``, ``after``); it holds no model and no decoder, only
+their outputs.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
+
+from worker.outcome import unlike_reason
 
 
 @dataclass(frozen=True)
@@ -76,4 +79,4 @@ class Gate:
         """Why an image unlike the training films may not get a verdict; None: it may."""
         if score is None or self.image is None or score <= self.image.limit:
             return None
-        return f"unlike the films this model knows: score {score:.2f} > {self.image.limit:.2f}"
+        return unlike_reason(score, self.image.limit)
