@@ -1,4 +1,4 @@
-"""``xray-worker``: screen chest X-rays with an exported fastai learner."""
+"""``xray-worker``: screen chest X-rays with a model bundle (ONNX) or an exported fastai learner."""
 
 from __future__ import annotations
 
@@ -36,7 +36,10 @@ log = logging.getLogger("worker")
 @click.version_option(__version__, prog_name="xray-worker")
 @click.pass_context
 def cli(ctx: click.Context, config_path: Path | None, log_level: str | None) -> None:
-    """Screen chest X-rays (PNG, JPEG, DICOM) for pneumonia with a fastai model.
+    """Screen chest X-rays (PNG, JPEG, DICOM) for pneumonia.
+
+    The model is a bundle (ONNX Runtime: the shipped one, or one from xray-train export) or an
+    exported fastai learner (export.pkl, with the full install): [model] path, or --model.
 
     \b
     Example:
