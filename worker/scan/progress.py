@@ -28,7 +28,9 @@ def status_line(counts: Counts, seconds: float, limit: int | None = None) -> str
         *([f"{counts.out_of_scope.total()} out of scope"] if counts.out_of_scope else []),
         f"{counts.failed.total()} failed",
     ]
-    line = ", ".join(parts) + f" | {rate(counts, seconds):.1f} images/s"
+    line = ", ".join(parts)
+    if counts.handled:  # no rate before a file was read, nor for a rescan that skips them all
+        line += f" | {rate(counts, seconds):.1f} images/s"
     if limit is not None and rate(counts, seconds) > 0:
         line += f" | ETA {duration(max(0, limit - counts.handled) / rate(counts, seconds))}"
     return line
@@ -37,8 +39,8 @@ def status_line(counts: Counts, seconds: float, limit: int | None = None) -> str
 def summary_lines(counts: Counts, seconds: float, how: str = "done") -> list[str]:
     """The end-of-run summary: ``how`` is ``done``, ``interrupted`` or why the scan stopped."""
     lines = [
-        f"scan {how} after {duration(seconds)}: {counts.handled} files read, "
-        f"{rate(counts, seconds):.1f} images/s",
+        f"scan {how} after {duration(seconds)}: {counts.handled} files read"
+        + (f", {rate(counts, seconds):.1f} images/s" if counts.handled else ""),
         f"  {counts.screened} screened, {counts.positives} positive",
         f"  {counts.duplicates} duplicates (content already screened by this model)",
         f"  {counts.skipped} skipped (unchanged since the last scan)",
