@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from db_support import populate
+from db_support import audit, populate, result
 
 from worker.cli.main import cli
 from worker.db.engine import make_engine
@@ -107,3 +107,53 @@ def test_report_on_a_populated_database_in_every_format(store: Store, db_url: st
 def test_a_since_it_cannot_read_is_a_usage_error(command: tuple[str, ...], tmp_path: Path):
     result = run(*command, "--since", "yesterday", "--db", f"sqlite:///{tmp_path / 'x.db'}")
     assert result.exit_code == 2 and "not a duration" in result.output
+
+
+def test_report_flagged_fits_a_terminal_and_keeps_every_column_for_files(store: Store, db_url: str):
+    """The tour's positives (a scan's JPEG, then the same film filed by watch) in under 120
+    characters a line, without the DICOM columns no row has; a DICOM brings its own."""
+    now = datetime.now(UTC)
+    jpeg = {k: None for k in ("sop_instance_uid", "study_instance_uid", "series_instance_uid", "modality")}
+    jpeg |= {"accession_number": None, "patient_id": None, "image_format": "JPEG"}
+    name = "person1946_bacteria_4874.jpeg"
+    store.record_batch(
+        [result("jpeg", positive=True, positive_probability=0.9125, finished_at=now, **jpeg)],
+        [
+            audit(
+                "jpeg", at=now, worker_id="scan", source_path=f"/srv/archive/{name}", destination_path=None
+            ),
+            audit(
+                "jpeg",
+                "duplicate",
+                at=now,
+                source_path=f"/srv/xray/inbox/{name}",
+                destination_path=f"/srv/xray/processed/PNEUMONIA/2026-12-02/{name}",
+            ),
+        ],
+    )
+    table = run("report", "flagged", "--db", db_url)
+    assert table.exit_code == 0, table.output
+    lines = table.output.splitlines()
+    assert max(map(len, lines)) <= 120, table.output
+    header = lines.index("Flagged (positive) files:") + 1
+    assert lines[header].split() == ["handled_at", "p", "threshold", "model", "path"]
+    assert [line.split()[-1] for line in lines[header + 1 :]] == [
+        f"/srv/archive/{name}",  # where the scan found it
+        f"/srv/xray/processed/PNEUMONIA/2026-12-02/{name}",  # where watch filed it
+    ]
+
+    store.record_batch(
+        [result("dcm", positive=True, positive_probability=0.81, finished_at=now)],
+        [audit("dcm", at=now, destination_path="/srv/xray/processed/PNEUMONIA/2026-12-02/CR-0042.dcm")],
+    )
+    lines = run("report", "flagged", "--db", db_url).output.splitlines()
+    # (no accession number: it is stored only with [database] store_patient_ids)
+    assert lines[header].split() == ["handled_at", "p", "threshold", "model", "modality", "path"]
+    assert lines[-1].split()[-2:] == ["CR", "/srv/xray/processed/PNEUMONIA/2026-12-02/CR-0042.dcm"]
+
+    wide = run("report", "flagged", "--db", db_url, "--all-columns").output.splitlines()
+    assert "sop_instance_uid" in wide[header] and "source_path" in wide[header]
+    rows = list(
+        csv.DictReader(io.StringIO(run("report", "flagged", "--db", db_url, "--format", "csv").output))
+    )
+    assert len(rows) == 3 and set(rows[0]) >= {"label", "sop_instance_uid", "source_path", "destination_path"}

@@ -28,7 +28,7 @@ from worker.db.errors import database_errors
 from worker.db.render import FORMATS, render
 from worker.db.report import deliveries as deliveries_report
 from worker.db.report import flagged as flagged_report
-from worker.db.report import parse_since, summary
+from worker.db.report import flagged_table, parse_since, summary
 from worker.db.report import studies as studies_report
 from worker.db.schema import audit_events
 from worker.drift.output import as_json, as_table
@@ -278,16 +278,31 @@ def _summary(ctx: click.Context, since: datetime | None, fmt: str, db_url: str |
 
 @report.command()
 @report_options
+@click.option(
+    "--all-columns",
+    is_flag=True,
+    help="The table with every column: label, the DICOM UIDs, the source and the destination "
+    "path (CSV and JSON always have them).",
+)
 @click.pass_context
-def flagged(ctx: click.Context, since: datetime | None, fmt: str, db_url: str | None) -> None:
+def flagged(
+    ctx: click.Context, since: datetime | None, fmt: str, db_url: str | None, all_columns: bool
+) -> None:
     """List the files screened positive, most probable first, with where they are.
+
+    The table shows when, P, the threshold, the model, the modality and accession number of a
+    DICOM, and where the file is now; columns empty in every row are left out.
 
     \b
     Example:
       xray-worker report flagged --since 24h
+      xray-worker report flagged --all-columns  # with the DICOM UIDs and both paths
       xray-worker report flagged --since all --format csv > flagged.csv
     """
-    _show(ctx, flagged_report, since, fmt, db_url)
+    if fmt == "table" and not all_columns:
+        _show(ctx, lambda engine, since: flagged_table(flagged_report(engine, since)), since, fmt, db_url)
+    else:
+        _show(ctx, flagged_report, since, fmt, db_url)
 
 
 @report.command(name="studies")

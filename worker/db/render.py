@@ -75,8 +75,12 @@ def render_table(report: Report) -> str:
 
 
 def _aligned(section: Any) -> list[str]:
-    cells = [list(section.columns), *[[_text(v) for v in row] for row in section.rows]]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(section.columns))]
+    """The section's rows under their column names, without the columns empty in every row (a
+    PNG's DICOM fields, a rate nobody could have)."""
+    texts = [[_text(v) for v in row] for row in section.rows]
+    shown = [i for i in range(len(section.columns)) if any(row[i] for row in texts)]
+    cells = [[section.columns[i] for i in shown], *[[row[i] for i in shown] for row in texts]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(shown))]
     return [
         "  " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
         for row in cells

@@ -10,7 +10,7 @@ the write lock, so a report cannot stall a worker.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -69,6 +69,15 @@ studies_view = table(
     column("accession_number", String()),
     column("first_result_at", UTCDateTime()),
     column("last_result_at", UTCDateTime()),
+)
+# What ``flagged_table`` keeps of ``flagged``'s columns, before where the file is.
+FLAGGED_SHOWN = (
+    "handled_at",
+    "positive_probability",
+    "threshold",
+    "model_version",
+    "modality",
+    "accession_number",
 )
 STUDY_COLUMNS = (
     "last_result_at",
@@ -289,6 +298,19 @@ def flagged(engine: Engine, since: datetime | None, *, now: datetime | None = No
     report = Report("xray-screen flagged files", since, now or datetime.now(UTC))
     report.sections.append(Section("flagged", "Flagged (positive) files", columns, rows))
     return report
+
+
+def flagged_table(report: Report) -> Report:
+    """``flagged``'s list narrowed for a terminal: when, P, the threshold, the model, the DICOM
+    study's modality and accession number, and ``path``, where the file is now (where ``watch``
+    filed it, else where a scan found it). The UIDs, the label (the positive class, in every
+    row) and both paths stay in CSV and JSON, and in the table with ``--all-columns``."""
+    (section,) = report.sections
+    index = {name: i for i, name in enumerate(section.columns)}
+    where, found = index["destination_path"], index["source_path"]
+    rows = [(*(row[index[name]] for name in FLAGGED_SHOWN), row[where] or row[found]) for row in section.rows]
+    columns = ("handled_at", "p", "threshold", "model", "modality", "accession", "path")
+    return replace(report, sections=[replace(section, columns=columns, rows=rows)])
 
 
 def studies(engine: Engine, since: datetime | None, *, now: datetime | None = None) -> Report:
