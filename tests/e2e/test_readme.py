@@ -149,6 +149,10 @@ def test_the_readme_runnable_blocks_run(tmp_path: Path):
     assert filed == sorted(p.name for p in (ROOT / "samples").iterdir())
 
     assert "scan" in sql and "duplicate" in sql and "PNEUMONIA" in sql
+    # report_flagged has a row per file: each positive twice, its result_id saying it is one result
+    flagged = [line.split("│")[1:4] for line in sql.splitlines() if "PNEUMONIA" in line]
+    ids = [cells[0].strip() for cells in flagged]
+    assert len(flagged) == 4 and all(ids.count(i) == 2 for i in ids), sql
     assert check.count("ok    ") == 6 and "FAIL" not in check
 
     with sqlite3.connect(database) as conn:
