@@ -119,13 +119,22 @@ def _operating_point(m: dict[str, Any], facts: dict[str, Any]) -> list[str]:
         f"- Operating point: **{profile['threshold']:.4f}** {scale}({m['positive_class']}), the site profile "
         f"`{profile['name']}`, chosen by `xray-train site-check --store` on {profile['checked_on']} on "
         f"`{profile['sample']}` ({profile['n']} films, {profile['patients']} patients) as the highest "
-        f"threshold reaching sensitivity {profile['target_sensitivity']:.2f} there: sensitivity "
+        f"threshold {_rule(profile)} {profile['target_sensitivity']:.2f} there: sensitivity "
         f"{profile['sensitivity']:.3f}, specificity {profile['specificity']:.3f}, "
         f"ROC AUC {profile['auc']:.3f} [{profile['auc_ci'][0]:.3f}-{profile['auc_ci'][1]:.3f}]. "
         "Chosen on the sample it is measured on: "
         "these rates flatter it (site_check.json has what the same choice gave on left-out patients).",
         f"- The threshold stored at training, {trained:.4f}, was chosen on the validation split.",
     ]
+
+
+def _rule(profile: dict[str, Any]) -> str:
+    """Which rule chose a site profile's threshold (profiles before the rule was recorded: the point one)."""
+    if profile.get("rule") == "wilson":
+        return (
+            f"whose lower 95% Wilson bound of sensitivity (here {profile['sensitivity_lower']:.3f}) reaches"
+        )
+    return "whose sensitivity on the sample reaches"
 
 
 def _results_note(m: dict[str, Any], facts: dict[str, Any]) -> list[str]:

@@ -83,13 +83,12 @@ def roc_auc(y_true: np.ndarray, p_pos: np.ndarray) -> float:
 
 
 def threshold_for_sensitivity(y_true: np.ndarray, p_pos: np.ndarray, target: float) -> float:
-    """The highest threshold whose sensitivity reaches ``target``: best specificity there."""
-    y = np.asarray(y_true).astype(bool)
-    positives = np.sort(np.asarray(p_pos, dtype=float)[y])[::-1]
-    if len(positives) == 0:
-        raise ValueError("no positive examples: cannot pick a threshold for sensitivity")
-    needed = int(np.ceil(target * len(positives) - 1e-9))
-    return float(positives[max(needed, 1) - 1])
+    """The highest threshold whose sensitivity on the sample reaches ``target`` (best specificity
+    there), placed between two distinct scores, never on a film's score
+    (``training.operating.choose`` with the ``point`` rule)."""
+    from training.operating import choose
+
+    return choose(y_true, p_pos, target, "point", min_specificity=0.0, estimate_needs=False).threshold
 
 
 def youden_threshold(y_true: np.ndarray, p_pos: np.ndarray) -> float:

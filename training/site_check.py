@@ -21,7 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from training.metrics import Confusion, roc_auc, threshold_for_sensitivity
+from training.metrics import Confusion, roc_auc
+from training.operating import MIN_SPECIFICITY, OperatingPoint, choose, needs_words
 from training.split import patient_id
 
 MIN_AUC = 0.90
@@ -196,6 +197,8 @@ def site_statistics(
     *,
     stored_threshold: float,
     target_sensitivity: float,
+    rule: str = "wilson",
+    min_specificity: float = MIN_SPECIFICITY,
     resamples: int = RESAMPLES,
     seed: int = SEED,
 ) -> dict[str, Any]:
@@ -203,6 +206,8 @@ def site_statistics(
 
     One cluster bootstrap (``groups``: the patient of each film, or the film itself) gives
     the intervals of the AUC, of the site threshold, and the second intervals of the rates.
+    The site threshold is the operating point ``rule`` chooses (``training/operating.py``); the
+    other rule's point is reported beside it (``other_rule``), to show what the choice costs.
     For each resample it also chooses the site threshold afresh and measures its sensitivity
     and specificity on the patients that resample left out: what choosing a threshold on a
     sample of this size delivers on new patients (the in-sample figures flatter it).
@@ -211,13 +216,14 @@ def site_statistics(
     p = np.asarray(p_pos, dtype=float)
     if y.all() or not y.any():
         raise ValueError("a site check needs films of both classes")
-    site_threshold = threshold_for_sensitivity(y, p, target_sensitivity)
+    chosen = choose(y, p, target_sensitivity, rule, min_specificity=min_specificity)
+    site_threshold = chosen.threshold
 
     def statistic(idx: np.ndarray) -> list[float]:
         yb, pb = y[idx], p[idx]
         if yb.all() or not yb.any():
             return [float("nan")] * 8
-        t = threshold_for_sensitivity(yb, pb, target_sensitivity)
+        t = choose(yb, pb, target_sensitivity, rule, min_specificity=0.0, estimate_needs=False).threshold
         left_out = np.ones(len(y), dtype=bool)
         left_out[idx] = False
         return [
@@ -231,7 +237,11 @@ def site_statistics(
     boot = bootstrap(statistic, groups, resamples, seed)
     skipped = int(np.isnan(boot[:, 0]).sum())
     at_site = operating_point(y, p, site_threshold, boot[:, 4:6])
-    at_site["target_sensitivity"] = target_sensitivity
+    at_site.update(_choice(chosen))
+    other = choose(
+        y, p, target_sensitivity, "point" if rule == "wilson" else "wilson", min_specificity=min_specificity
+    )
+    at_site["other_rule"] = {**_choice(other), **operating_point(y, p, other.threshold)}
     at_site["threshold_ci"] = list(percentile_interval(boot[:, 3]))
     at_site["on_left_out_patients"] = {
         key: {"median": _median(boot[:, col]), "ci": list(percentile_interval(boot[:, col]))}
@@ -253,6 +263,21 @@ def site_statistics(
             "bins": reliability_bins(y, p),
         },
         "bootstrap": {"resamples": resamples, "seed": seed, "level": LEVEL, "skipped": skipped},
+    }
+
+
+def _choice(point: OperatingPoint) -> dict[str, Any]:
+    """How an operating point was chosen, and whether it may be deployed."""
+    return {
+        "threshold": point.threshold,
+        "target_sensitivity": point.target_sensitivity,
+        "rule": point.rule,
+        "min_specificity": point.min_specificity,
+        "sensitivity_lower": point.sensitivity_lower,
+        "specificity_lower": point.specificity_lower,
+        "deployable": point.deployable,
+        "refused": point.refused,
+        "needs": point.needs,
     }
 
 
@@ -304,6 +329,7 @@ def calibration_fit(
     method: str,
     target_sensitivity: float,
     fitted_on: str,
+    rule: str = "wilson",
 ) -> dict[str, Any]:
     """A calibration of the model's logit ``margins`` to this sample, and how well it does.
 
@@ -324,7 +350,8 @@ def calibration_fit(
         "ece_cross_fitted": expected_calibration_error(y, crossed[method]),
         "ece_cross_fitted_by_method": {m: expected_calibration_error(y, c) for m, c in crossed.items()},
         "bins_cross_fitted": reliability_bins(y, crossed[method]),
-        "threshold": threshold_for_sensitivity(y, p, target_sensitivity),
+        # the same cut as the site's operating point (calibration is monotone), on this scale
+        "threshold": choose(y, p, target_sensitivity, rule, estimate_needs=False).threshold,
     }
 
 
@@ -361,6 +388,8 @@ def run_site_check(
     resamples: int = RESAMPLES,
     seed: int = SEED,
     calibrate: str = "platt",
+    rule: str = "wilson",
+    min_specificity: float = MIN_SPECIFICITY,
 ) -> dict[str, Any]:
     """Predict the site's sample, compute every figure, write site_check.json and reliability.png,
     and the site baselines for drift monitoring (``training/baseline.py``).
@@ -394,6 +423,8 @@ def run_site_check(
         groups,
         stored_threshold=stored_threshold,
         target_sensitivity=target_sensitivity,
+        rule=rule,
+        min_specificity=min_specificity,
         resamples=resamples,
         seed=seed,
     )
@@ -408,6 +439,7 @@ def run_site_check(
             calibrate,
             target_sensitivity,
             fitted_on=f"{name or site_dir.name}: {len(files)} films",
+            rule=rule,
         )
     fit, line = verdict(stats)
     refusals = gate_refusals(model, ev.predictions)
@@ -510,11 +542,13 @@ def report_lines(report: dict[str, Any], out_dir: Path) -> list[str]:
         + (f"; patients from {b['patients_from']})" if b["unit"] == "patient" else ")"),
         f"stored threshold {st['threshold']:.4f}: sensitivity {rate(st['sensitivity'])}, "
         f"specificity {rate(st['specificity'])}  (Wilson 95%)",
-        f"sensitivity >= {at['target_sensitivity']:g} here: threshold {at['threshold']:.4f} "
-        f"[{at['threshold_ci'][0]:.4f}-{at['threshold_ci'][1]:.4f}], sensitivity {rate(at['sensitivity'])}, "
-        f"specificity {rate(at['specificity'])}",
+        f"operating point ({rule_words(at['rule'])} >= {at['target_sensitivity']:g}): threshold "
+        f"{at['threshold']:.4f} [{at['threshold_ci'][0]:.4f}-{at['threshold_ci'][1]:.4f}], sensitivity "
+        f"{rate(at['sensitivity'])}, specificity {rate(at['specificity'])}",
         f"  chosen on resamples, judged on the {b['unit']}s each left out: sensitivity "
         f"{median(left_out['sensitivity'])}, specificity {median(left_out['specificity'])}",
+        *_other_rule_line(at),
+        *_refusal_lines(at, report, pos, neg),
         f"calibration: ECE {report['calibration']['ece']:.3f} (10 bins); {out_dir / 'reliability.png'}",
     ]
     fitted = report["calibration"].get("fitted")
@@ -541,18 +575,51 @@ def report_lines(report: dict[str, Any], out_dir: Path) -> list[str]:
     return lines
 
 
+def rule_words(rule: str) -> str:
+    return "lower 95% bound of sensitivity" if rule == "wilson" else "sensitivity on the sample"
+
+
+def _other_rule_line(at: dict[str, Any]) -> list[str]:
+    """What the other rule would choose, and the specificity the chosen one costs or gains."""
+    other = at.get("other_rule")
+    if not other:
+        return []
+    cost = other["specificity"]["value"] - at["specificity"]["value"]
+    return [
+        f"  by the {other['rule']} rule ({rule_words(other['rule'])}): threshold {other['threshold']:.4f}, "
+        f"sensitivity {other['sensitivity']['value']:.3f}, specificity {other['specificity']['value']:.3f}"
+        + (f": the {at['rule']} rule costs {cost:.3f} specificity" if cost > 0 else "")
+    ]
+
+
+def _refusal_lines(at: dict[str, Any], report: dict[str, Any], positive: str, negative: str) -> list[str]:
+    if at.get("refused") is None:
+        return []
+    return [
+        f"  NOT DEPLOYABLE: {at['refused']}; {needs_words(at.get('needs'), report['n'], positive, negative)}"
+    ]
+
+
 def store_site_profile(model: Any, report: dict[str, Any]) -> None:
     """Write the site's operating point into the model file: metadata threshold and site_profile,
-    and the calibration fitted on the site (then the threshold is on the calibrated scale)."""
+    and the calibration fitted on the site (then the threshold is on the calibrated scale).
+    An operating point that is not deployable is refused (``ValueError``)."""
     at = report["at_target_sensitivity"]
+    if at.get("refused") is not None:
+        raise ValueError(
+            f"not storing a site profile: its operating point is not deployable: {at['refused']}"
+        )
     fitted = report["calibration"].get("fitted")
     threshold = fitted["threshold"] if fitted else at["threshold"]
     profile = {
         "name": report["site"],
         "threshold": threshold,
         "target_sensitivity": at["target_sensitivity"],
+        "rule": at["rule"],
         "sensitivity": at["sensitivity"]["value"],
+        "sensitivity_lower": at["sensitivity_lower"],
         "specificity": at["specificity"]["value"],
+        "specificity_lower": at["specificity_lower"],
         "auc": report["auc"],
         "auc_ci": report["auc_ci"],
         "n": report["n"],

@@ -64,6 +64,13 @@ def test_site_sample_is_fit_and_store_writes_the_site_profile(
             assert r["ci"][0] <= r["value"] <= r["ci"][1] and len(r["ci_bootstrap"]) == 2
     at = report["at_target_sensitivity"]
     assert at["target_sensitivity"] == 0.95 and at["sensitivity"]["value"] >= 0.95
+    # the default rule: the lower bound of sensitivity reaches the target, at some specificity's cost
+    assert at["rule"] == "wilson" and at["deployable"] and at["sensitivity_lower"] >= 0.95
+    assert at["sensitivity"]["ci"][0] == pytest.approx(at["sensitivity_lower"])
+    other = at["other_rule"]
+    assert other["rule"] == "point" and other["threshold"] > at["threshold"]
+    assert other["specificity"]["value"] >= at["specificity"]["value"]
+    assert "by the point rule (sensitivity on the sample): threshold" in result.output
     assert at["threshold_ci"][0] <= at["threshold"] <= at["threshold_ci"][1]
     assert 0 <= report["calibration"]["ece"] <= 1 and len(report["calibration"]["bins"]) == 10
     gate = report["gate"]  # the shipped model's image gate: its own population mostly passes
@@ -100,8 +107,11 @@ def test_site_sample_is_fit_and_store_writes_the_site_profile(
         "name": "kermany-test",
         "threshold": fitted["threshold"],
         "target_sensitivity": 0.95,
+        "rule": "wilson",
         "sensitivity": at["sensitivity"]["value"],
+        "sensitivity_lower": at["sensitivity_lower"],
         "specificity": at["specificity"]["value"],
+        "specificity_lower": at["specificity_lower"],
         "auc": report["auc"],
         "auc_ci": report["auc_ci"],
         "n": 292,
@@ -145,3 +155,37 @@ def test_nih_sample_is_not_fit_and_store_refuses(model_copy: Path, data_dir: Pat
     assert report["auc_ci"][1] < 0.7 and report["verdict"]["fit"] is False
     lo, hi = report["auc_ci"]
     assert f"not fit: AUC interval [{lo:.3f}-{hi:.3f}] is below 0.90" in result.output
+
+
+def test_store_refuses_an_operating_point_the_sample_cannot_vouch_for(
+    model_copy: Path, data_dir: Path, tmp_path: Path
+):
+    """Fit (its AUC interval is above 0.90), but 175 positives cannot put the lower bound of
+    sensitivity at 0.98 (that takes 188 positives, all found): nothing is stored, and the report
+    says how many more films it needs."""
+    site = sample(data_dir, "site_sample")
+    before = file_sha256(model_copy)
+    out = tmp_path / "check"
+    args = [
+        "site-check",
+        str(model_copy),
+        str(site),
+        "--out",
+        str(out),
+        "--store",
+        "--target-sensitivity",
+        "0.98",
+    ]
+    result = CliRunner().invoke(train_cli, [*args, "--resamples", "200"])
+    assert result.exit_code == 1, result.output
+    assert file_sha256(model_copy) == before
+    report = json.loads((out / "site_check.json").read_text())
+    at = report["at_target_sensitivity"]
+    assert report["verdict"]["fit"] is True and at["deployable"] is False
+    assert "with 175 positive films the lower bound of sensitivity cannot reach 0.98" in at["refused"]
+    # n/(n + 1.96**2) >= 0.98 takes n >= 188 even with every positive found
+    assert at["needs"]["positives"] >= 188 - 175 and at["needs"]["negatives"] == 0
+    assert re.search(
+        r"NOT DEPLOYABLE: .*it would need about \d+ more PNEUMONIA and \d+ more NORMAL", result.output
+    )
+    assert "not storing a site profile: its operating point is not deployable" in result.output

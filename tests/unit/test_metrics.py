@@ -46,7 +46,8 @@ def test_threshold_reaches_target_sensitivity_with_best_specificity():
     t = threshold_for_sensitivity(y, p, 0.9)
     s = summarize(y, p, t)
     assert s["sensitivity"] >= 0.9
-    assert summarize(y, p, np.nextafter(t, 1))["sensitivity"] < 0.9  # any higher loses it
+    assert summarize(y, p, p[p > t].min() + 1e-9)["sensitivity"] < 0.9  # the next score up loses it
+    assert np.abs(p - t).min() > 1e-6  # between two films' scores, on none
     assert 0 < youden_threshold(y, p) <= 1
 
 

@@ -30,18 +30,25 @@ from training.site_check import (
 def test_four_film_example_auc_and_operating_points():
     # positives 0.35 and 0.8, negatives 0.1 and 0.4: of the 4 pairs, (0.35, 0.4) is misordered
     y, p = np.array([0, 0, 1, 1]), np.array([0.1, 0.4, 0.35, 0.8])
-    stats = site_statistics(y, p, ["a", "b", "c", "d"], stored_threshold=0.5, target_sensitivity=0.5)
+    stats = site_statistics(
+        y, p, ["a", "b", "c", "d"], stored_threshold=0.5, target_sensitivity=0.5, rule="point"
+    )
     assert stats["auc"] == pytest.approx(3 / 4)
     assert (stats["n"], stats["positives"], stats["negatives"], stats["patients"]) == (4, 2, 2, 4)
     stored = stats["at_stored_threshold"]  # only 0.8 >= 0.5
     assert stored["sensitivity"]["count"] == "1/2" and stored["specificity"]["count"] == "2/2"
-    site = stats["at_target_sensitivity"]  # one positive of two: the highest threshold is 0.8
-    assert site["threshold"] == pytest.approx(0.8)
+    site = stats["at_target_sensitivity"]  # one positive of two: above 0.4, up to 0.8: their midpoint
+    assert site["threshold"] == pytest.approx(0.6) and site["rule"] == "point"
     assert site["sensitivity"]["value"] == 0.5 and site["specificity"]["value"] == 1.0
     # a resample of 4 films has a single class with chance 2 / 2**4 = 1/8: those are skipped
     assert 0.09 < stats["bootstrap"]["skipped"] / stats["bootstrap"]["resamples"] < 0.16
     lo, hi = stats["auc_ci"]
     assert 0 <= lo <= 0.75 <= hi <= 1
+    # the default rule wants the sensitivity's lower bound at 0.5: two positives cannot give that
+    wilson = site_statistics(y, p, ["a", "b", "c", "d"], stored_threshold=0.5, target_sensitivity=0.5)
+    at = wilson["at_target_sensitivity"]
+    assert at["rule"] == "wilson" and not at["deployable"] and "2 positive films" in at["refused"]
+    assert at["other_rule"]["threshold"] == pytest.approx(0.6)
 
 
 def test_wilson_interval_for_8_of_10_is_the_textbook_one():
