@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 EXE = Path(sys.executable).with_name("xray-worker")
 MODEL = ROOT / "models" / "pneumonia-resnet18" / "export.pkl"
-MODEL_SHA256 = "805c677ce177ae088547ac9f8ac56740c4718ffb7bc69215466f7f6d7c149547"
+MODEL_SHA256 = "dd1b89a27da09b7811fbf9245a598666471395dc9364d0ad1f89550a8e266b91"
 CHARTED = ("volume", "positive-rate", "p-distribution", "refusals", "failures", "hourly", "workers")
 WIDTH, HEIGHT = 1100, 5200
 

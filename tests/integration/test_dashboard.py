@@ -26,7 +26,7 @@ pytest_plugins = ["db_fixtures"]
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = ROOT / "models" / "pneumonia-resnet18" / "export.pkl"
-SHIPPED_SHA256 = "805c677ce177ae088547ac9f8ac56740c4718ffb7bc69215466f7f6d7c149547"
+SHIPPED_SHA256 = "dd1b89a27da09b7811fbf9245a598666471395dc9364d0ad1f89550a8e266b91"
 SECTIONS = (
     "volume",
     "positive-rate",

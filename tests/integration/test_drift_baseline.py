@@ -15,6 +15,7 @@ from click.testing import CliRunner
 
 from training.cli import cli as train_cli
 from worker.cli import cli as worker_cli
+from worker.config import SHIPPED_BUNDLE_SHA256
 from worker.drift.sample import BASELINE_FILE, Sample, load_baseline, size_class
 from worker.drift.stats import PERCENTILES
 from worker.errors import ConfigError
@@ -22,7 +23,7 @@ from worker.model.learner import file_sha256
 
 pytestmark = pytest.mark.slow
 MODELS = Path(__file__).resolve().parents[2] / "models" / "pneumonia-resnet18"
-SHIPPED_SHA256 = "805c677ce177ae088547ac9f8ac56740c4718ffb7bc69215466f7f6d7c149547"
+SHIPPED_SHA256 = "dd1b89a27da09b7811fbf9245a598666471395dc9364d0ad1f89550a8e266b91"
 
 
 def predict(model: Path, sha256: str, folder: Path) -> list[dict]:
@@ -47,6 +48,7 @@ def assert_agrees(baseline: dict, answers: list[dict]) -> None:
 
 
 def test_the_shipped_baseline_is_what_the_shipped_model_says(data_dir: Path):
+    """``site-check`` made the baseline with the learner (torch): the same runtime answers here."""
     baseline = load_baseline(MODELS / "export.pkl", SHIPPED_SHA256)
     assert (baseline["site"], baseline["films"], baseline["model_sha256"]) == (
         "kermany-test",
@@ -55,7 +57,32 @@ def test_the_shipped_baseline_is_what_the_shipped_model_says(data_dir: Path):
     )
     assert_agrees(baseline, predict(MODELS / "export.pkl", SHIPPED_SHA256, data_dir / "site_sample"))
     sample = Sample.of_baseline(baseline)
-    assert 0.5 < sample.positive_rate < 0.7 and sample.refusal_rate < 0.02  # an enriched sample
+    # an enriched sample (175 of 292 films are pneumonia), at an operating point chosen for sensitivity
+    assert 0.6 < sample.positive_rate < 0.75 and sample.refusal_rate < 0.02
+
+
+def test_no_film_of_site_sample_is_within_1e6_of_the_threshold_on_either_runtime(data_dir: Path):
+    """The threshold lies between two films' scores, so a rounding change in P (torch against
+    ONNX, or a 1e-9 change in every P) moves no label of the sample it was chosen on; and both
+    runtimes label every film alike."""
+    learner = predict(MODELS / "export.pkl", SHIPPED_SHA256, data_dir / "site_sample")
+    bundle = predict(MODELS / "onnx", SHIPPED_BUNDLE_SHA256, data_dir / "site_sample")
+    threshold = json.loads((MODELS / "onnx" / "bundle.json").read_text())["metadata"]["threshold"]
+    assert load_baseline(MODELS / "export.pkl", SHIPPED_SHA256)["threshold"] == threshold
+    labels = {}
+    for name, answers in (("torch", learner), ("onnx", bundle)):
+        screened = [a for a in answers if a["outcome"] == "screened"]
+        assert len(screened) == 289, name
+        p = np.array([a["positive_probability"] for a in screened])
+        assert np.abs(p - threshold).min() > 1e-6, name
+        assert (
+            ((p + 1e-9) >= threshold).tolist()
+            == ((p - 1e-9) >= threshold).tolist()
+            == (p >= threshold).tolist()
+        )
+        assert [a["label"] == a["positive_class"] for a in screened] == (p >= threshold).tolist()
+        labels[name] = {a["path"]: a["label"] for a in screened}
+    assert labels["torch"] == labels["onnx"]
 
 
 def test_site_check_store_writes_the_baseline_beside_the_model(data_dir: Path, tmp_path: Path):
@@ -97,7 +124,7 @@ def test_a_bundle_finds_the_baseline_of_the_learner_it_was_exported_from(tmp_pat
     assert load_baseline(model / "onnx", "ab" * 32)["model_sha256"] == SHIPPED_SHA256
     assert load_baseline(model / "onnx" / "bundle.json", "ab" * 32)["site"] == "kermany-test"
     (model / "onnx" / "bundle.json").write_text(json.dumps({"source": {"sha256": "cd" * 32}}))
-    with pytest.raises(ConfigError, match="describes model 805c677ce177"):
+    with pytest.raises(ConfigError, match="describes model dd1b89a27da0"):
         load_baseline(model / "onnx", "ab" * 32)
     with pytest.raises(ConfigError, match="no site baseline at"):
         load_baseline(tmp_path / "elsewhere" / "export.pkl", "ab" * 32)
