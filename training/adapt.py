@@ -1,11 +1,21 @@
 """Adapting a model to a site: fine-tune on its labelled films, refit the gate, calibrate.
 
-``xray-train adapt MODEL SITE_DIR --out DIR``. The site's sample is split by patient: the
-**adaptation** part trains (and fits the gate's class means and covariance), the
-**held-back** part makes every choice that needs films the network did not train on (the
-gate's limit, the calibration, the threshold) and gives the figures of the card. Nothing
-of the held-back patients is ever trained on. The source model is not changed; the result
-is a new model file with its own card, and it is never the shipped default.
+``xray-train adapt MODEL SITE_DIR --out DIR``. Every labelled film of the site serves twice,
+never for the same thing at once (**cross-fitting**):
+
+- the site's patients are split into ``folds`` groups; for each, a copy of the source model is
+  fine-tuned on the other groups and scores the films of this one. So every film gets a score
+  (and a gate score) from a model that never saw its patient;
+- those cross-fitted scores fit the calibration, choose the operating point
+  (``training/operating.py``: by default the highest threshold whose lower 95% bound of
+  sensitivity reaches the target) and give every figure of the card;
+- the adapted model itself is fine-tuned on all the films, with the same recipe.
+
+An operating point that is not deployable (the sensitivity interval cannot reach the target on
+this many positives, or specificity's lower bound is below ``min_specificity``) is refused: no
+model is written, and the card and metrics.json say what it would take (how many more labelled
+films of each class). The source model is not changed; the result is a new model file with
+its own card, and it is never the shipped default.
 
 The adapted model keeps the source's inference pipeline exactly (decoder, resize,
 normalisation): the fine-tuning runs on DataLoaders built with the same transforms, and the
@@ -15,18 +25,20 @@ source's (empty) DataLoaders are put back before export.
 from __future__ import annotations
 
 import datetime as dt
+import random
 import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from training.operating import MIN_SPECIFICITY, choose, needs_words
 from training.site_check import calibration_fit, patient_groups, site_statistics, write_json
-from training.split import split_groups
 
 
 @dataclass(frozen=True)
@@ -34,15 +46,39 @@ class AdaptPlan:
     epochs: int = 12
     lr: float = 1e-3
     batch_size: int = 32
-    held_back: float = 0.3  # share of the site's patients kept out of training
+    folds: int = 5  # cross-fitting: each film scored by a model fine-tuned without its patient
     seed: int = 42
     augment_level: str = "mild"
     target_sensitivity: float = 0.95
+    rule: str = "wilson"  # how the operating point is chosen (training/operating.py)
+    min_specificity: float = MIN_SPECIFICITY
     calibrate: str = "platt"
-    refuse_share: float = 0.02  # the gate's limit on the held-back films
+    refuse_share: float = 0.02  # the gate's limit: this share of films it did not train on
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def patient_folds(groups: Sequence[str], folds: int, seed: int) -> np.ndarray:
+    """The fold (0 .. folds-1) of every film: patients shuffled with ``seed`` and dealt out in
+    turn, so a patient's films share a fold and the folds differ by at most one patient."""
+    patients = sorted(set(groups))
+    if len(patients) < folds:
+        raise ValueError(f"the site sample has {len(patients)} patients: too few for {folds} folds")
+    random.Random(seed).shuffle(patients)
+    fold_of = {pid: i % folds for i, pid in enumerate(patients)}
+    return np.array([fold_of[g] for g in groups])
+
+
+@dataclass(frozen=True)
+class _Fold:
+    """What one cross-fitting fold gives: scores of its held films, and its gate's settings."""
+
+    held: np.ndarray  # indexes of the films it scored
+    p_pos: np.ndarray  # their P(positive), uncalibrated
+    gate_scores: np.ndarray  # their image-gate scores by the fold's own gate
+    gate_limit: float
+    layer_scales: dict[str, float]
 
 
 def run_adapt(
@@ -54,16 +90,15 @@ def run_adapt(
     labels_csv: Path | None = None,
     name: str | None = None,
     progress: bool = False,
-    echo=print,
+    echo: Callable[[str], Any] = print,
 ) -> dict[str, Any]:
-    """Fine-tune ``model`` (a ``LoadedModel``) on the site's sample and write the adapted model,
-    metrics.json and MODEL_CARD.md into ``out_dir``. Returns the facts."""
+    """Fine-tune ``model`` (a ``LoadedModel``) on the site's sample and write metrics.json,
+    MODEL_CARD.md and, if its operating point is deployable, the adapted model into ``out_dir``.
+    Returns the facts (``facts["deployable"]``)."""
     from training.data import labelled_files
     from training.evaluation import evaluate_files
-    from training.gate import layer_features
     from worker.model.calibration import Calibration, margins_of
-    from worker.model.gate import ImageGate, fit_gate
-    from worker.model.learner import file_sha256, load_model
+    from worker.model.gate import ImageGate
 
     start = time.perf_counter()
     if labels_csv is None and (site_dir / "labels.csv").is_file():
@@ -78,130 +113,259 @@ def run_adapt(
     files = [p.path for p in before.predictions]
     groups, groups_from = patient_groups(files, [patient_of[str(f)] for f in files])
     y = before.labels.astype(bool)
-    train_idx, held_idx = split_groups(groups, plan.held_back, plan.seed)
-    if len(set(y[held_idx])) < 2 or len(set(y[train_idx])) < 2:
-        raise ValueError("the site sample is too small: each side of the patient split needs both classes")
+    if y.all() or not y.any():
+        raise ValueError("the site sample needs films of both classes")
+    fold_of = patient_folds(groups, plan.folds, plan.seed)
     echo(
-        f"{len(files)} films of {len(set(groups))} patients ({groups_from}): {len(train_idx)} to adapt on, "
-        f"{len(held_idx)} held back ({len(set(groups[i] for i in held_idx))} patients)"
+        f"{len(files)} films of {len(set(groups))} patients ({groups_from}); {plan.folds} folds of patients: "
+        f"{plan.folds} fine-tunings to score every film without its patient, and one on all films"
     )
+    source_gate = ImageGate.of(model)  # parses the stored statistics: once
+    layers = source_gate.layer_names if source_gate else ("penultimate", "0.6")
 
-    learn = model.learner
-    source_dls = learn.dls
-    learn.dls = _site_dataloaders(
-        model, [files[i] for i in train_idx], y[train_idx], [files[i] for i in held_idx], y[held_idx], plan
-    )
-    _fine_tune(learn, plan, progress, echo)
-    learn.dls = source_dls  # the source's inference pipeline, exactly
-    learn.xray_metadata = {}
+    folds = [
+        _cross_fit_fold(model, files, y, fold_of, k, layers, plan, progress, echo) for k in range(plan.folds)
+    ]
+    p_cross = np.empty(len(files))
+    gate_cross = np.empty(len(files))
+    for fold in folds:
+        p_cross[fold.held] = fold.p_pos
+        gate_cross[fold.held] = fold.gate_scores / fold.gate_limit  # > 1: its fold's gate refuses it
 
-    with tempfile.TemporaryDirectory() as tmp:
-        draft = Path(tmp) / "export.pkl"
-        learn.export(draft)
-        adapted = load_model(draft, trust=True, positive_class=model.positive_class)
-        held_files = [(files[i], model.vocab[int(y[i])]) for i in held_idx]
-        after = evaluate_files(adapted, held_files, calibrate=False)
-        source_gate = ImageGate.of(model)  # parses the stored statistics: once
-        layers = source_gate.layer_names if source_gate else ("penultimate", "0.6")
-        f_train, kept, _ = layer_features(adapted, [files[i] for i in train_idx], layers)
-        f_held, _, _ = layer_features(adapted, [files[i] for i in held_idx], layers)
-    gate = fit_gate(
-        f_train,
-        y[train_idx][kept].astype(int),
-        f_held,
-        refuse_share=plan.refuse_share,
-        fitted_on=f"{site_dir} ({len(train_idx)} adaptation films; limit on {len(held_idx)} held-back films)",
-    )
-    y_held, held_groups = y[held_idx], [groups[i] for i in held_idx]
-    margins = margins_of(after.p_pos)
+    margins = margins_of(p_cross)
     fitted = calibration_fit(
         margins,
-        y_held,
-        held_groups,
+        y,
+        groups,
         plan.calibrate,
         plan.target_sensitivity,
-        f"{site}: {len(held_idx)} held-back films",
+        f"{site}: {len(files)} films, cross-fitted ({plan.folds} folds)",
+        rule=plan.rule,
     )
-    calibration = Calibration.from_metadata(fitted)
-    p_held = calibration.positive(margins)
+    p_calibrated = Calibration.from_metadata(fitted).positive(margins)
+    point = choose(y, p_calibrated, plan.target_sensitivity, plan.rule, min_specificity=plan.min_specificity)
     stats = site_statistics(
-        y_held,
-        p_held,
-        held_groups,
-        stored_threshold=fitted["threshold"],
+        y,
+        p_calibrated,
+        groups,
+        stored_threshold=point.threshold,
         target_sensitivity=plan.target_sensitivity,
+        rule=plan.rule,
+        min_specificity=plan.min_specificity,
     )
+    in_use = Calibration.of(model)  # the source as the worker labels with it: its calibration, its threshold
     stats_before = site_statistics(
-        y_held,
-        before.p_pos[held_idx],
-        held_groups,
+        y,
+        in_use.positive(margins_of(before.p_pos)) if in_use is not None else before.p_pos,
+        groups,
         stored_threshold=float(model.metadata.get("threshold") or 0.5),
         target_sensitivity=plan.target_sensitivity,
+        rule=plan.rule,
+        min_specificity=plan.min_specificity,
     )
     today = dt.date.today().isoformat()
     out_dir.mkdir(parents=True, exist_ok=True)
-    out_path = out_dir / "export.pkl"
-    metadata = {
-        **{
-            k: v
-            for k, v in model.metadata.items()
-            if k not in ("site_profile", "calibration", "gate", "sha256")
-        },
-        "name": f"{model.name}-{site}",
-        "version": today,
-        "threshold": fitted["threshold"],
-        "target_sensitivity": plan.target_sensitivity,
-        "calibration": {k: fitted[k] for k in ("method", "scale", "bias", "fitted_on")},
-        "gate": gate.to_metadata(),
-        "site_profile": {
-            "name": site,
-            "threshold": fitted["threshold"],
-            "target_sensitivity": plan.target_sensitivity,
-            "sensitivity": stats["at_stored_threshold"]["sensitivity"]["value"],
-            "specificity": stats["at_stored_threshold"]["specificity"]["value"],
-            "auc": stats["auc"],
-            "auc_ci": stats["auc_ci"],
-            "n": stats["n"],
-            "patients": stats["patients"],
-            "checked_on": today,
-            "sample": f"{site_dir} (held-back patients)",
-            "calibration": fitted["method"],
-            "ece_cross_fitted": fitted["ece_cross_fitted"],
-        },
-        "adapted_from": {"name": model.name, "version": model.version, "sha256": model.sha256},
-    }
-    adapted.learner.xray_metadata = metadata
-    adapted.learner.export(out_path.resolve())
-    sha = file_sha256(out_path)
-    held_refused = float(np.mean(gate.scores(f_held) > gate.limit))
-    facts = {
-        "model": {**metadata, "sha256": sha, "gate": {"limit": gate.limit, "layers": list(gate.layer_names)}},
-        "source": {"path": str(model.path), "name": model.name, "sha256": model.sha256},
+    (out_dir / "export.pkl").unlink(missing_ok=True)  # never leave an earlier run's model beside this card
+    facts: dict[str, Any] = {
         "site": site,
         "sample": str(site_dir),
         "labels": str(labels_csv) if labels_csv else "class folders",
+        "positive_class": model.positive_class,
+        "negative_class": _negative(model),
+        "source": {"path": str(model.path), "name": model.name, "sha256": model.sha256},
         "plan": plan.as_dict(),
         "split": {
             "patients_from": groups_from,
-            "adapt": {"films": len(train_idx), "counts": _counts(y[train_idx], model)},
-            "held_back": {
-                "films": len(held_idx),
-                "counts": _counts(y_held, model),
-                "patients": stats["patients"],
-            },
+            "films": len(files),
+            "patients": len(set(groups)),
+            "counts": _counts(y, model),
+            "folds": [
+                {
+                    "films": len(f.held),
+                    "patients": len({groups[i] for i in f.held}),
+                    "counts": _counts(y[f.held], model),
+                }
+                for f in folds
+            ],
         },
         "unreadable": [{"path": str(f.path), "reason": f.reason} for f in before.failures],
-        "held_back_before": _brief(stats_before),
-        "held_back_after": _brief(stats),
+        "before": _brief(stats_before),
+        "cross_fitted": _brief(stats),
+        "operating_point": point.as_dict(),
+        "deployable": point.deployable,
         "calibration": {k: v for k, v in fitted.items() if k != "bins_cross_fitted"},
-        "gate": {"limit": gate.limit, "held_back_refused": held_refused},
-        "seconds": time.perf_counter() - start,
-        "command": sys.argv,
-        "finished": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "gate": {
+            "limit": float(np.median([f.gate_limit for f in folds])),
+            "cross_fitted_refused": float(np.mean(gate_cross > 1.0)),
+        },
     }
+    if point.deployable:
+        adapted, gate = _final_model(model, files, y, layers, folds, plan, progress, echo, site_dir)
+        metadata = {
+            **{
+                k: v
+                for k, v in model.metadata.items()
+                if k not in ("site_profile", "calibration", "gate", "sha256")
+            },
+            "name": f"{model.name}-{site}",
+            "version": today,
+            "threshold": point.threshold,
+            "target_sensitivity": plan.target_sensitivity,
+            "calibration": {k: fitted[k] for k in ("method", "scale", "bias", "fitted_on")},
+            "gate": gate.to_metadata(),
+            "site_profile": {
+                "name": site,
+                "threshold": point.threshold,
+                "target_sensitivity": plan.target_sensitivity,
+                "rule": plan.rule,
+                "sensitivity": point.sensitivity,
+                "sensitivity_lower": point.sensitivity_lower,
+                "specificity": point.specificity,
+                "specificity_lower": point.specificity_lower,
+                "auc": stats["auc"],
+                "auc_ci": stats["auc_ci"],
+                "n": stats["n"],
+                "patients": stats["patients"],
+                "checked_on": today,
+                "sample": f"{site_dir} (cross-fitted, {plan.folds} folds of patients)",
+                "calibration": fitted["method"],
+                "ece_cross_fitted": fitted["ece_cross_fitted"],
+            },
+            "adapted_from": {"name": model.name, "version": model.version, "sha256": model.sha256},
+        }
+        out_path = out_dir / "export.pkl"
+        adapted.learner.xray_metadata = metadata
+        adapted.learner.export(out_path.resolve())
+        from worker.model.learner import file_sha256
+
+        facts["model"] = {
+            **metadata,
+            "sha256": file_sha256(out_path),
+            "gate": {"limit": gate.limit, "layers": list(gate.layer_names)},
+        }
+    else:
+        facts["model"] = {"name": f"{model.name}-{site}", "version": today, "written": False}
+    facts["seconds"] = time.perf_counter() - start
+    facts["command"] = sys.argv
+    facts["finished"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     write_json(out_dir / "metrics.json", facts)
     write_adapt_card(out_dir / "MODEL_CARD.md", facts)
     return facts
+
+
+def _fine_tuned(
+    model: Any,
+    train: list[Path],
+    y_train: np.ndarray,
+    valid: list[Path],
+    y_valid: np.ndarray,
+    plan: AdaptPlan,
+    progress: bool,
+    echo: Callable[[str], Any],
+    tmp: Path,
+) -> Any:
+    """A fresh copy of the source model, fine-tuned on ``train``, exported and loaded back as the
+    worker loads it (``valid`` is only watched, never trained on)."""
+    from training.recipe import seed_everything
+    from worker.model.learner import load_model
+
+    copy = load_model(model.path, sha256=model.sha256, positive_class=model.positive_class)
+    learn = copy.learner
+    source_dls = learn.dls
+    seed_everything(plan.seed)  # before the DataLoaders: their shuffling draws from it too
+    learn.dls = _site_dataloaders(model, train, y_train, valid, y_valid, plan)
+    _fine_tune(learn, plan, progress, echo)
+    learn.dls = source_dls  # the source's inference pipeline, exactly
+    learn.xray_metadata = {}
+    draft = tmp / "export.pkl"
+    learn.export(draft)
+    return load_model(draft, trust=True, positive_class=model.positive_class)
+
+
+def _cross_fit_fold(
+    model: Any,
+    files: list[Path],
+    y: np.ndarray,
+    fold_of: np.ndarray,
+    k: int,
+    layers: tuple[str, ...],
+    plan: AdaptPlan,
+    progress: bool,
+    echo: Callable[[str], Any],
+) -> _Fold:
+    """Fine-tune without fold ``k``'s patients; score its films, and fit the fold's own gate."""
+    from training.evaluation import evaluate_files
+    from training.gate import layer_features
+    from worker.model.gate import fit_gate
+
+    train = np.flatnonzero(fold_of != k)
+    held = np.flatnonzero(fold_of == k)
+    if len(set(y[train])) < 2:
+        raise ValueError(
+            f"fold {k + 1}: the films left to train on are of one class: the site sample is too small"
+        )
+    echo(f"fold {k + 1}/{plan.folds}: fine-tuning on {len(train)} films, scoring {len(held)}")
+    with tempfile.TemporaryDirectory() as tmp:
+        fold_model = _fine_tuned(
+            model,
+            [files[i] for i in train],
+            y[train],
+            [files[i] for i in held],
+            y[held],
+            plan,
+            progress,
+            echo,
+            Path(tmp),
+        )
+        scored = evaluate_files(
+            fold_model, [(files[i], model.vocab[int(y[i])]) for i in held], calibrate=False
+        )
+        f_train, kept, _ = layer_features(fold_model, [files[i] for i in train], layers)
+        f_held, held_kept, _ = layer_features(fold_model, [files[i] for i in held], layers)
+    if len(scored.predictions) != len(held) or len(held_kept) != len(held):
+        raise ValueError(f"fold {k + 1}: a film the source model read could not be read again")
+    gate = fit_gate(f_train, y[train][kept].astype(int), f_held, refuse_share=plan.refuse_share)
+    return _Fold(
+        held=held,
+        p_pos=scored.p_pos,
+        gate_scores=gate.scores(f_held),
+        gate_limit=gate.limit,
+        layer_scales={layer.layer: layer.scale for layer in gate.layers},
+    )
+
+
+def _final_model(
+    model: Any,
+    files: list[Path],
+    y: np.ndarray,
+    layers: tuple[str, ...],
+    folds: list[_Fold],
+    plan: AdaptPlan,
+    progress: bool,
+    echo: Callable[[str], Any],
+    site_dir: Path,
+) -> tuple[Any, Any]:
+    """The adapted model, fine-tuned on every film, and its gate: class means and covariance of its
+    own features on all films; each layer's scale and the limit are the folds' medians (each set on
+    films its fold's model did not train on)."""
+    from training.gate import layer_features
+    from worker.model.gate import ImageGate, LayerStats, fit_layer
+
+    echo(f"the adapted model: fine-tuning on all {len(files)} films")
+    with tempfile.TemporaryDirectory() as tmp:
+        adapted = _fine_tuned(model, files, y, [], np.array([], dtype=bool), plan, progress, echo, Path(tmp))
+        features, kept, _ = layer_features(adapted, files, layers)
+    stats = []
+    for name in layers:
+        fitted = fit_layer(name, features[name], y[kept].astype(int))
+        scale = float(np.median([f.layer_scales[name] for f in folds]))
+        stats.append(LayerStats(name, fitted.means, fitted.precision, scale))
+    gate = ImageGate(
+        tuple(stats),
+        float(np.median([f.gate_limit for f in folds])),
+        f"{site_dir} ({len(files)} films; scales and limit cross-fitted over {plan.folds} folds)",
+    )
+    return adapted, gate
 
 
 def _site_dataloaders(
@@ -246,8 +410,16 @@ def _fine_tune(learn: Any, plan: AdaptPlan, progress: bool, echo) -> None:
     else:
         with learn.no_bar(), learn.no_logging():
             learn.fit_one_cycle(plan.epochs, plan.lr)
-        for i, v in enumerate(learn.recorder.values):
-            echo(f"epoch {i + 1}/{plan.epochs}  train_loss {v[0]:.4f}  valid_loss {v[1]:.4f}")
+    values = learn.recorder.values
+    if values:
+        first, last = values[0], values[-1]
+        scored = len(last) > 1 and last[1] is not None and np.isfinite(last[1])
+        watched = f", loss on the films it scores {_loss(last[1])}" if scored else ""
+        echo(f"  {plan.epochs} epochs: train_loss {_loss(first[0])} -> {_loss(last[0])}{watched}")
+
+
+def _loss(value: Any) -> str:
+    return "-" if value is None or not np.isfinite(value) else f"{value:.4f}"
 
 
 def _counts(y: np.ndarray, model: Any) -> dict[str, int]:
@@ -273,59 +445,94 @@ def _brief(stats: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _rate(r: dict[str, Any]) -> str:
+    return f"{r['value']:.3f} [{r['ci'][0]:.3f}-{r['ci'][1]:.3f}] ({r['count']})"
+
+
+def _auc(stats: dict[str, Any]) -> str:
+    return f"{stats['auc']:.3f} [{stats['auc_ci'][0]:.3f}-{stats['auc_ci'][1]:.3f}]"
+
+
+def refusal_line(facts: dict[str, Any]) -> str:
+    """Why an adapted model was not written, and what would change that."""
+    point = facts["operating_point"]
+    needs = needs_words(
+        point["needs"], facts["split"]["films"], facts["positive_class"], facts["negative_class"]
+    )
+    return f"NOT WRITTEN: its operating point is not deployable: {point['refused']}; {needs}"
+
+
 def write_adapt_card(path: Path, facts: dict[str, Any]) -> None:
-    """The adapted model's card: which data, which figures on which split."""
-    m, b, a, s = facts["model"], facts["held_back_before"], facts["held_back_after"], facts["split"]
-    cal, plan = facts["calibration"], facts["plan"]
-
-    def ci(stats: dict[str, Any]) -> str:
-        return f"{stats['auc']:.3f} [{stats['auc_ci'][0]:.3f}-{stats['auc_ci'][1]:.3f}]"
-
-    def rate(r: dict[str, Any]) -> str:
-        return f"{r['value']:.3f} [{r['ci'][0]:.3f}-{r['ci'][1]:.3f}] ({r['count']})"
-
-    lines = [
-        f"# Model card: {m['name']} {m['version']} (adapted to site {facts['site']})",
-        "",
-        "A **site-adapted** screening aid, not the shipped default: it was fine-tuned on one site's",
-        "labelled films and is meant for that site only. It is not a diagnosis.",
+    """The adapted model's card (or, when its operating point was refused, why it was not written):
+    which data, which figures, on which films."""
+    m, b, a, s = facts["model"], facts["before"], facts["cross_fitted"], facts["split"]
+    cal, plan, point = facts["calibration"], facts["plan"], facts["operating_point"]
+    title = f"# Model card: {m['name']} {m['version']} (adapted to site {facts['site']})"
+    lines = [title, ""]
+    if facts["deployable"]:
+        lines += [
+            "A **site-adapted** screening aid, not the shipped default: it was fine-tuned on one site's",
+            "labelled films and is meant for that site only. It is not a diagnosis.",
+        ]
+    else:
+        lines += [
+            f"**{refusal_line(facts)}**",
+            "",
+            "No model file was written. The figures below are what the adaptation gave.",
+        ]
+    target = plan["target_sensitivity"]
+    rule = (
+        f"the highest threshold whose lower 95% Wilson bound of sensitivity reaches {target}"
+        if plan["rule"] == "wilson"
+        else f"the highest threshold whose sensitivity on the films reaches {target}"
+    )
+    lines += [
         "",
         "## Source and data",
         f"- Source model: {facts['source']['name']}, SHA-256 `{facts['source']['sha256']}`.",
-        f"- Site sample: `{facts['sample']}` (labels: {facts['labels']}), split by patient "
-        f"({s['patients_from']}), seed {plan['seed']}:",
-        f"  - adaptation part: {s['adapt']['films']} films {s['adapt']['counts']}: fine-tuning, and the",
-        "    gate's class means and covariance;",
-        f"  - held-back part: {s['held_back']['films']} films {s['held_back']['counts']} of "
-        f"{s['held_back']['patients']} patients: the gate's limit, the calibration, the threshold,",
-        "    and every figure below. No held-back patient was trained on.",
+        f"- Site sample: `{facts['sample']}` (labels: {facts['labels']}): {s['films']} films {s['counts']} "
+        f"of {s['patients']} patients ({s['patients_from']}).",
+        f"- Cross-fitting: the patients dealt into {plan['folds']} folds (seed {plan['seed']}); for each",
+        "  fold a copy of the source was fine-tuned on the other folds and scored this one, so every",
+        "  film below has a score from a model that never saw its patient. Those scores fit the",
+        "  calibration, chose the threshold and give every figure. The adapted model was then",
+        "  fine-tuned on all the films.",
         f"- Fine-tuning: `fit_one_cycle({plan['epochs']}, {plan['lr']})`, batch {plan['batch_size']}, "
         f"{plan['augment_level']} augmentation, cross-entropy with class weights, nothing frozen.",
         "",
-        "## Figures on the held-back patients",
+        "## Figures (every film, cross-fitted)",
         "| model | ROC AUC [95% CI, bootstrap of patients] | threshold | sensitivity | specificity | ECE |",
         "|---|---|---|---|---|---|",
-        f"| source (its own threshold, uncalibrated) | {ci(b)} | {b['threshold']:.4f} | "
-        f"{rate(b['sensitivity'])} | {rate(b['specificity'])} | {b['ece']:.3f} |",
-        f"| **adapted** ({cal['method']}-calibrated) | **{ci(a)}** | {a['threshold']:.4f} | "
-        f"{rate(a['sensitivity'])} | {rate(a['specificity'])} | "
+        f"| source (as the worker labels with it) | {_auc(b)} | {b['threshold']:.4f} | "
+        f"{_rate(b['sensitivity'])} | {_rate(b['specificity'])} | {b['ece']:.3f} |",
+        f"| **adapted** ({cal['method']}-calibrated) | **{_auc(a)}** | {a['threshold']:.4f} | "
+        f"{_rate(a['sensitivity'])} | {_rate(a['specificity'])} | "
         f"{a['ece']:.3f} in sample, {cal['ece_cross_fitted']:.3f} cross-fitted |",
         "",
-        f"The threshold is the highest reaching sensitivity {plan['target_sensitivity']} on the held-back",
-        "films, on the calibrated scale, so its sensitivity and specificity above are in-sample for the",
-        "threshold (the AUC is not: it needs no threshold). The ECE cross-fitted gives each",
-        "held-back patient a calibration fitted on the other held-back patients.",
+        f"The rule: {rule}, provided the lower bound of specificity there is at least",
+        f"{plan['min_specificity']}. Here: threshold {point['threshold']:.4f}, lower bounds "
+        f"{point['sensitivity_lower']:.3f} (sensitivity) and {point['specificity_lower']:.3f} (specificity).",
+        "The AUC needs no threshold; the rates are of the films that chose the threshold. The adapted",
+        f"model, trained on all {s['films']} films rather than {plan['folds'] - 1}/{plan['folds']} of them, "
+        "may do a little better.",
         "",
         "## Gate",
-        f"- Refitted on the adaptation films (layers {', '.join(m['gate']['layers'])}); "
-        f"limit {m['gate']['limit']:.3f},",
-        f"  set to refuse {plan['refuse_share']:.0%} of the held-back films "
-        f"(refuses {facts['gate']['held_back_refused']:.1%} of them).",
-        "",
-        "## File",
-        f"`export.pkl`, SHA-256 `{m['sha256']}`; pin it in `[model] sha256`. "
-        f"Adaptation took {facts['seconds']:.0f} s.",
+        f"- Cross-fitted: each fold's model's gate, fitted on its training films, refuses "
+        f"{facts['gate']['cross_fitted_refused']:.1%} of the films it did not train on "
+        f"(limit set to refuse {plan['refuse_share']:.0%}).",
     ]
+    if facts["deployable"]:
+        lines += [
+            f"- The adapted model's gate: its own class means and covariance on all films (layers "
+            f"{', '.join(m['gate']['layers'])}), the folds' median scales and limit "
+            f"({m['gate']['limit']:.3f}).",
+            "",
+            "## File",
+            f"`export.pkl`, SHA-256 `{m['sha256']}`; pin it in `[model] sha256`. "
+            f"Adaptation took {facts['seconds']:.0f} s.",
+        ]
+    else:
+        lines += ["", f"Adaptation took {facts['seconds']:.0f} s."]
     if facts["unreadable"]:
         lines.append(f"\n{len(facts['unreadable'])} films of the sample could not be read (metrics.json).")
     path.write_text("\n".join(lines) + "\n")
@@ -333,14 +540,18 @@ def write_adapt_card(path: Path, facts: dict[str, Any]) -> None:
 
 def adapt_summary(facts: dict[str, Any]) -> list[str]:
     """The lines ``xray-train adapt`` prints."""
-    b, a = facts["held_back_before"], facts["held_back_after"]
-    return [
-        f"held-back patients: AUC {b['auc']:.3f} [{b['auc_ci'][0]:.3f}-{b['auc_ci'][1]:.3f}] before, "
-        f"{a['auc']:.3f} [{a['auc_ci'][0]:.3f}-{a['auc_ci'][1]:.3f}] adapted",
-        f"adapted at threshold {a['threshold']:.4f} ({facts['calibration']['method']}-calibrated): "
-        f"sensitivity {a['sensitivity']['value']:.3f}, specificity {a['specificity']['value']:.3f} "
-        f"(held-back, in sample); ECE {facts['calibration']['ece_cross_fitted']:.3f} cross-fitted",
-        f"gate refitted: limit {facts['gate']['limit']:.3f}, "
-        f"refuses {facts['gate']['held_back_refused']:.1%} of the held-back films",
-        f"wrote {facts['model']['name']} (SHA-256 {facts['model']['sha256']})",
+    b, a, point = facts["before"], facts["cross_fitted"], facts["operating_point"]
+    lines = [
+        f"every film, cross-fitted: AUC {_auc(b)} before, {_auc(a)} adapted",
+        f"operating point {point['threshold']:.4f} ({facts['calibration']['method']}-calibrated, "
+        f"{point['rule']} rule): sensitivity {point['sensitivity']:.3f} "
+        f"(lower bound {point['sensitivity_lower']:.3f}), "
+        f"specificity {point['specificity']:.3f} (lower bound {point['specificity_lower']:.3f}); "
+        f"ECE {facts['calibration']['ece_cross_fitted']:.3f} cross-fitted",
+        f"gate: refuses {facts['gate']['cross_fitted_refused']:.1%} of the films its fold did not train on",
     ]
+    if facts["deployable"]:
+        lines.append(f"wrote {facts['model']['name']} (SHA-256 {facts['model']['sha256']})")
+    else:
+        lines.append(refusal_line(facts))
+    return lines

@@ -250,12 +250,28 @@ def evaluate_command(
     default=0.95,
     show_default=True,
     type=click.FloatRange(0, 1, min_open=True),
-    help="The site threshold is the highest reaching this sensitivity on the sample.",
+    help="The site threshold is the highest reaching this sensitivity (by --rule) on the sample.",
+)
+@click.option(
+    "--rule",
+    type=click.Choice(["wilson", "point"]),
+    default="wilson",
+    show_default=True,
+    help="wilson: the lower 95% bound of sensitivity reaches the target (it holds on new patients); "
+    "point: the sample's sensitivity does (the rule before December 2026).",
+)
+@click.option(
+    "--min-specificity",
+    default=0.5,
+    show_default=True,
+    type=click.FloatRange(0, 1),
+    help="An operating point whose specificity's lower 95% bound is below this is not deployable.",
 )
 @click.option(
     "--store",
     is_flag=True,
-    help="If fit: store the site threshold and a site profile in the model file (its SHA-256 changes).",
+    help="If fit and deployable: store the site threshold and a site profile in the model file "
+    "(its SHA-256 changes).",
 )
 @click.option(
     "--out",
@@ -286,6 +302,8 @@ def site_check_command(
     model_path: Path,
     site_dir: Path,
     target_sensitivity: float,
+    rule: str,
+    min_specificity: float,
     store: bool,
     out_dir: Path | None,
     labels_csv: Path | None,
@@ -300,14 +318,18 @@ def site_check_command(
     SITE_DIR holds class folders (NORMAL/, PNEUMONIA/) or a labels.csv (file,label and,
     best, patient_id). Reports the ROC AUC with a 95% interval (bootstrap of patients: ids
     from the CSV or from Kermany file names; of films when there are none), sensitivity and
-    specificity at the model's stored threshold (Wilson 95%), the threshold reaching
-    --target-sensitivity here, calibration (ECE, reliability.png) and the gate's refusals.
-    It fits a calibration of P to the sample (--calibrate) and reports its ECE on held-out
+    specificity at the model's stored threshold (Wilson 95%), the operating point reaching
+    --target-sensitivity here by --rule (and what the other rule would pick), calibration
+    (ECE, reliability.png) and the gate's refusals. Thresholds lie between two films' scores,
+    never on one. It fits a calibration of P to the sample (--calibrate) and reports its ECE on held-out
     patients (reliability-calibrated.png).
 
     The rule: NOT FIT when the lower bound of the AUC interval is below 0.90. Then --store
-    refuses; else it writes the site threshold, the calibration and a site profile into the
-    model file; the threshold is on the calibrated scale, so it flags the same films.
+    refuses, as it does when the operating point is not deployable (the sensitivity interval
+    cannot reach the target, or specificity's lower bound is below --min-specificity: the report
+    says how many more labelled films would do); else it writes the site threshold, the
+    calibration and a site profile into the model file; the threshold is on the calibrated
+    scale, so it flags the same films.
 
     \b
     Example:
@@ -335,6 +357,8 @@ def site_check_command(
             resamples=resamples,
             seed=seed,
             calibrate=calibrate,
+            rule=rule,
+            min_specificity=min_specificity,
         )
     except (FileNotFoundError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
@@ -344,7 +368,10 @@ def site_check_command(
     if store:
         if not report["verdict"]["fit"]:
             raise click.ClickException("not storing a site profile: the model is not fit for this site")
-        store_site_profile(model, report)
+        try:
+            store_site_profile(model, report)
+        except ValueError as exc:
+            raise click.ClickException(str(exc)) from None
         sha = file_sha256(model_path)
         if refresh_model_card(model_path.parent, model.learner.xray_metadata, sha, model.sha256):
             click.echo(f"updated {model_path.parent / 'MODEL_CARD.md'} and metrics.json")
@@ -379,15 +406,30 @@ def site_check_command(
 @click.option("--epochs", default=12, show_default=True, type=click.IntRange(1))
 @click.option("--lr", default=1e-3, show_default=True, help="Peak learning rate of the one-cycle schedule.")
 @click.option(
-    "--held-back",
-    default=0.3,
+    "--folds",
+    default=5,
     show_default=True,
-    type=click.FloatRange(0.1, 0.6),
-    help="Share of the site's patients never trained on: they set the gate, calibration and threshold.",
+    type=click.IntRange(2, 20),
+    help="Cross-fitting: each film is scored by a copy fine-tuned without its patient's fold; "
+    "those scores set the calibration, the threshold and the gate's limit.",
 )
 @click.option("--seed", default=42, show_default=True)
 @click.option(
     "--target-sensitivity", default=0.95, show_default=True, type=click.FloatRange(0, 1, min_open=True)
+)
+@click.option(
+    "--rule",
+    type=click.Choice(["wilson", "point"]),
+    default="wilson",
+    show_default=True,
+    help="wilson: the lower 95% bound of sensitivity reaches the target; point: the films' sensitivity does.",
+)
+@click.option(
+    "--min-specificity",
+    default=0.5,
+    show_default=True,
+    type=click.FloatRange(0, 1),
+    help="Refuse (write no model) when specificity's lower 95% bound is below this.",
 )
 @click.option("--calibrate", type=click.Choice(["platt", "temperature"]), default="platt", show_default=True)
 @click.option("--sha256", default="", help="Expected SHA-256 of the model (else it is trusted as yours).")
@@ -402,9 +444,14 @@ def adapt_command(
 ) -> None:
     """Fine-tune MODEL_PATH on a site's labelled films SITE_DIR; write a new, adapted model.
 
-    SITE_DIR is laid out as for site-check. Its patients are split: the adaptation part
-    trains; the held-back part sets the refitted gate's limit, the calibration and the
-    threshold, and gives the card's figures. MODEL_PATH is not changed.
+    SITE_DIR is laid out as for site-check. Every film is used, by cross-fitting: its patients
+    are dealt into --folds folds; a copy fine-tuned on the other folds scores each fold, and
+    those scores (from models that never saw the patient) set the calibration, the operating
+    point (--rule) and the gate's limit, and give the card's figures. The adapted model is
+    then fine-tuned on all the films. When the operating point is not deployable (too few
+    positives for the sensitivity interval, or specificity's lower bound under
+    --min-specificity) no model is written: the card says how many more labelled films of
+    each class it would take, and the exit status is 1. MODEL_PATH is not changed.
 
     \b
     Example:
@@ -434,6 +481,11 @@ def adapt_command(
         raise click.ClickException(str(exc)) from None
     for line in adapt_summary(facts):
         click.echo(line)
+    if not facts["deployable"]:
+        raise click.ClickException(
+            f"no model written: its operating point is not deployable (wrote {out_dir / 'MODEL_CARD.md'}, "
+            f"{out_dir / 'metrics.json'})"
+        )
     click.echo(f"wrote {out_dir / 'export.pkl'}, {out_dir / 'MODEL_CARD.md'}")
 
 
@@ -533,7 +585,7 @@ def gate_command(
     multiple=True,
     type=click.Path(exists=True, file_okay=False, path_type=Path),
     help="A labelled site folder (class subfolders, or labels.csv) to compare the variant with fp32 on; "
-    "repeat for several. A variant is accepted at >= 99.5%% label agreement and AUC within 0.002.",
+    "repeat for several. A variant is accepted at >= 99.5% label agreement and AUC within 0.002.",
 )
 @click.option("--sha256", default="", help="Expected SHA-256 of the learner (else it is trusted as yours).")
 def export_command(

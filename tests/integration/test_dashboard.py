@@ -150,7 +150,7 @@ def test_a_busy_period_has_a_chart_per_section(store: Store, db_url: str, tmp_pa
     assert page.empty == {}
     # the header: period, model, reference, database
     assert "pneumonia-resnet18 A" in text and "36 results" in text
-    assert "site profile kermany-test: 289 films with a verdict, 62.3% positive" in text
+    assert "site profile kermany-test: 289 films with a verdict, 71.3% positive" in text
     assert re.search(
         r"<dt>Period</dt><dd>\d{4}-\d\d-\d\d \d\d:\d\d to \d{4}-\d\d-\d\d \d\d:\d\d \(UTC\)</dd>", text
     )
