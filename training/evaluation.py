@@ -12,10 +12,11 @@ import numpy as np
 
 from training import plots
 from training.metrics import summarize, threshold_for_sensitivity, youden_threshold
+from worker.answers import Failure, Prediction
 from worker.config import InferenceSettings
 from worker.model.gate import ImageGate
 from worker.model.learner import LoadedModel
-from worker.model.predictor import Failure, Prediction, Predictor
+from worker.model.predictor import Predictor
 
 
 @dataclass

@@ -19,6 +19,7 @@ import pytest
 from db_support import ENGINES
 from sqlalchemy import create_engine, func, select
 
+from worker.answers import Failure, Refusal
 from worker.config import InferenceSettings, RaySettings
 from worker.db import migrate
 from worker.db.engine import make_engine
@@ -26,7 +27,7 @@ from worker.db.schema import audit_events, results, scanned_files
 from worker.db.store import Store
 from worker.decode import DEFAULT_LIMITS
 from worker.errors import ConfigError
-from worker.model.predictor import Failure, Predictor, Refusal
+from worker.model.predictor import Predictor
 from worker.names import from_stored
 from worker.scan.ray.driver import Pool, RayScanner, RayScreening, size_pool
 from worker.scan.ray.stages import FAILED, KNOWN, READY, REFUSED, Prepare, Screen, StageSpec

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from worker.answers import Prediction
 from worker.config import (
     DEFAULT_BUNDLE,
     DEFAULT_LEARNER,
@@ -26,7 +27,7 @@ from worker.errors import ConfigError, ModelError
 from worker.model.bundle import load_bundle
 from worker.model.gate import ImageGate
 from worker.model.learner import load_model
-from worker.model.predictor import Prediction, Predictor
+from worker.model.predictor import Predictor
 from worker.pipeline.hashing import sha256_file
 
 ROOT = Path(__file__).resolve().parents[2]

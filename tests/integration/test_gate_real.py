@@ -13,11 +13,11 @@ from click.testing import CliRunner
 from PIL import Image
 
 from training.cli import cli as train_cli
+from worker.answers import Prediction, Refusal
 from worker.app import open_predictor
 from worker.config import load_settings
 from worker.model.gate import ImageGate
 from worker.model.learner import load_model
-from worker.model.predictor import Prediction, Refusal
 
 
 @pytest.fixture(scope="module")

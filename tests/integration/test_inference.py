@@ -8,10 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from worker.answers import Failure, Prediction
 from worker.config import InferenceSettings
 from worker.errors import ModelError
 from worker.model.learner import XrayImage, file_sha256, load_model
-from worker.model.predictor import Failure, Prediction, Predictor
+from worker.model.predictor import Predictor
 
 
 def real_files(full_res_dir: Path, dicom_dir: Path) -> list[Path]:

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from worker.answers import Answer, Failure, Prediction, Refusal
 from worker.db.store import (
     AuditRecord,
     BatchSummary,
@@ -29,7 +30,7 @@ from worker.db.store import (
     StoredResult,
 )
 from worker.decode import DecodedImage
-from worker.errors import DecodeError, ReadError, TransientError, XrayScreenError
+from worker.errors import DecodeError, ReadError, TransientError
 from worker.names import as_text
 
 CLASSES = ("NORMAL", "PNEUMONIA")
@@ -51,37 +52,6 @@ class FakeModel:
     metadata: dict[str, Any] = field(default_factory=lambda: {"threshold": 0.5})
 
 
-@dataclass(frozen=True)
-class FakePrediction:
-    path: Path
-    label: str
-    probabilities: dict[str, float]
-    positive_probability: float
-    decoded: DecodedImage
-    decode_ms: float = 0.0
-    infer_ms: float = 0.1
-
-
-@dataclass(frozen=True)
-class FakeRefusal:
-    path: Path
-    out_of_scope: str
-
-    @property
-    def reason(self) -> str:
-        return self.out_of_scope
-
-
-@dataclass(frozen=True)
-class FakeFailure:
-    path: Path
-    error: XrayScreenError
-
-    @property
-    def reason(self) -> str:
-        return str(self.error)
-
-
 def film(label: str, probability: float, marker: str = "") -> bytes:
     """The bytes of a made-up film the fake model judges as ``label``."""
     return f"{label} {probability}\n{marker}".encode()
@@ -101,27 +71,29 @@ class FakePredictor:
     def warm_up(self) -> None:
         pass
 
-    def predict(self, paths: Iterable[Path | str]) -> Iterator[FakePrediction | FakeFailure | FakeRefusal]:
+    def predict(self, paths: Iterable[Path | str]) -> Iterator[Answer]:
         for raw in paths:
             path = Path(raw)
             self.seen.append(path)
             yield self._answer(path)
 
-    def _answer(self, path: Path) -> FakePrediction | FakeFailure | FakeRefusal:
+    def _answer(self, path: Path) -> Answer:
         try:
             first = path.read_bytes().split(b"\n", 1)[0].decode("ascii", "replace").split()
         except OSError as exc:
-            return FakeFailure(path, ReadError(f"cannot read file: {exc.strerror or exc}"))
+            return Failure(path, ReadError(f"cannot read file: {exc.strerror or exc}"))
         if first == ["EIO"]:
-            return FakeFailure(path, ReadError("cannot read file: Input/output error"))
+            return Failure(path, ReadError("cannot read file: Input/output error"))
+        decoded = DecodedImage(np.zeros((1, 1), np.uint8), "png", 64, 64, None)
         if first == ["MR"]:
-            return FakeRefusal(path, "Modality MR is not screened")
+            return Refusal(path, "Modality MR is not screened", decoded)
         if len(first) != 2 or first[0] not in CLASSES:
-            return FakeFailure(path, DecodeError("not an image: the file is text"))
+            return Failure(path, DecodeError("not an image: the file is text"))
         p = float(first[1])
         label = self.model.positive_class if p >= self.threshold else "NORMAL"
-        decoded = DecodedImage(np.zeros((1, 1), np.uint8), "png", 64, 64, None)
-        return FakePrediction(path, label, {"NORMAL": 1 - p, "PNEUMONIA": p}, p, decoded)
+        return Prediction(
+            path, label, {"NORMAL": 1 - p, "PNEUMONIA": p}, p, decoded, decode_ms=0.0, infer_ms=0.1
+        )
 
 
 class MemoryStore:

@@ -9,11 +9,12 @@ from typing import Any
 
 import numpy as np
 import pytest
-from fakes import FakeModel, FakePrediction, FakePredictor, MemoryStore, film
+from fakes import FakeModel, FakePredictor, MemoryStore, film
 from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.uid import ComputedRadiographyImageStorage, SecondaryCaptureImageStorage, generate_uid
 
+from worker.answers import Prediction
 from worker.config import PacsDestination
 from worker.daemon import Daemon
 from worker.decode import DecodedImage
@@ -38,7 +39,7 @@ class DicomPredictor(FakePredictor):
 
     def _answer(self, path: Path) -> Any:
         answer = super()._answer(path)
-        if isinstance(answer, FakePrediction) and path.suffix == ".dcm":
+        if isinstance(answer, Prediction) and path.suffix == ".dcm":
             pixels = np.full((64, 400), 100, np.uint8)
             answer = replace(answer, decoded=DecodedImage(pixels, "DICOM", 400, 64, None))
         return answer

@@ -12,11 +12,14 @@ import json
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 from fakes import FakePredictor, MemoryStore, film
 
+from worker.answers import Failure, Prediction, Refusal
 from worker.daemon import READ_ATTEMPTS, Daemon
-from worker.errors import TransientError
+from worker.decode import DecodedImage
+from worker.errors import ReadError, TransientError
 from worker.outcome import Outcome
 from worker.pipeline.commit import Committer
 from worker.pipeline.item import Item
@@ -78,6 +81,29 @@ def test_an_unreadable_file_fails_as_worth_another_try(tmp_path):
     text = item(tmp_path, "t", b"hello\n")
     text.decide(answer, "PNEUMONIA")
     assert text.outcome is Outcome.FAILED and not text.retry  # its content: final
+
+
+def test_each_kind_of_answer_decides_an_item_by_its_type(tmp_path):
+    decoded = DecodedImage(np.zeros((1, 1), np.uint8), "png", 1, 1, None)
+    path = tmp_path / "f.png"
+    probabilities = {"NORMAL": 0.1, "PNEUMONIA": 0.9}
+    answers = {
+        Outcome.SCREENED: Prediction(path, "PNEUMONIA", probabilities, 0.9, decoded, decode_ms=1, infer_ms=2),
+        Outcome.OUT_OF_SCOPE: Refusal(path, "Modality MR is not screened", decoded),
+        Outcome.FAILED: Failure(path, ReadError("cannot read file: Input/output error")),
+    }
+    for outcome, answer in answers.items():
+        decided = Item(path=path, name="f.png")
+        decided.decide(answer, "PNEUMONIA")
+        assert decided.outcome is outcome and decided.finished_at is not None
+    screened = Item(path=path, name="f.png")
+    screened.decide(answers[Outcome.SCREENED], "PNEUMONIA")
+    assert screened.positive and screened.prediction is answers[Outcome.SCREENED]
+    failed = Item(path=path, name="f.png")
+    failed.decide(answers[Outcome.FAILED], "PNEUMONIA")
+    assert failed.retry and failed.reason == "cannot read file: Input/output error"  # a ReadError: transient
+    with pytest.raises(TypeError, match="not an answer"):
+        Item(path=path, name="f.png").decide(object(), "PNEUMONIA")  # type: ignore[arg-type]
 
 
 # -- committing -------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from worker.answers import Answer, Prediction
 from worker.decode import DecodedImage, decode_file
 from worker.errors import TransientError, XrayScreenError
 from worker.explain.gradcam import GradCam
@@ -51,12 +52,11 @@ class Heatmapper:
         self.today = today
         self.gradcam = GradCam.of(model, device=device)
 
-    def wants(self, answer: Any) -> bool:
+    def wants(self, answer: Answer) -> bool:
         """A screened film (a ``Prediction``) whose verdict ``[explain] heatmaps`` names."""
-        label = getattr(answer, "label", None)
-        return label is not None and self.settings.wants(label, self.model.positive_class)
+        return isinstance(answer, Prediction) and self.settings.wants(answer.label, self.model.positive_class)
 
-    def write(self, predictions: Sequence[Any]) -> list[Path]:
+    def write(self, predictions: Sequence[Prediction]) -> list[Path]:
         """One heatmap per prediction, computed in one batch; their paths, in order.
 
         ``TransientError`` when one cannot be written (the folder's disk or share): not the
@@ -90,7 +90,7 @@ class Heatmapper:
         except XrayScreenError:  # changed or gone since it was screened: the pixels we have
             return decoded.pixels
 
-    def write_or_skip(self, predictions: Sequence[Any]) -> list[Path | None]:
+    def write_or_skip(self, predictions: Sequence[Prediction]) -> list[Path | None]:
         """``write``, but a failure of our own (not ``TransientError``) costs the maps, not the
         films: it is logged with its traceback, and these films go on without a heatmap."""
         try:
@@ -107,7 +107,7 @@ class Heatmapper:
             )
             return [None] * len(predictions)
 
-    def annotate(self, answers: Iterable[Any], window: int = 16) -> Iterator[tuple[Any, Path | None]]:
+    def annotate(self, answers: Iterable[Answer], window: int = 16) -> Iterator[tuple[Answer, Path | None]]:
         """Each answer with its heatmap's path (None: it wants none, or it failed), in input order."""
         return annotate(answers, self.wants, self.write_or_skip, window)
 

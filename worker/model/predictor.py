@@ -14,12 +14,12 @@ import time
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from worker.answers import Answer, Failure, Prediction, Refusal
 from worker.config import InferenceSettings
 from worker.decode import DEFAULT_LIMITS, DecodedImage, Limits
 from worker.errors import ConfigError, DecodeError, XrayScreenError
@@ -28,45 +28,6 @@ from worker.model.calibration import Calibration
 from worker.runtime.boundary import contain
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Prediction:
-    path: Path
-    label: str
-    probabilities: dict[str, float]
-    positive_probability: float
-    decoded: DecodedImage = field(repr=False)
-    decode_ms: float
-    infer_ms: float  # the batch's model time divided by its size
-    gate_score: float | None = None  # the image gate's score (None: the model has no image gate)
-
-
-@dataclass(frozen=True)
-class Refusal:
-    """The gate's answer: a file the model may not judge (``worker/pipeline/gate.py``)."""
-
-    path: Path
-    out_of_scope: str  # why
-    decoded: DecodedImage = field(repr=False)
-    gate_score: float | None = None
-
-    @property
-    def reason(self) -> str:
-        return self.out_of_scope
-
-
-@dataclass(frozen=True)
-class Failure:
-    path: Path
-    error: XrayScreenError
-
-    @property
-    def reason(self) -> str:
-        return str(self.error)
-
-
-Answer = Prediction | Failure | Refusal  # what the predictor says of one file
 
 
 class Predictor:

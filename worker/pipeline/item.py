@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from worker.answers import Answer, Failure, Prediction, Refusal
 from worker.db.store import StoredResult
 from worker.errors import TransientError
 from worker.outcome import Outcome
@@ -50,7 +51,7 @@ class Item:
     positive: bool = False
     positive_probability: float | None = None
     probabilities: dict[str, float] | None = None
-    prediction: Any = None  # the model's ``Prediction``, for a screened item
+    prediction: Prediction | None = None  # the model's, for a screened item
     heatmap_path: Path | None = None  # its Grad-CAM overlay ([explain]), for a screened item
     destination: str | None = None  # where the inbox files it (recorded before the move)
     twins: list[Item] = field(default_factory=list)  # same content, waiting for this one's verdict
@@ -75,22 +76,22 @@ class Item:
         self.positive, self.heatmap_path = False, None
         self.finished_at = now()
 
-    def decide(self, answer: Any, positive_class: str) -> None:
+    def decide(self, answer: Answer, positive_class: str) -> None:
         """The model's ``Prediction``, the gate's ``Refusal`` (out of scope) or the decoder's
-        ``Failure`` (transient: retry)."""
-        error = getattr(answer, "error", None)
-        if error is not None:
-            self.fail(answer.reason, retry=isinstance(error, TransientError))
-            return
-        refused = getattr(answer, "out_of_scope", None)
-        if refused is not None:
-            self.refuse(refused)
-            return
-        self.outcome, self.label, self.prediction = Outcome.SCREENED, answer.label, answer
-        self.positive = answer.label == positive_class
-        self.positive_probability = answer.positive_probability
-        self.probabilities = answer.probabilities
-        self.finished_at = now()
+        ``Failure`` (tried again when its error is a ``TransientError``)."""
+        match answer:
+            case Failure(error=error):
+                self.fail(answer.reason, retry=isinstance(error, TransientError))
+            case Refusal(out_of_scope=reason):
+                self.refuse(reason)
+            case Prediction():
+                self.outcome, self.label, self.prediction = Outcome.SCREENED, answer.label, answer
+                self.positive = answer.label == positive_class
+                self.positive_probability = answer.positive_probability
+                self.probabilities = answer.probabilities
+                self.finished_at = now()
+            case _:
+                raise TypeError(f"not an answer: {answer!r}")
 
     def refuse(self, reason: str) -> None:
         """The gate says the model may not judge this file."""

@@ -5,12 +5,13 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from worker.answers import Prediction
 from worker.db.store import ResultRecord
 
 
 def result_record(
     predictor: Any,
-    prediction: Any,
+    prediction: Prediction,
     content_sha256: str,
     *,
     queued_at: datetime | None,
@@ -49,7 +50,7 @@ def result_record(
         modality=facts.modality if facts else None,
         accession_number=facts.accession_number if facts else None,
         patient_id=facts.patient_id if facts else None,
-        gate_score=getattr(prediction, "gate_score", None),
+        gate_score=prediction.gate_score,
         site_profile=(model.metadata.get("site_profile") or {}).get("name"),
         heatmap_path=heatmap_path,
     )

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
+from worker.answers import Answer
 from worker.db.store import StoredResult
 from worker.pipeline.item import Item
 
@@ -58,7 +59,7 @@ class Settler:
                 to_screen.append(item)
         return to_screen, decided
 
-    def decide(self, item: Item, answer: object, positive_class: str) -> list[Item]:
+    def decide(self, item: Item, answer: Answer, positive_class: str) -> list[Item]:
         """Record the model's answer for ``item``; it and its twins, decided."""
         item.decide(answer, positive_class)
         return [item, *self._release_twins(item)]

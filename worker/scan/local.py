@@ -33,8 +33,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from worker.answers import Answer
 from worker.db.store import chunks
-from worker.model.predictor import Answer, Predictor
+from worker.model.predictor import Predictor
 from worker.pipeline.counts import Counts
 from worker.pipeline.item import Item
 from worker.scan.run import ScanRun, scan_item

@@ -9,6 +9,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, TextIO
 
+from worker.answers import Answer, Failure, Refusal
 from worker.names import as_fields, for_log
 
 
@@ -29,11 +30,10 @@ class Console:
         )
         self._line(self.err, f"model {model.name} {model.version} (SHA-256 {model.sha256[:12]}...): {rule}")
 
-    def write(self, answer: Any, heatmap: Path | None = None) -> None:
-        """One ``Prediction`` (a line on stdout, with its heatmap's path if it has one) or
-        ``Failure`` (an ERROR line on stderr)."""
-        error = getattr(answer, "error", None)
-        if error is not None:
+    def write(self, answer: Answer, heatmap: Path | None = None) -> None:
+        """One ``Prediction`` (a line on stdout, with its heatmap's path if it has one),
+        ``Refusal`` (an OUT_OF_SCOPE line on stdout) or ``Failure`` (an ERROR line on stderr)."""
+        if isinstance(answer, Failure):
             self.counts["failed"] += 1
             if self.as_json:
                 record = {**as_fields("path", str(answer.path)), "error": answer.reason}
@@ -41,8 +41,8 @@ class Console:
             else:
                 self._line(self.err, f"{for_log(str(answer.path))}  ERROR  {answer.reason}")
             return
-        refused = getattr(answer, "out_of_scope", None)
-        if refused is not None:
+        if isinstance(answer, Refusal):
+            refused = answer.out_of_scope
             self.counts["OUT_OF_SCOPE"] += 1
             if self.as_json:
                 record = {**as_fields("path", str(answer.path)), "outcome": "out_of_scope", "reason": refused}

@@ -32,9 +32,9 @@ from typing import Any
 
 import numpy as np
 
+from worker.answers import Prediction
 from worker.db.store import chunks
 from worker.errors import ClusterError
-from worker.model.predictor import Prediction
 from worker.pipeline.counts import Counts
 from worker.pipeline.item import Item
 from worker.scan.ray.stages import FAILED, READY, REFUSED, Prepare, Screen, StageSpec, decoded_from_facts
