@@ -24,6 +24,7 @@ import numpy as np
 from training.metrics import Confusion, roc_auc
 from training.operating import MIN_SPECIFICITY, OperatingPoint, choose, needs_words
 from training.split import patient_id
+from worker.strict_json import finite
 
 MIN_AUC = 0.90
 RESAMPLES = 2000
@@ -504,18 +505,7 @@ def run_site_check(
 
 
 def write_json(path: Path, report: dict[str, Any]) -> None:
-    path.write_text(json.dumps(_finite(report), indent=2) + "\n")
-
-
-def _finite(value: Any) -> Any:
-    """NaN (an undefined figure) as null, so the file is strict JSON."""
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    return value
+    path.write_text(json.dumps(finite(report), indent=2) + "\n")
 
 
 def report_lines(report: dict[str, Any], out_dir: Path) -> list[str]:
@@ -633,7 +623,7 @@ def store_site_profile(model: Any, report: dict[str, Any]) -> None:
         **model.metadata,
         "threshold": threshold,
         "target_sensitivity": at["target_sensitivity"],
-        "site_profile": _finite(profile),
+        "site_profile": finite(profile),
     }
     if fitted:
         keys = ("method", "scale", "bias", "fitted_on")

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import logging
 import re
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate, generate_frames
-from pydicom.errors import BytesLengthException, InvalidDicomError
+from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut, apply_voi
 from pydicom.uid import (
     ExplicitVRBigEndian,
@@ -27,6 +25,7 @@ from worker.decode import pixels
 from worker.decode.image import DecodedImage, DicomFacts, Limits
 from worker.decode.jpeg import fix_sequential_scan_end
 from worker.errors import DecodeError
+from worker.malformed import MALFORMED
 
 log = logging.getLogger(__name__)
 
@@ -34,30 +33,12 @@ _GREY = ("MONOCHROME1", "MONOCHROME2")
 _COLOUR = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "YBR_PARTIAL_420")
 
 
-# What pydicom raises when a damaged data element is first used (it parses values lazily):
-# bad lengths, unknown VRs, values of the wrong type or multiplicity, broken fragments.
-_MALFORMED = (
-    ValueError,
-    TypeError,
-    KeyError,
-    AttributeError,
-    IndexError,
-    NotImplementedError,
-    OverflowError,
-    ZeroDivisionError,
-    EOFError,
-    struct.error,
-    zlib.error,  # Deflated Explicit VR Little Endian
-    BytesLengthException,
-)
-
-
 def decode_dicom(path: Path, limits: Limits) -> DecodedImage:
     """Decode a single-frame DICOM image to 8-bit grey (0 = black)."""
     ds = read_dataset(path)
     try:
         return _decode(ds, path, limits)
-    except _MALFORMED as exc:
+    except MALFORMED as exc:
         raise DecodeError(f"corrupt DICOM: {_message(exc)}") from None
 
 
@@ -91,7 +72,7 @@ def read_dataset(path: Path) -> Dataset:
         ds = pydicom.dcmread(path, force=True)
     except InvalidDicomError as exc:
         raise DecodeError(f"not a valid DICOM file: {exc}") from None
-    except (*_MALFORMED, OSError) as exc:
+    except (*MALFORMED, OSError) as exc:
         if isinstance(exc, (FileNotFoundError, PermissionError)):
             raise
         raise DecodeError(f"corrupt DICOM: {_message(exc)}") from None

@@ -4,12 +4,12 @@ reads it (a textfile for node_exporter's textfile collector), and as a webhook s
 from __future__ import annotations
 
 import json
-import math
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from worker.drift.check import TOO_FEW, Drift
+from worker.strict_json import finite
 
 COLUMNS = ("figure", "reference", "recent", "change", "limit", "verdict")
 
@@ -89,7 +89,7 @@ def as_dict(drift: Drift, window: dict[str, Any]) -> dict[str, Any]:
 
 
 def as_json(drift: Drift, window: dict[str, Any]) -> str:
-    return json.dumps(_finite(as_dict(drift, window)), indent=2, default=_iso)
+    return json.dumps(finite(as_dict(drift, window)), indent=2, default=_iso)
 
 
 def write_metrics(drift: Drift, path: Path, now: datetime) -> None:
@@ -139,16 +139,6 @@ def notification(drift: Drift, window: dict[str, Any]) -> dict[str, Any]:
         "reference": data["reference"],
         "alarms": [f for f in data["figures"] if f["status"] == "ALARM"],
     }
-
-
-def _finite(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    return value
 
 
 def _iso(value: Any) -> Any:

@@ -25,6 +25,7 @@ import numpy as np
 
 from worker.decode import DEFAULT_LIMITS, DecodedImage, Limits, decode_file
 from worker.errors import ModelError
+from worker.model.pinned import check_pinned
 from worker.model.preprocess import DECODE_VERSION, RESIZE_METHODS, Preprocessing, batch_array, item_array
 from worker.pipeline.hashing import sha256_file
 
@@ -112,17 +113,7 @@ def load_bundle(
         raise ModelError(
             f"model bundle not found: {manifest} (make one with: xray-train export MODEL --out DIR)"
         )
-    actual = sha256_file(manifest)[0]
-    if sha256 and actual != sha256.lower():
-        raise ModelError(
-            f"model bundle {manifest} has SHA-256 {actual}, but the configuration expects {sha256.lower()}: "
-            "refusing to load it"
-        )
-    if not sha256 and not trust:
-        raise ModelError(
-            f"no SHA-256 is configured for model bundle {manifest}. "
-            f'If you trust this bundle, set [model] sha256 = "{actual}" (or pass --trust-model).'
-        )
+    actual = check_pinned(manifest, sha256, trust=trust, what="model bundle")
     try:
         data = json.loads(manifest.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:

@@ -25,6 +25,7 @@ from PIL import Image
 
 from worker.decode import DEFAULT_LIMITS, DecodedImage, Limits, decode_file
 from worker.errors import ModelError
+from worker.model.pinned import check_pinned
 from worker.model.preprocess import Preprocessing
 from worker.pipeline.hashing import sha256_file
 
@@ -132,17 +133,7 @@ def load_model(path: Path, *, sha256: str = "", trust: bool = False, positive_cl
             f"model file not found: {path}: set [model] path (XRAY_SCREEN_MODEL_PATH, --model) "
             "to an exported learner"
         )
-    actual = file_sha256(path)
-    if sha256 and actual != sha256.lower():
-        raise ModelError(
-            f"model file {path} has SHA-256 {actual}, but the configuration expects {sha256.lower()}: "
-            "refusing to load it (a model file runs code when loaded)"
-        )
-    if not sha256 and not trust:
-        raise ModelError(
-            f"no SHA-256 is configured for model {path}, and loading a model runs code. "
-            f'If you trust this file, set [model] sha256 = "{actual}" (or pass --trust-model).'
-        )
+    actual = check_pinned(path, sha256, trust=trust, what="model file", runs_code=True)
     try:
         with warnings.catch_warnings():
             # fastai warns that pickle is unsafe; the file's hash was checked above.

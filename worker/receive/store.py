@@ -25,15 +25,14 @@ import os
 import re
 import secrets
 import socket
-import struct
 import threading
-import zlib
 from collections.abc import Iterable
 from pathlib import Path
 
 import pydicom
 from pydicom.dataelem import RawDataElement
-from pydicom.errors import BytesLengthException, InvalidDicomError
+
+from worker.malformed import MALFORMED
 
 log = logging.getLogger(__name__)
 
@@ -47,22 +46,6 @@ TEMP_SUFFIX = ".tmp"
 # A UID is digits and dots, at most 64 characters (PS3.5 9.1); nothing else becomes a name.
 _UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 _MAX_COPIES = 1000
-# What pydicom raises on a malformed data set (it parses values lazily, when first used).
-_MALFORMED = (
-    InvalidDicomError,
-    BytesLengthException,
-    ValueError,
-    TypeError,
-    KeyError,
-    AttributeError,
-    IndexError,
-    NotImplementedError,
-    OverflowError,
-    EOFError,
-    struct.error,
-    zlib.error,
-    UserWarning,  # what pydicom warns of on a broken data set, where warnings are errors
-)
 _UNDEFINED = 0xFFFFFFFF
 # Hard links are the no-clobber rename; file systems without them get a locked check instead.
 _NO_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS}
@@ -171,7 +154,7 @@ def _parsed_uid(path: Path) -> object:
         if exc.errno is not None:  # the disk, not the data
             raise
         raise Refused(CANNOT_UNDERSTAND, f"data set does not parse: {exc}") from None
-    except _MALFORMED as exc:
+    except MALFORMED as exc:
         raise Refused(CANNOT_UNDERSTAND, f"data set does not parse: {type(exc).__name__}") from None
     if not uid:
         raise Refused(CANNOT_UNDERSTAND, "data set has no SOP Instance UID")
