@@ -538,13 +538,19 @@ def write_adapt_card(path: Path, facts: dict[str, Any]) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
+def _rule_name(point: dict[str, Any]) -> str:
+    if point.get("reached", True):
+        return f"{point['rule']} rule"
+    return f"the point rule's threshold: the {point['rule']} rule reaches none here"
+
+
 def adapt_summary(facts: dict[str, Any]) -> list[str]:
     """The lines ``xray-train adapt`` prints."""
     b, a, point = facts["before"], facts["cross_fitted"], facts["operating_point"]
     lines = [
         f"every film, cross-fitted: AUC {_auc(b)} before, {_auc(a)} adapted",
         f"operating point {point['threshold']:.4f} ({facts['calibration']['method']}-calibrated, "
-        f"{point['rule']} rule): sensitivity {point['sensitivity']:.3f} "
+        f"{_rule_name(point)}): sensitivity {point['sensitivity']:.3f} "
         f"(lower bound {point['sensitivity_lower']:.3f}), "
         f"specificity {point['specificity']:.3f} (lower bound {point['specificity_lower']:.3f}); "
         f"ECE {facts['calibration']['ece_cross_fitted']:.3f} cross-fitted",

@@ -99,6 +99,7 @@ class OperatingPoint:
     negatives: int
     sensitivity_lower: float
     specificity_lower: float
+    reached: bool = True  # False: no threshold met the rule here, so this is the point rule's
     refused: str | None = None  # why it may not be deployed; None when it may
     needs: dict[str, int] | None = None  # more films per class that would make it deployable
 
@@ -142,7 +143,8 @@ def choose(
     reaches_point = tp >= math.ceil(target_sensitivity * n_pos - 1e-9)
     reaches = sens_lo >= target_sensitivity if rule == "wilson" else reaches_point
     refused = None
-    if reaches.any():
+    reached = bool(reaches.any())
+    if reached:
         i = int(np.argmax(reaches))  # the highest cut that reaches it
     else:  # the wilson rule on too few positives: report the point rule's cut, refused
         i = int(np.argmax(reaches_point))
@@ -169,6 +171,7 @@ def choose(
         negatives=n_neg,
         sensitivity_lower=float(sens_lo[i]),
         specificity_lower=float(spec_lo[i]),
+        reached=reached,
         refused=refused,
         needs=needs,
     )
@@ -205,6 +208,8 @@ def _needs(
 def describe(point: OperatingPoint, positive: str = "positive", negative: str = "negative") -> str:
     """One line: the rule, the threshold and its counts, and why it is refused if it is."""
     rule = "lower 95% bound of sensitivity" if point.rule == "wilson" else "sensitivity on the sample"
+    if not point.reached:
+        rule = "sensitivity on the sample, since no threshold meets the lower-bound rule here"
     line = (
         f"threshold {point.threshold:.4f} ({rule} >= {point.target_sensitivity:g}): sensitivity "
         f"{point.sensitivity:.3f} ({point.tp}/{point.positives}, lower bound {point.sensitivity_lower:.3f}), "

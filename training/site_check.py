@@ -276,6 +276,7 @@ def _choice(point: OperatingPoint) -> dict[str, Any]:
         "min_specificity": point.min_specificity,
         "sensitivity_lower": point.sensitivity_lower,
         "specificity_lower": point.specificity_lower,
+        "reached": point.reached,
         "deployable": point.deployable,
         "refused": point.refused,
         "needs": point.needs,
@@ -532,7 +533,8 @@ def report_lines(report: dict[str, Any], out_dir: Path) -> list[str]:
         + (f"; patients from {b['patients_from']})" if b["unit"] == "patient" else ")"),
         f"stored threshold {st['threshold']:.4f}: sensitivity {rate(st['sensitivity'])}, "
         f"specificity {rate(st['specificity'])}  (Wilson 95%)",
-        f"operating point ({rule_words(at['rule'])} >= {at['target_sensitivity']:g}): threshold "
+        f"operating point ({rule_words(at['rule'] if at.get('reached', True) else 'point')} >= "
+        f"{at['target_sensitivity']:g}): threshold "
         f"{at['threshold']:.4f} [{at['threshold_ci'][0]:.4f}-{at['threshold_ci'][1]:.4f}], sensitivity "
         f"{rate(at['sensitivity'])}, specificity {rate(at['specificity'])}",
         f"  chosen on resamples, judged on the {b['unit']}s each left out: sensitivity "

@@ -146,3 +146,12 @@ def test_needs_in_words_say_when_it_is_more_than_a_site_can_label():
     many = needs_words({"positives": 122_652, "negatives": 0}, 100, "PNEUMONIA", "NORMAL")
     assert "122,652 more PNEUMONIA" in many and "more than a site can label" in many
     assert "would not help" in needs_words(None, 100, "PNEUMONIA", "NORMAL")
+
+
+def test_a_rule_that_reaches_no_threshold_shows_the_point_rules_and_says_so():
+    y = np.array([1, 1, 1, 0, 0], dtype=bool)
+    p = np.array([0.9, 0.8, 0.7, 0.2, 0.1])
+    point = choose(y, p, 0.95, "wilson")  # 3 positives: the lower bound is at most 0.44
+    assert not point.reached and not point.deployable and point.threshold == pytest.approx(0.45)
+    assert "since no threshold meets the lower-bound rule here" in describe(point)
+    assert choose(y, p, 0.95, "point").reached
