@@ -31,11 +31,10 @@ from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, ge
 from sqlalchemy import Engine, func, select
 
 from worker.config import PacsDestination, PacsSettings
-from worker.db import migrate
+from worker.db import migrate, outbox
 from worker.db.engine import make_engine
+from worker.db.outbox import OutboxItem
 from worker.db.schema import outbox as outbox_table
-from worker.pacs import outbox
-from worker.pacs.outbox import OutboxItem
 from worker.pacs.sender import Sender
 
 pytestmark = pytest.mark.slow

@@ -14,13 +14,12 @@ from db_support import audit, result
 from sqlalchemy import URL, Engine, update
 
 from worker.cli import cli
-from worker.db import migrate
+from worker.db import migrate, outbox
 from worker.db.activity import failure_kind, read_activity
 from worker.db.engine import make_engine
+from worker.db.outbox import OutboxItem
 from worker.db.schema import outbox as outbox_table
 from worker.db.store import Store
-from worker.pacs import outbox
-from worker.pacs.outbox import OutboxItem
 
 pytest_plugins = ["db_fixtures"]
 

@@ -15,11 +15,10 @@ from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage
 from pynetdicom import AE, evt
 
 from worker.config import PacsDestination, PacsSettings
-from worker.db import migrate
+from worker.db import migrate, outbox
 from worker.db.engine import make_engine
+from worker.db.outbox import OutboxItem
 from worker.metrics.sender import SenderMetrics
-from worker.pacs import outbox
-from worker.pacs.outbox import OutboxItem
 from worker.pacs.sender import Sender
 
 REFUSED = "2.25.3"

@@ -9,11 +9,11 @@ import pytest
 from db_support import MODEL_A, MODEL_B, audit, result, sha
 from sqlalchemy import Engine, func, select
 
+from worker.db import outbox
+from worker.db.outbox import OutboxItem
 from worker.db.schema import outbox as outbox_table
 from worker.db.schema import results
 from worker.db.store import Store
-from worker.pacs import outbox
-from worker.pacs.outbox import OutboxItem
 
 pytest_plugins = ["db_fixtures"]
 

@@ -24,9 +24,9 @@ from pynetdicom.sop_class import (
 from sqlalchemy import Engine, select
 
 from worker.config import PacsDestination, PacsSettings
+from worker.db import outbox
+from worker.db.outbox import OutboxItem
 from worker.db.schema import outbox as outbox_table
-from worker.pacs import outbox
-from worker.pacs.outbox import OutboxItem
 from worker.pacs.sender import Sender
 
 pytest_plugins = ["db_fixtures"]

@@ -1,10 +1,14 @@
 """The PACS outbox: DICOM objects waiting for a destination, and how each delivery went.
 
+Part of the database layer, as the results are: the table is in ``schema.py``, and the results
+store (``store.py``) queues objects with their results here, so the PACS code
+(``worker/pacs/``) builds on this module and the database layer imports nothing of it.
+
 Every function takes a SQLAlchemy ``Connection`` and runs inside the caller's transaction,
 so ``enqueue`` can share the transaction that stores the results the objects report on
 (``Store.record_batch(..., outbox=...)``): a result is never committed without its objects,
-nor an object without its result. The sender (``sender.py``) reads what is ``due`` and
-records each answer with the ``mark_*`` functions, each a single UPDATE.
+nor an object without its result. The sender (``worker/pacs/sender.py``) reads what is
+``due`` and records each answer with the ``mark_*`` functions, each a single UPDATE.
 
 A row's life: ``pending`` -> ``delivered`` (the destination answered the C-STORE with success
 or a warning) -> ``committed`` (with storage commitment: the destination reported it keeps

@@ -18,6 +18,7 @@ from sqlalchemy import ColumnElement, Double, Engine, String, case, column, func
 
 from worker.db.engine import reader
 from worker.db.errors import database_errors
+from worker.db.outbox import backlog
 from worker.db.schema import UTCDateTime, audit_events, outbox, results
 from worker.outcome import reason_kind
 
@@ -336,8 +337,6 @@ def deliveries(engine: Engine, since: datetime | None, *, now: datetime | None =
     """PACS deliveries (``xray-worker send``): objects queued in the window per destination and
     status, with the oldest and the last error; then every destination's backlog, whatever
     the window."""
-    from worker.pacs.outbox import backlog  # the outbox's own reading of what is left
-
     o = outbox.c
     now = now or datetime.now(UTC)
     in_window = o.created_at >= since if since else true()

@@ -35,7 +35,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from worker.outcome import Outcome
 
 OUTCOMES = tuple(outcome.value for outcome in Outcome)
-# Where an outbox row's delivery stands (worker/pacs/outbox.py).
+# Where an outbox row's delivery stands (worker/db/outbox.py).
 OUTBOX_STATUSES = ("pending", "delivered", "committed", "failed")
 
 # Deterministic constraint and index names, so that migrations can name what they drop.

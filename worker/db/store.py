@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import Connection, Engine, Insert, Table, select, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
@@ -22,14 +22,12 @@ from sqlalchemy.dialects import postgresql, sqlite
 from worker.db.engine import make_engine, reader
 from worker.db.errors import database_errors
 from worker.db.migrate import require_head
+from worker.db.outbox import OutboxItem, enqueue
 from worker.db.schema import audit_events, scanned_files
 from worker.db.schema import outbox as outbox_table
 from worker.db.schema import results as results_table
 from worker.names import as_hex, as_text, from_stored
 from worker.outcome import Outcome
-
-if TYPE_CHECKING:
-    from worker.pacs.outbox import OutboxItem
 
 # Keeps IN (...) lists and multi-row inserts well under every backend's parameter limit.
 CHUNK = 500
@@ -349,8 +347,6 @@ class Store:
 
 def _enqueue(conn: Connection, items: Sequence[OutboxItem]) -> None:
     """Queue PACS objects in this transaction, each linked to its result by ``result_key``."""
-    from worker.pacs.outbox import enqueue  # only a batch with objects needs the outbox
-
     ids = _result_ids(conn, {i.result_key for i in items if i.result_key and i.result_id is None})
     enqueue(
         conn,

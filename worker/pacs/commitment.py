@@ -24,8 +24,8 @@ from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy import Engine
 
 from worker.config import PacsDestination, PacsSettings
+from worker.db import outbox
 from worker.errors import ConfigError
-from worker.pacs import outbox
 
 log = logging.getLogger(__name__)
 

@@ -53,11 +53,12 @@ from pynetdicom.status import code_to_category
 from sqlalchemy import Engine
 
 from worker.config import PacsDestination, PacsSettings, Settings
+from worker.db import outbox
 from worker.db.engine import make_engine
 from worker.db.errors import database_errors
 from worker.db.migrate import require_head
 from worker.errors import ConfigError, TransientError
-from worker.pacs import outbox, stow
+from worker.pacs import stow
 from worker.pacs.commitment import CommitmentListener, ReportHandler, request
 from worker.runtime.retry import Backoff, RetryPolicy, wait
 

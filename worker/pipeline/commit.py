@@ -20,8 +20,9 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
+from worker.db.outbox import OutboxItem
 from worker.db.store import AuditRecord, ResultRecord, ScannedRecord, Store
 from worker.errors import TransientError
 from worker.outcome import Outcome
@@ -31,15 +32,12 @@ from worker.pipeline.records import result_record
 from worker.runtime.boundary import contain
 from worker.runtime.retry import RetryPolicy, retrying
 
-if TYPE_CHECKING:
-    from worker.pacs.outbox import OutboxItem
-
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 # What a batch's results become besides their rows (PACS objects for the outbox), built from
 # each screened item (its file still where the pipeline has it) and its result record; see
 # worker/sinks/pacs.py.
-Outputs = Callable[[Sequence[tuple[Item, ResultRecord]]], "Sequence[OutboxItem]"]
+Outputs = Callable[[Sequence[tuple[Item, ResultRecord]]], Sequence[OutboxItem]]
 NO_RETRY = RetryPolicy(attempts=1)  # the caller's loop waits and retries (the daemon's)
 
 

@@ -35,6 +35,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from worker.config import PacsDestination
+from worker.db.outbox import OutboxItem
 from worker.db.store import ResultRecord
 from worker.errors import TransientError
 from worker.explain.overlay import caption, fit
@@ -47,7 +48,6 @@ from worker.pacs.objects import (
     build_report,
     to_bytes,
 )
-from worker.pacs.outbox import OutboxItem
 
 log = logging.getLogger(__name__)
 DICOM = "DICOM"  # ``DecodedImage.format`` of a DICOM input
