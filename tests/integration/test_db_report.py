@@ -9,12 +9,11 @@ import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import pytest
 from db_support import MODEL_A, MODEL_B, audit, populate, result
 from sqlalchemy import Engine, literal_column, select, table
 
 from worker.db.render import render
-from worker.db.report import flagged, parse_since, studies, summary
+from worker.db.report import flagged, studies, summary
 from worker.db.store import Store
 
 pytest_plugins = ["db_fixtures"]
@@ -25,27 +24,6 @@ WEEK = NOW - timedelta(days=7)
 
 def section(report, name: str) -> list[tuple]:
     return next(s.rows for s in report.sections if s.name == name)
-
-
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        ("7d", NOW - timedelta(days=7)),
-        ("12h", NOW - timedelta(hours=12)),
-        ("30m", NOW - timedelta(minutes=30)),
-        ("2w", NOW - timedelta(weeks=2)),
-        ("2025-11-01", datetime(2025, 11, 1, tzinfo=UTC)),
-        ("2025-11-01T08:30+01:00", datetime(2025, 11, 1, 7, 30, tzinfo=UTC)),
-        ("all", None),
-    ],
-)
-def test_since_accepts_durations_dates_and_all(text: str, expected: datetime | None):
-    assert parse_since(text, NOW) == expected
-
-
-def test_since_refuses_what_it_cannot_read():
-    with pytest.raises(ValueError, match="not a duration"):
-        parse_since("last tuesday", NOW)
 
 
 def test_an_empty_database_gives_zeros(engine: Engine):

@@ -16,6 +16,27 @@ from worker.errors import UsageError
 NOW = datetime(2026, 12, 2, 6, 30, tzinfo=UTC)
 
 
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("7d", NOW - timedelta(days=7)),
+        ("12h", NOW - timedelta(hours=12)),
+        ("30m", NOW - timedelta(minutes=30)),
+        ("2w", NOW - timedelta(weeks=2)),
+        ("2025-11-01", datetime(2025, 11, 1, tzinfo=UTC)),
+        ("2025-11-01T08:30+01:00", datetime(2025, 11, 1, 7, 30, tzinfo=UTC)),
+        ("all", None),
+    ],
+)
+def test_since_accepts_durations_dates_and_all(text: str, expected: datetime | None):
+    assert periods.parse_since(text, NOW) == expected
+
+
+def test_since_refuses_what_it_cannot_read():
+    with pytest.raises(ValueError, match="not a duration"):
+        periods.parse_since("last tuesday", NOW)
+
+
 def test_the_window_ends_now():
     w = periods.window("7d", NOW)
     assert (w.start, w.end) == (NOW - timedelta(days=7), NOW)

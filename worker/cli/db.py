@@ -2,38 +2,18 @@
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import io
-import shlex
-import shutil
-import sys
-from collections.abc import Iterator
-from contextlib import contextmanager, redirect_stdout
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import click
-from sqlalchemy import Engine, make_url, select
 
-from worker import exitcodes
-from worker.app import open_database
-from worker.cli import monitor
+from worker import app_db, exitcodes
+from worker.app_db import FORMATS, Invocation
 from worker.cli.common import settings_for
-from worker.config import PROJECT_ROOT
-from worker.db import migrate
-from worker.db.engine import make_engine, reader, safe_url, sqlite_file
-from worker.db.errors import database_errors
-from worker.db.render import FORMATS, render
-from worker.db.report import deliveries as deliveries_report
-from worker.db.report import flagged as flagged_report
-from worker.db.report import flagged_table, parse_since, summary
-from worker.db.report import studies as studies_report
-from worker.db.schema import audit_events
-from worker.drift.output import as_json, as_table
-from worker.drift.periods import duration, parse_reference
-from worker.errors import ConfigError, TransientError, UsageError
+from worker.drift.periods import duration, parse_reference, parse_since
+from worker.errors import UsageError
 
 
 class Since(click.ParamType):
@@ -76,28 +56,9 @@ def report_options(func: Any, formats: tuple[str, ...] = FORMATS) -> Any:
     return db_option(func)
 
 
-@contextmanager
-def open_engine(
-    ctx: click.Context, db_url: str | None, *, create: bool = False, at_head: bool = False
-) -> Iterator[Engine]:
-    """The configured database; any database problem becomes a one-line error (naming the
-    database, without its password), which ``worker.cli.common.Commands`` maps to an exit code.
-
-    ``at_head``: refuse a database behind the newest schema, except a SQLite file that does
-    not exist yet, which is created at it (``worker.app.open_database``, as ``scan`` does).
-    """
-    url = settings_for(ctx, **{"database.url": db_url}).database.url
-    engine = open_database(url) if at_head else None  # its errors name the database already
-    try:
-        with database_errors():
-            if engine is None:
-                engine = make_engine(url, create=create)
-            yield engine
-    except TransientError as exc:
-        raise TransientError(f"{safe_url(url)}: {exc}") from None
-    finally:
-        if engine is not None:
-            engine.dispose()
+def database_url(ctx: click.Context, db_url: str | None) -> str:
+    """The database's URL: ``--db``, else ``[database] url``."""
+    return settings_for(ctx, **{"database.url": db_url}).database.url
 
 
 @click.group()
@@ -128,16 +89,7 @@ def upgrade(ctx: click.Context, revision: str, db_url: str | None) -> None:
       xray-worker db upgrade
       sqlite:////srv/xray-screen/var/xray-screen.db: upgraded from none to 0001 (head)
     """
-    with open_engine(ctx, db_url, create=True) as engine:
-        before = migrate.current_revision(engine)
-        migrate.upgrade(engine, revision)
-        after = migrate.current_revision(engine)
-        where = safe_url(engine.url)
-    mark = " (head)" if after == migrate.head_revision() else ""
-    if before == after:
-        click.echo(f"{where}: already at {after}{mark}")
-    else:
-        click.echo(f"{where}: upgraded from {before or 'none'} to {after}{mark}")
+    click.echo(app_db.upgrade_database(database_url(ctx, db_url), revision))
 
 
 @db.command()
@@ -152,17 +104,7 @@ def current(ctx: click.Context, check: bool, db_url: str | None) -> None:
       xray-worker db current
       sqlite:////srv/xray-screen/var/xray-screen.db: 0001 (head)
     """
-    with open_engine(ctx, db_url) as engine:
-        revision = migrate.current_revision(engine)
-        where = safe_url(engine.url)
-    head = migrate.head_revision()
-    if revision == head:
-        click.echo(f"{where}: {revision} (head)")
-        return
-    message = f"{where}: {revision or 'none (empty)'}, expected {head}: run `xray-worker db upgrade`"
-    if check:
-        raise ConfigError(message)
-    click.echo(message)
+    click.echo(app_db.database_revision(database_url(ctx, db_url), check=check))
 
 
 @db.command()
@@ -180,14 +122,8 @@ def downgrade(ctx: click.Context, revision: str, yes: bool, db_url: str | None) 
       xray-worker db downgrade -1
       xray-worker db downgrade base --yes     # empty the database completely
     """
-    with open_engine(ctx, db_url) as engine:
-        where = safe_url(engine.url)
-        before = migrate.current_revision(engine)
-        if not yes:
-            click.confirm(f"Downgrade {where} from {before} to {revision}? Data may be lost", abort=True)
-        migrate.downgrade(engine, revision)
-        after = migrate.current_revision(engine)
-    click.echo(f"{where}: downgraded from {before or 'none'} to {after or 'none (empty)'}")
+    confirm = None if yes else functools.partial(click.confirm, abort=True)
+    click.echo(app_db.downgrade_database(database_url(ctx, db_url), revision, confirm=confirm))
 
 
 @click.group(invoke_without_command=True)
@@ -227,53 +163,20 @@ def report(
     if ctx.invoked_subcommand is not None:
         return
     if fmt == "html":
-        _dashboard(ctx, since, db_url, out)
+        text = app_db.dashboard_page(settings_for(ctx, **{"database.url": db_url}), since)
+        if out is None:
+            click.echo(text)
+            return
+        _write(out, text)
+        click.echo(f"wrote the dashboard to {out}")
         return
-    if out is not None:
-        with _redirected(out):
-            _summary(ctx, since, fmt, db_url, brief)
-        click.echo(f"wrote {out}", err=True)
-        return
-    _summary(ctx, since, fmt, db_url, brief)
-
-
-def _dashboard(ctx: click.Context, since: datetime | None, db_url: str | None, out: Path | None) -> None:
-    settings = settings_for(ctx, **{"database.url": db_url})
-    until = datetime.now(UTC)
-    with open_engine(ctx, db_url, at_head=True) as engine:
-        text = monitor.dashboard_html(engine, settings, since, until, safe_url(engine.url))
+    invocation = Invocation(ctx.obj.get("config_path") if ctx.obj else None, db_url)
+    text = app_db.report_summary(database_url(ctx, db_url), since, fmt, brief=brief, invocation=invocation)
     if out is None:
         click.echo(text)
         return
     _write(out, text)
-    click.echo(f"wrote the dashboard to {out}")
-
-
-def _summary(ctx: click.Context, since: datetime | None, fmt: str, db_url: str | None, brief: bool) -> None:
-    with open_engine(ctx, db_url, at_head=True) as engine:
-        result = summary(engine, since)
-        empty = not (result.totals["files"] or result.totals["results"])
-        stored = not empty or (since is not None and _anything_stored(engine))
-        url = engine.url
-    result = dataclasses.replace(result, title=f"{result.title} of {safe_url(url)}")
-    if fmt == "table" and not stored:
-        result = dataclasses.replace(result, sections=[])  # six empty tables say less than one line
-    elif brief:
-        result = dataclasses.replace(result, sections=[s for s in result.sections if s.name == "labels"])
-    click.echo(render(result, fmt))
-    if fmt != "table":
-        return
-    if not stored:
-        lines = _nothing_yet(ctx, db_url)
-    elif empty:
-        everything = _cmd(ctx, "report", "--since", "all", db=db_url)
-        lines = [f"Nothing handled in this window; the database has earlier files: {everything}"]
-    elif brief:
-        lines = _how_to_look(ctx, url, db_url)
-    else:
-        lines = []
-    if lines:
-        click.echo("\n" + "\n".join(lines))
+    click.echo(f"wrote {out}", err=True)
 
 
 @report.command()
@@ -299,10 +202,7 @@ def flagged(
       xray-worker report flagged --all-columns  # with the DICOM UIDs and both paths
       xray-worker report flagged --since all --format csv > flagged.csv
     """
-    if fmt == "table" and not all_columns:
-        _show(ctx, lambda engine, since: flagged_table(flagged_report(engine, since)), since, fmt, db_url)
-    else:
-        _show(ctx, flagged_report, since, fmt, db_url)
+    click.echo(app_db.report_text(database_url(ctx, db_url), "flagged", since, fmt, all_columns=all_columns))
 
 
 @report.command(name="studies")
@@ -316,7 +216,7 @@ def studies_command(ctx: click.Context, since: datetime | None, fmt: str, db_url
       xray-worker report studies --since 24h
       xray-worker report studies --since all --format csv > studies.csv
     """
-    _show(ctx, studies_report, since, fmt, db_url)
+    click.echo(app_db.report_text(database_url(ctx, db_url), "studies", since, fmt))
 
 
 @report.command(name="deliveries")
@@ -330,7 +230,7 @@ def deliveries_command(ctx: click.Context, since: datetime | None, fmt: str, db_
       xray-worker report deliveries             # queued in the last 7 days, and the backlog
       xray-worker report deliveries --since all --format json
     """
-    _show(ctx, deliveries_report, since, fmt, db_url)
+    click.echo(app_db.report_text(database_url(ctx, db_url), "deliveries", since, fmt))
 
 
 @report.command(name="drift")
@@ -386,28 +286,11 @@ def drift_command(
         ctx, **{"database.url": db_url, "drift.reference": reference, "drift.window": window}
     )
     now = datetime.now(UTC)
-    with open_engine(ctx, db_url, at_head=True) as engine:
-        drift, described = monitor.drift_check(engine, settings, until or now)
-    click.echo(as_json(drift, described) if fmt == "json" else as_table(drift, described["label"]))
-    monitor.send_on(drift, described, settings, metrics_file, now)
+    drift = app_db.check_drift(settings, until or now)
+    click.echo(drift.text(fmt))
+    drift.send(settings, metrics_file, now)
     if drift.alarms:
         ctx.exit(exitcodes.DRIFT)
-
-
-def _show(ctx: click.Context, build: Any, since: datetime | None, fmt: str, db_url: str | None) -> None:
-    """A report subcommand's body: ``build(engine, since)`` on the database at head, printed."""
-    with open_engine(ctx, db_url, at_head=True) as engine:
-        result = build(engine, since)
-    click.echo(render(result, fmt))
-
-
-@contextmanager
-def _redirected(out: Path) -> Iterator[None]:
-    """click.echo's output into ``out`` (written only when the report is complete)."""
-    buffer = io.StringIO()
-    with redirect_stdout(buffer):
-        yield
-    _write(out, buffer.getvalue())
 
 
 def _write(out: Path, text: str) -> None:
@@ -415,77 +298,3 @@ def _write(out: Path, text: str) -> None:
         out.write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
     except OSError as exc:
         raise UsageError(f"cannot write {out}: {exc.strerror or exc}") from None
-
-
-# -- guiding a new user --------------------------------------------------------------
-
-
-def _anything_stored(engine: Engine) -> bool:
-    """Whether any file was ever handled (a report's window may just be empty)."""
-    with database_errors(), reader(engine).connect() as conn:
-        return conn.execute(select(audit_events.c.id).limit(1)).first() is not None
-
-
-def _nothing_yet(ctx: click.Context, db_url: str | None) -> list[str]:
-    samples = PROJECT_ROOT / "samples"
-    if not samples.is_dir():
-        return [
-            f"Nothing screened yet: screen a folder of X-rays with {_cmd(ctx, 'scan', 'FOLDER', db=db_url)}"
-        ]
-    return [
-        "Nothing screened yet. Screen the six sample X-rays into this database, then report again:",
-        f"  {_cmd(ctx, 'scan', _shown(samples) + '/', db=db_url)}",
-        f"  {_cmd(ctx, 'report', '--brief', db=db_url)}",
-    ]
-
-
-def _how_to_look(ctx: click.Context, url: Any, db_url: str | None) -> list[str]:
-    """Where the database is, and a first query to run on it."""
-    query = "SELECT * FROM report_daily_counts"
-    path = sqlite_file(url)
-    if path is not None:
-        where, shell = (
-            f"the SQLite file {_shown(path)}",
-            f"sqlite3 -readonly -box {shlex.quote(_shown(path))} '{query}'",
-        )
-    else:
-        libpq = make_url(url).set(drivername="postgresql").render_as_string(hide_password=True)
-        where, shell = f"PostgreSQL, {libpq}", f"psql {shlex.quote(libpq)} -c '{query}'"
-    docs = PROJECT_ROOT / "docs" / "reporting.md"
-    return [
-        f"The results are in {where}. To look at them:",
-        f"  {shell}",
-        f"  {_cmd(ctx, 'report', 'flagged', db=db_url)}      # the positive files, with their paths",
-        *([f"  tables, views and more queries: {_shown(docs)}"] if docs.is_file() else []),
-    ]
-
-
-def _cmd(ctx: click.Context, *args: str, db: str | None = None) -> str:
-    """An xray-worker command line to suggest, with this run's --config and --db."""
-    words = [_program()]
-    if ctx.obj and ctx.obj.get("config_path"):
-        words += ["--config", str(ctx.obj["config_path"])]
-    words += args
-    if db:
-        words += ["--db", safe_url(db)]
-    return " ".join(shlex.quote(word) for word in words)
-
-
-def _program() -> str:
-    """How this program was started (``.venv/bin/xray-worker``), or ``xray-worker`` when on PATH."""
-    argv0 = Path(sys.argv[0])
-    if argv0.name != "xray-worker":
-        return "xray-worker"
-    on_path = shutil.which("xray-worker")
-    if on_path and Path(on_path).resolve() == argv0.resolve():
-        return "xray-worker"
-    return _shown(argv0)
-
-
-def _shown(path: Path) -> str:
-    """A path as a user would type it here: relative below the current folder, else absolute."""
-    absolute = path.absolute()
-    try:
-        return str(absolute.relative_to(Path.cwd()))
-    except ValueError:
-        return str(absolute)

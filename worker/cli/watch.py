@@ -12,10 +12,11 @@ from typing import Any
 
 import click
 
-from worker.app import build_daemon, faults_from_environ, open_monitoring, open_predictor, open_store
+from worker.app import build_daemon, faults_from_environ, open_monitoring, open_predictor
+from worker.app_db import database_check
 from worker.cli.common import assignments_overrides, model_options, model_overrides, settings_for
 from worker.config import Settings
-from worker.errors import ConfigError, ModelError, XrayScreenError
+from worker.errors import ConfigError, ModelError
 from worker.runtime.signals import two_stage_shutdown
 
 log = logging.getLogger("worker")
@@ -133,7 +134,7 @@ def healthcheck(ctx: click.Context, **flags: Any) -> None:
     box = settings.inbox
     for name, folder in (("inbox", box.path), ("processed", box.processed), ("failed", box.failed)):
         checks.append(folder_check(name, folder))
-    checks.append(_database_check(settings))
+    checks.append(database_check(settings))
     checks.append(_model_check(settings))
     failed = False
     for text, problem in checks:
@@ -184,17 +185,6 @@ def _writable(folder: Path, *, folder_probe: bool = False) -> str | None:
     except OSError as exc:
         return exc.strerror or str(exc)
     return None
-
-
-def _database_check(settings: Settings) -> tuple[str, str | None]:
-    from worker.db.engine import safe_url
-
-    text = f"database {safe_url(settings.database.url)} reachable and at head"
-    try:
-        open_store(settings, create=False).close()  # a check creates nothing
-    except XrayScreenError as exc:
-        return text, str(exc)
-    return text, None
 
 
 def _model_check(settings: Settings) -> tuple[str, str | None]:

@@ -9,9 +9,8 @@ the write lock, so a report cannot stall a worker.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, Double, Engine, String, case, column, func, select, table, true
@@ -36,8 +35,6 @@ WORKER_COLUMNS = (
 )
 WORKER_OUTCOMES = ("screened", "duplicate", "failed")  # as the report_workers view (0003) counts them
 MIN_RATE_SECONDS = 1.0  # a rate over a shorter span says nothing (a batch or two, timed by commits)
-_SINCE = re.compile(r"(\d+)\s*([mhdw])")
-_UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
 flagged_view = table(
     "report_flagged",
@@ -110,21 +107,6 @@ class Report:
     until: datetime
     totals: dict[str, Any] = field(default_factory=dict)
     sections: list[Section] = field(default_factory=list)
-
-
-def parse_since(text: str, now: datetime | None = None) -> datetime | None:
-    """``7d``, ``12h``, ``30m``, ``2w``, an ISO date or time (UTC unless it says otherwise), or ``all``."""
-    now = now or datetime.now(UTC)
-    text = text.strip().lower()
-    if text == "all":
-        return None
-    if match := _SINCE.fullmatch(text):
-        return now - timedelta(**{_UNITS[match[2]]: int(match[1])})
-    try:
-        moment = datetime.fromisoformat(text.upper())
-    except ValueError:
-        raise ValueError(f"{text!r} is not a duration (7d, 12h, 30m, 2w), an ISO date, or 'all'") from None
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def summary(engine: Engine, since: datetime | None, *, now: datetime | None = None) -> Report:

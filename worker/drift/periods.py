@@ -1,5 +1,6 @@
-"""The drift check's periods: the recent window (``7d``) and the reference (``site-profile``,
-``2026-11-01..2026-11-30`` or ``28d``), as UTC moments."""
+"""Periods of time as the commands name them, as UTC moments: a report's start (``--since 7d``),
+the drift check's recent window (``7d``) and its reference (``site-profile``,
+``2026-11-01..2026-11-30`` or ``28d``)."""
 
 from __future__ import annotations
 
@@ -27,6 +28,22 @@ def duration(text: str) -> timedelta:
     if not match or int(match[1]) == 0:
         raise UsageError(f"{text!r} is not a duration: use 7d, 48h, 2w or 30m")
     return timedelta(**{_UNITS[match[2]]: int(match[1])})
+
+
+def parse_since(text: str, now: datetime | None = None) -> datetime | None:
+    """A report's start: ``7d``, ``12h``, ``30m``, ``2w`` before ``now``, an ISO date or time (UTC
+    unless it says otherwise), or ``all`` (None). ``ValueError`` for anything else."""
+    now = now or datetime.now(UTC)
+    text = text.strip().lower()
+    if text == "all":
+        return None
+    if match := _DURATION.fullmatch(text):
+        return now - timedelta(**{_UNITS[match[2]]: int(match[1])})
+    try:
+        moment = datetime.fromisoformat(text.upper())
+    except ValueError:
+        raise ValueError(f"{text!r} is not a duration (7d, 12h, 30m, 2w), an ISO date, or 'all'") from None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def window(text: str, now: datetime) -> Period:
