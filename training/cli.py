@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 import warnings
 from pathlib import Path
@@ -10,10 +9,22 @@ from typing import Any
 
 import click
 
+from training import app
 from worker import __version__
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class Commands(click.Group):
+    """The command group that turns what a command cannot do (``training.app.CommandError``)
+    into ``Error: ...`` and exit status 1, for every command below it."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except app.CommandError as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+@click.group(cls=Commands, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="xray-train")
 def cli() -> None:
     """Train a resnet18 pneumonia screening model with fastai, and evaluate models.
@@ -97,26 +108,16 @@ def fit_command(
     Example:
       xray-train fit ../shared/data/chest_xray_224/train --out models/pneumonia-resnet18 --epochs 20
     """
-    from training.recipe import Recipe
-    from training.run import run_fit
-
-    recipe = Recipe(**options)
-    facts = run_fit(
+    app.fit(
         data_dir,
         out_dir,
-        recipe,
+        options,
         name=name,
         positive_class=positive_class,
         target_sensitivity=target_sensitivity,
         progress=sys.stdout.isatty(),
         echo=click.echo,
     )
-    v = facts["validation"]
-    click.echo(
-        f"validation: ROC AUC {v['roc_auc']:.3f}, sensitivity {v['sensitivity']:.3f}, "
-        f"specificity {v['specificity']:.3f} at threshold {v['threshold']:.4f}"
-    )
-    click.echo(f"wrote {out_dir / 'export.pkl'} (SHA-256 {facts['model']['sha256']})")
 
 
 @cli.command(name="evaluate")
@@ -156,20 +157,7 @@ def fit_command(
     help="A model folder from fit: add these figures to its metrics.json and MODEL_CARD.md.",
 )
 @click.option("--name", "eval_name", help="The row's name in the model card (default: the data folder).")
-def evaluate_command(
-    model_path: Path,
-    data_dir: Path,
-    out_dir: Path,
-    split: str,
-    labels_csv: Path | None,
-    sha256: str,
-    threshold: float | None,
-    target_sensitivity: float | None,
-    store: bool,
-    batch_size: int,
-    record_in: Path | None,
-    eval_name: str | None,
-) -> None:
+def evaluate_command(target_sensitivity: float | None, store: bool, **options: Any) -> None:
     """Evaluate MODEL_PATH on a labelled folder, through the worker's inference path.
 
     \b
@@ -177,69 +165,9 @@ def evaluate_command(
       xray-train evaluate models/pneumonia-resnet18/export.pkl ../shared/data/chest_xray_full/val --out eval/
       xray-train evaluate export.pkl ../shared/data/dicom --labels ../shared/data/dicom/labels.csv --out eval/
     """
-    from training.data import labelled_files
-    from training.evaluation import evaluate_files, pick_threshold, write_report
-    from worker.config import InferenceSettings
-    from worker.errors import ModelError
-    from worker.model.learner import file_sha256, load_model
-
     if store and target_sensitivity is None:
         raise click.UsageError("--store needs --target-sensitivity")
-    try:
-        model = load_model(model_path, sha256=sha256, trust=not sha256)
-    except ModelError as exc:
-        raise click.ClickException(str(exc)) from None
-    try:
-        files = labelled_files(data_dir, split, labels_csv)
-    except (FileNotFoundError, ValueError) as exc:
-        raise click.ClickException(str(exc)) from None
-    if not files:
-        raise click.ClickException(f"no labelled images found in {data_dir}")
-    ev = evaluate_files(model, files, InferenceSettings(batch_size=batch_size))
-    extra: dict[str, Any] = {"model": str(model_path), "model_sha256": model.sha256, "data": str(data_dir)}
-    if target_sensitivity is not None:
-        extra["thresholds"] = pick_threshold(ev, target_sensitivity)
-        threshold = extra["thresholds"]["at_target_sensitivity"]
-    if threshold is None:
-        threshold = float(model.metadata.get("threshold") or 0.5)
-    summary = write_report(ev, out_dir, threshold, f"{data_dir.name} ({len(ev.predictions)} images)", extra)
-    click.echo(
-        json.dumps(
-            {
-                k: summary[k]
-                for k in (
-                    "n",
-                    "threshold",
-                    "roc_auc",
-                    "sensitivity",
-                    "specificity",
-                    "balanced_accuracy",
-                    "accuracy",
-                )
-            },
-            indent=2,
-        )
-    )
-    for failure in ev.failures:
-        click.echo(f"{failure.path}  ERROR  {failure.reason}", err=True)
-    if record_in is not None:
-        from training.card import record_evaluation
-
-        record_evaluation(record_in, eval_name or data_dir.name, summary)
-        click.echo(f"recorded in {record_in / 'metrics.json'} and {record_in / 'MODEL_CARD.md'}")
-    if store:
-        learn = model.learner
-        learn.xray_metadata = {
-            **model.metadata,
-            "threshold": threshold,
-            "target_sensitivity": target_sensitivity,
-        }
-        learn.export(model_path.resolve())
-        click.echo(
-            f"stored threshold {threshold:.4f} in {model_path}; new SHA-256 {file_sha256(model_path)}: "
-            f"export the bundle the worker screens with again (xray-train export {model_path} --out DIR) "
-            "and update [model] sha256"
-        )
+    app.evaluate(target_sensitivity=target_sensitivity, store=store, echo=click.echo, **options)
 
 
 @cli.command(name="site-check")
@@ -335,55 +263,22 @@ def site_check_command(
     Example:
       xray-train site-check models/pneumonia-resnet18/export.pkl ../shared/data/site_sample
     """
-    from training.baseline import store_baseline
-    from training.card import refresh_model_card
-    from training.site_check import report_lines, run_site_check, store_site_profile
-    from worker.errors import ModelError
-    from worker.model.learner import file_sha256, load_model
-
-    try:
-        model = load_model(model_path, sha256=sha256, trust=not sha256)
-    except ModelError as exc:
-        raise click.ClickException(str(exc)) from None
-    out_dir = out_dir or Path("runs/site-check") / (name or site_dir.resolve().name)
-    try:
-        report = run_site_check(
-            model,
-            site_dir,
-            out_dir,
-            labels_csv=labels_csv,
-            name=name or site_dir.resolve().name,
-            target_sensitivity=target_sensitivity,
-            resamples=resamples,
-            seed=seed,
-            calibrate=calibrate,
-            rule=rule,
-            min_specificity=min_specificity,
-        )
-    except (FileNotFoundError, ValueError) as exc:
-        raise click.ClickException(str(exc)) from None
-    for line in report_lines(report, out_dir):
-        click.echo(line)
-    click.echo(f"wrote {out_dir / 'site_check.json'}")
-    if store:
-        if not report["verdict"]["fit"]:
-            raise click.ClickException("not storing a site profile: the model is not fit for this site")
-        try:
-            store_site_profile(model, report)
-        except ValueError as exc:
-            raise click.ClickException(str(exc)) from None
-        sha = file_sha256(model_path)
-        if refresh_model_card(model_path.parent, model.learner.xray_metadata, sha, model.sha256):
-            click.echo(f"updated {model_path.parent / 'MODEL_CARD.md'} and metrics.json")
-        fitted = report["calibration"].get("fitted")
-        threshold = fitted["threshold"] if fitted else report["at_target_sensitivity"]["threshold"]
-        how = f"{fitted['method']} calibration, " if fitted else ""
-        click.echo(
-            f"stored site profile {report['site']!r} ({how}threshold {threshold:.4f}) in {model_path}; "
-            f"new SHA-256 {sha}: export the bundle the worker screens with again "
-            f"(xray-train export {model_path} --out DIR) and update [model] sha256"
-        )
-        click.echo(f"wrote {store_baseline(out_dir, model_path, sha)} (the reference for drift monitoring)")
+    app.site_check(
+        model_path,
+        site_dir,
+        out_dir,
+        sha256=sha256,
+        name=name,
+        store=store,
+        echo=click.echo,
+        labels_csv=labels_csv,
+        target_sensitivity=target_sensitivity,
+        resamples=resamples,
+        seed=seed,
+        calibrate=calibrate,
+        rule=rule,
+        min_specificity=min_specificity,
+    )
 
 
 @cli.command(name="adapt")
@@ -457,36 +352,17 @@ def adapt_command(
     Example:
       xray-train adapt models/pneumonia-resnet18/export.pkl ../shared/data/nih_site_sample --out runs/nih
     """
-    from training.adapt import AdaptPlan, adapt_summary, run_adapt
-    from worker.errors import ModelError
-    from worker.model.learner import load_model
-
-    try:
-        model = load_model(model_path, sha256=sha256, trust=not sha256)
-    except ModelError as exc:
-        raise click.ClickException(str(exc)) from None
-    plan = AdaptPlan(**options)
-    try:
-        facts = run_adapt(
-            model,
-            site_dir,
-            out_dir,
-            plan,
-            labels_csv=labels_csv,
-            name=name,
-            progress=sys.stdout.isatty(),
-            echo=click.echo,
-        )
-    except (FileNotFoundError, ValueError) as exc:
-        raise click.ClickException(str(exc)) from None
-    for line in adapt_summary(facts):
-        click.echo(line)
-    if not facts["deployable"]:
-        raise click.ClickException(
-            f"no model written: its operating point is not deployable (wrote {out_dir / 'MODEL_CARD.md'}, "
-            f"{out_dir / 'metrics.json'})"
-        )
-    click.echo(f"wrote {out_dir / 'export.pkl'}, {out_dir / 'MODEL_CARD.md'}")
+    app.adapt(
+        model_path,
+        site_dir,
+        out_dir,
+        sha256=sha256,
+        labels_csv=labels_csv,
+        name=name,
+        progress=sys.stdout.isatty(),
+        echo=click.echo,
+        **options,
+    )
 
 
 @cli.command(name="gate")
@@ -528,32 +404,16 @@ def gate_command(
     Example:
       xray-train gate runs/mine/export.pkl ../shared/data/chest_xray_224/train
     """
-    from training.card import refresh_model_card
-    from training.gate import fit_model_gate
-    from worker.model.learner import file_sha256, load_model
-
-    model = load_model(model_path, sha256=sha256, trust=not sha256)
-    names = tuple(name.strip() for name in layers.split(",") if name.strip())
-    fit = fit_model_gate(
-        model, data_dir, layers=names, valid_pct=valid_pct, seed=seed, refuse_share=refuse_share
+    app.fit_gate(
+        model_path,
+        data_dir,
+        layers=[name.strip() for name in layers.split(",") if name.strip()],
+        refuse_share=refuse_share,
+        valid_pct=valid_pct,
+        seed=seed,
+        sha256=sha256,
+        echo=click.echo,
     )
-    learn = model.learner
-    learn.xray_metadata = {**model.metadata, "gate": fit.gate.to_metadata()}
-    learn.export(model_path.resolve())
-    click.echo(
-        f"image gate over {', '.join(fit.gate.layer_names)}: limit {fit.gate.limit:.3f}, refuses "
-        f"{fit.valid_refused:.1%} of {fit.valid_files} validation films "
-        f"(fitted on {fit.train_files} training films in {fit.seconds:.0f} s)"
-    )
-    sha = file_sha256(model_path)
-    click.echo(
-        f"stored in {model_path}; new SHA-256 {sha}: export the bundle the worker screens with again "
-        f"(xray-train export {model_path} --out DIR) and update [model] sha256"
-    )
-    if refresh_model_card(
-        model_path.parent, learn.xray_metadata, sha, model.sha256, valid_refused=fit.valid_refused
-    ):
-        click.echo(f"updated {model_path.parent / 'MODEL_CARD.md'} and metrics.json")
 
 
 @cli.command(name="export")
@@ -607,29 +467,21 @@ def export_command(
           --calibration-dir ../shared/data/chest_xray_224/train \\
           --validate ../shared/data/site_sample --validate ../shared/data/nih_site_sample
     """
-    from training.variants import export_variant
-
     if variant == "int8" and calibration_dir is None:
         raise click.UsageError("--variant int8 needs --calibration-dir (training films)")
     if variant != "fp32" and not validate_dirs:
         raise click.UsageError(f"--variant {variant} needs at least one --validate site folder")
-    result = export_variant(
+    accepted = app.export(
         model_path,
         out_dir,
         variant=variant,
+        echo=click.echo,
         sha256=sha256,
         calibration_dir=calibration_dir,
         calibration_films=calibration_films,
         validate_dirs=validate_dirs,
     )
-    for line in result.lines:
-        click.echo(line)
-    click.echo(f"bundle: {result.manifest}")
-    click.echo(f"SHA-256 of bundle.json: {result.sha256} (set [model] path to the folder and sha256 to this)")
-    if not result.accepted:
-        click.echo(
-            f"{variant} variant NOT accepted: see {result.manifest.parent / 'MODEL_CARD.md'}", err=True
-        )
+    if not accepted:
         sys.exit(1)
 
 
