@@ -24,6 +24,27 @@ class Commands(click.Group):
             raise click.ClickException(str(exc)) from None
 
 
+def operating_point_options(command: Any) -> Any:
+    """--rule and --min-specificity: how site-check and adapt choose an operating point, and when
+    they refuse it (training/operating.py)."""
+    command = click.option(
+        "--min-specificity",
+        default=0.5,
+        show_default=True,
+        type=click.FloatRange(0, 1),
+        help="An operating point whose specificity's lower 95% bound is below this is not deployable "
+        "(site-check --store refuses it; adapt writes no model).",
+    )(command)
+    return click.option(
+        "--rule",
+        type=click.Choice(["wilson", "point"]),
+        default="wilson",
+        show_default=True,
+        help="wilson: the lower 95% bound of sensitivity reaches the target (it holds on new patients); "
+        "point: the sample's sensitivity does (the rule before December 2026).",
+    )(command)
+
+
 @click.group(cls=Commands, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="xray-train")
 def cli() -> None:
@@ -180,21 +201,7 @@ def evaluate_command(target_sensitivity: float | None, store: bool, **options: A
     type=click.FloatRange(0, 1, min_open=True),
     help="The site threshold is the highest reaching this sensitivity (by --rule) on the sample.",
 )
-@click.option(
-    "--rule",
-    type=click.Choice(["wilson", "point"]),
-    default="wilson",
-    show_default=True,
-    help="wilson: the lower 95% bound of sensitivity reaches the target (it holds on new patients); "
-    "point: the sample's sensitivity does (the rule before December 2026).",
-)
-@click.option(
-    "--min-specificity",
-    default=0.5,
-    show_default=True,
-    type=click.FloatRange(0, 1),
-    help="An operating point whose specificity's lower 95% bound is below this is not deployable.",
-)
+@operating_point_options
 @click.option(
     "--store",
     is_flag=True,
@@ -312,20 +319,7 @@ def site_check_command(
 @click.option(
     "--target-sensitivity", default=0.95, show_default=True, type=click.FloatRange(0, 1, min_open=True)
 )
-@click.option(
-    "--rule",
-    type=click.Choice(["wilson", "point"]),
-    default="wilson",
-    show_default=True,
-    help="wilson: the lower 95% bound of sensitivity reaches the target; point: the films' sensitivity does.",
-)
-@click.option(
-    "--min-specificity",
-    default=0.5,
-    show_default=True,
-    type=click.FloatRange(0, 1),
-    help="Refuse (write no model) when specificity's lower 95% bound is below this.",
-)
+@operating_point_options
 @click.option("--calibrate", type=click.Choice(["platt", "temperature"]), default="platt", show_default=True)
 @click.option("--sha256", default="", help="Expected SHA-256 of the model (else it is trusted as yours).")
 def adapt_command(
