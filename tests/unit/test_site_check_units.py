@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from training.data import labelled_files
 from training.metrics import roc_auc
 from training.site_check import (
     MIN_AUC,
@@ -178,24 +177,6 @@ def test_patient_groups_from_csv_names_or_files():
     assert source == "labels.csv patient_id" and groups[0] == groups[1] != groups[2]
     groups, source = patient_groups([Path("a.png"), Path("b.png")], [None, None])
     assert source == "files" and len(set(groups)) == 2
-
-
-def test_labelled_files_reads_patient_ids_and_keeps_its_pairs(tmp_path: Path):
-    (tmp_path / "with.csv").write_text("file,label,patient_id\nx/a.png,NORMAL,17\nx/b.png,1,\n")
-    (tmp_path / "without.csv").write_text("file,label\nx/a.png,NORMAL\n")
-    assert labelled_files(tmp_path, labels_csv=tmp_path / "with.csv", with_patients=True) == [
-        (tmp_path / "x/a.png", "NORMAL", "17"),
-        (tmp_path / "x/b.png", "1", None),
-    ]
-    assert labelled_files(tmp_path, labels_csv=tmp_path / "with.csv")[0] == (tmp_path / "x/a.png", "NORMAL")
-    assert labelled_files(tmp_path, labels_csv=tmp_path / "without.csv", with_patients=True) == [
-        (tmp_path / "x/a.png", "NORMAL", None)
-    ]
-    (tmp_path / "folders" / "PNEUMONIA").mkdir(parents=True)
-    (tmp_path / "folders" / "PNEUMONIA" / "a.png").write_bytes(b"")
-    assert labelled_files(tmp_path / "folders", with_patients=True) == [
-        (tmp_path / "folders" / "PNEUMONIA" / "a.png", "PNEUMONIA", None)
-    ]
 
 
 def test_a_model_without_an_image_gate_counts_no_refusals_and_nan_is_written_as_null(tmp_path: Path):

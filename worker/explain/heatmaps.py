@@ -19,19 +19,21 @@ import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from worker.answers import Answer, Prediction
 from worker.decode import DecodedImage, decode_file
 from worker.errors import TransientError, XrayScreenError
-from worker.explain.gradcam import GradCam
 from worker.explain.overlay import CAPTION, NO_REGION, render, write_png
 from worker.explain.settings import ExplainSettings, heatmap_path
-from worker.model.learner import LoadedModel
 from worker.pipeline.hashing import sha256_file
+
+if TYPE_CHECKING:  # torch and fastai only where maps are made: ``annotate`` is plain Python
+    import torch
+
+    from worker.model.learner import LoadedModel
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +52,8 @@ class Heatmapper:
         self.model = model
         self.settings = settings
         self.today = today
+        from worker.explain.gradcam import GradCam
+
         self.gradcam = GradCam.of(model, device=device)
 
     def wants(self, answer: Answer) -> bool:
