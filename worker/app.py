@@ -15,16 +15,36 @@ import logging
 import os
 import socket
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from worker import exitcodes
 from worker.config import Settings
 from worker.errors import ClusterError, ConfigError, TransientError, UsageError
+
+if TYPE_CHECKING:  # what the builders return; each is imported where it is built
+    from sqlalchemy import Engine
+
+    from worker.daemon import Daemon
+    from worker.db.store import Store
+    from worker.decode import Limits
+    from worker.explain.heatmaps import Heatmapper
+    from worker.metrics.monitoring import Monitoring
+    from worker.metrics.textfile import ScanSummary
+    from worker.model.predictor import Predictor
+    from worker.pipeline import ports
+    from worker.pipeline.gate import Gate
+    from worker.runtime.faults import Faults
+    from worker.scan.local import Scanner
+    from worker.scan.ray.driver import RayScanner
+    from worker.scan.run import ScanRun
+    from worker.sinks.pacs import PacsOutputs
+    from worker.sinks.results_file import ResultsFile
+    from worker.sources.walk import FoundFile
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +52,7 @@ log = logging.getLogger(__name__)
 # -- the model -----------------------------------------------------------------------
 
 
-def open_model(settings: Settings) -> Any:
+def open_model(settings: Settings) -> ports.Model:
     """The model, loaded only if its SHA-256 is the configured (or pinned) one: a bundle
     (``xray-train export``; no torch or fastai needed) or an exported learner."""
     from worker.model.load import load
@@ -47,13 +67,13 @@ def open_model(settings: Settings) -> Any:
     )
 
 
-def decode_limits(settings: Settings) -> Any:
+def decode_limits(settings: Settings) -> Limits:
     from worker.decode import Limits
 
     return Limits(settings.decode.max_pixels, settings.decode.max_side, settings.decode.min_side)
 
 
-def open_predictor(settings: Settings, model: Any = None) -> Any:
+def open_predictor(settings: Settings, model: ports.Model | None = None) -> Predictor:
     """The batched predictor on the configured device (the model loaded and checked if not
     given), with the gate of the [gate] settings and the model's own image gate."""
     from worker.model.predictor import Predictor
@@ -62,7 +82,7 @@ def open_predictor(settings: Settings, model: Any = None) -> Any:
     return Predictor(model, settings.inference, decode_limits(settings), gate=open_gate(settings, model))
 
 
-def open_gate(settings: Settings, model: Any) -> Any:
+def open_gate(settings: Settings, model: ports.Model) -> Gate | None:
     """What the model may judge (``worker/pipeline/gate.py``); None with ``[gate] enabled = false``."""
     from worker.model.gate import ImageGate
     from worker.pipeline.gate import Gate
@@ -119,7 +139,7 @@ def predict_files(
 # -- the database --------------------------------------------------------------------
 
 
-def open_store(settings: Settings, *, create: bool = True) -> Any:
+def open_store(settings: Settings, *, create: bool = True) -> Store:
     """The results database at the newest schema (``open_database``): a new SQLite file is
     created on first use; ``ConfigError`` unless at head, ``TransientError`` if unreachable."""
     from worker.db.store import Store
@@ -128,7 +148,7 @@ def open_store(settings: Settings, *, create: bool = True) -> Any:
     return Store(engine, store_patient_ids=settings.database.store_patient_ids)
 
 
-def open_database(url: str, *, create: bool = True) -> Any:
+def open_database(url: str, *, create: bool = True) -> Engine:
     """An engine for the results database, which is at the newest schema.
 
     A SQLite file that does not exist yet is created at the newest schema, with one log
@@ -213,7 +233,7 @@ def absolute(path: Path) -> Path:
     return path.expanduser().absolute()
 
 
-def open_heatmapper(settings: Settings, predictor: Any) -> Any:
+def open_heatmapper(settings: Settings, predictor: Predictor) -> Heatmapper | None:
     """The heatmap stage for ``[explain]`` (None: ``heatmaps = "none"``), on the predictor's
     device; its folder made absolute, like the inbox's."""
     if settings.explain.heatmaps == "none":
@@ -226,7 +246,7 @@ def open_heatmapper(settings: Settings, predictor: Any) -> Any:
     return Heatmapper(learner_of(predictor.model), explain, device=predictor.device)
 
 
-def open_pacs_outputs(settings: Settings, store: Any) -> Any:
+def open_pacs_outputs(settings: Settings, store: ports.Store) -> PacsOutputs | None:
     """The PACS objects queued with each result (None: no ``[[pacs.destinations]]``); a new
     model's report names the report it replaces, as ``store`` knows it."""
     if not settings.pacs.destinations:
@@ -241,7 +261,9 @@ def open_pacs_outputs(settings: Settings, store: Any) -> Any:
     return outputs or None
 
 
-def build_daemon(settings: Settings, *, faults: Any = None, monitoring: Any = None) -> Any:
+def build_daemon(
+    settings: Settings, *, faults: Faults | None = None, monitoring: Monitoring | None = None
+) -> Daemon:
     """The inbox daemon: umask, folders, work area, inbox watcher, warmed-up predictor, store;
     with ``monitoring`` (``worker.metrics.monitoring.Monitoring``), its metrics and webhooks."""
     from worker.daemon import Daemon
@@ -298,7 +320,7 @@ def build_daemon(settings: Settings, *, faults: Any = None, monitoring: Any = No
     return daemon
 
 
-def open_monitoring(stack: ExitStack, settings: Settings, *, notify: bool = True) -> Any:
+def open_monitoring(stack: ExitStack, settings: Settings, *, notify: bool = True) -> Monitoring:
     """A long-running command's [metrics] endpoint and, with ``notify``, its [notify] webhooks
     (each none when not configured), closed with ``stack``; ``ConfigError`` for a port in use
     or a token not set."""
@@ -307,7 +329,7 @@ def open_monitoring(stack: ExitStack, settings: Settings, *, notify: bool = True
     return Monitoring.open(stack, settings, notify=notify)
 
 
-def faults_from_environ() -> Any:
+def faults_from_environ() -> Faults:
     """Crash points for bench/chaos.py, from XRAY_SCREEN_FAULT (unset: none)."""
     from worker.runtime.faults import Faults
 
@@ -335,7 +357,7 @@ def scan_files(
     roots: list[Path],
     since: datetime | None,
     on_error: Callable[[Path, OSError], None],
-) -> Iterator[Any]:
+) -> Iterator[FoundFile]:
     """The streaming walk of ``roots`` with the [scan] include and exclude patterns."""
     from worker.sources.walk import FileFilter, walk_files
 
@@ -360,7 +382,7 @@ def check_output(output: Path, roots: list[Path]) -> None:
             )
 
 
-def results_file(output: Path, classes: Iterable[str]) -> Any:
+def results_file(output: Path, classes: Iterable[str]) -> ResultsFile:
     """``--output``: the sink that writes each committed item to CSV or JSON Lines."""
     from worker.sinks.results_file import ResultsFile
 
@@ -433,7 +455,7 @@ def run_scan(
     return summary_lines(scanner.counts, progress.elapsed, how), code
 
 
-def scan_summary(settings: Settings) -> Any:
+def scan_summary(settings: Settings) -> ScanSummary | None:
     """The scan's metrics, written to [metrics] textfile at the end (None: no file)."""
     if not settings.metrics.textfile:
         return None
@@ -447,7 +469,7 @@ def _say(stream: TextIO, text: str) -> None:
     stream.flush()
 
 
-def open_scan_engine(stack: ExitStack, settings: Settings) -> tuple[list[str], Callable[..., Any]]:
+def open_scan_engine(stack: ExitStack, settings: Settings) -> tuple[Sequence[str], Callable[..., ScanRun]]:
     """Load the model for the chosen engine (before any cluster is joined, so a bad model
     fails fast); its classes, and a function that builds the scanner from the run's parts."""
     if settings.scan.engine == "ray":
@@ -464,7 +486,7 @@ def open_scan_engine(stack: ExitStack, settings: Settings) -> tuple[list[str], C
     size = settings.inference.batch_size
     heatmapper = open_heatmapper(settings, predictor)
 
-    def scanner(**common: Any) -> Any:
+    def scanner(**common: Any) -> Scanner:
         outputs = open_pacs_outputs(settings, common["store"])
         return Scanner(predictor=predictor, batch_size=size, heatmapper=heatmapper, outputs=outputs, **common)
 
@@ -478,7 +500,9 @@ def _enter_ray(stack: ExitStack, settings: Settings) -> dict[str, float]:
     return stack.enter_context(ray_session(settings.ray))
 
 
-def _ray_scanner(settings: Settings, model: Any, resources: dict[str, float], common: dict[str, Any]) -> Any:
+def _ray_scanner(
+    settings: Settings, model: ports.Model, resources: dict[str, float], common: dict[str, Any]
+) -> RayScanner:
     from worker.scan.ray.driver import RayScanner, RayScreening, size_pool
     from worker.scan.ray.stages import StageSpec
 

@@ -28,15 +28,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from worker.db.store import Store
 from worker.errors import TransientError
-from worker.model.predictor import Predictor
 from worker.names import for_log
 from worker.outcome import Outcome
 from worker.pipeline.commit import Committer, Outputs, log_batch
 from worker.pipeline.counts import Counts
 from worker.pipeline.item import Item
 from worker.pipeline.observe import Committed, Observer
+from worker.pipeline.ports import Screening, Store
 from worker.pipeline.settle import Settler
 from worker.runtime.boundary import contain
 from worker.runtime.faults import Faults
@@ -67,7 +66,7 @@ class Daemon:
         *,
         inbox: Inbox,
         work: WorkArea,
-        predictor: Predictor,
+        predictor: Screening,
         store: Store,
         folders: Folders,
         batch_size: int,

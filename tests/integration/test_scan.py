@@ -30,6 +30,7 @@ from worker.db.schema import audit_events, results, scanned_files
 from worker.db.store import FileStamp, ScannedRecord, Store
 from worker.errors import TransientError
 from worker.model.predictor import Predictor
+from worker.pipeline import ports
 from worker.pipeline.counts import Counts
 from worker.runtime.retry import RetryPolicy
 from worker.scan.local import Scanner
@@ -180,6 +181,13 @@ def test_a_changed_file_is_screened_again_and_a_touched_one_is_a_duplicate(
 @pytest.fixture
 def predictor(loaded_model) -> Predictor:
     return Predictor(loaded_model, InferenceSettings(batch_size=4, decode_workers=2))
+
+
+def test_the_learner_and_its_predictor_are_the_pipelines_model_and_screening(loaded_model, predictor):
+    """The seams (worker/pipeline/ports.py) on the real parts that need torch; the rest:
+    tests/unit/test_ports.py."""
+    assert isinstance(loaded_model, ports.Model)
+    assert isinstance(predictor, ports.Screening)
 
 
 class Counting:

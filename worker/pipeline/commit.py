@@ -20,14 +20,15 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from worker.db.outbox import OutboxItem
-from worker.db.store import AuditRecord, ResultRecord, ScannedRecord, Store
+from worker.db.store import AuditRecord, ResultRecord, ScannedRecord
 from worker.errors import TransientError
 from worker.outcome import Outcome
 from worker.pipeline.counts import Counts
 from worker.pipeline.item import Item, now
+from worker.pipeline.ports import Provenance, Store
 from worker.pipeline.records import result_record
 from worker.runtime.boundary import contain
 from worker.runtime.retry import RetryPolicy, retrying
@@ -75,7 +76,7 @@ class Committer:
         self,
         *,
         store: Store,
-        screening: Any,
+        screening: Provenance,
         worker_host: str,
         worker_id: str,
         retry: RetryPolicy = NO_RETRY,

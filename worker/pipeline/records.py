@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 
 from worker.answers import Prediction
 from worker.db.store import ResultRecord
+from worker.pipeline.ports import Provenance
 
 
 def result_record(
-    predictor: Any,
+    predictor: Provenance,
     prediction: Prediction,
     content_sha256: str,
     *,

@@ -35,9 +35,9 @@ from typing import Any
 
 from worker.answers import Answer
 from worker.db.store import chunks
-from worker.model.predictor import Predictor
 from worker.pipeline.counts import Counts
 from worker.pipeline.item import Item
+from worker.pipeline.ports import Screening
 from worker.scan.run import ScanRun, scan_item
 from worker.sources.walk import FoundFile
 
@@ -51,7 +51,7 @@ class Scanner(ScanRun):
         self,
         *,
         files: Iterable[FoundFile],
-        predictor: Predictor,
+        predictor: Screening,
         batch_size: int | None = None,
         heatmapper: Any = None,
         **run: Any,  # ScanRun's store, worker_host, limit, progress, on_commit, retry, outputs

@@ -16,13 +16,12 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Any
 
-from worker.db.store import Store
 from worker.pipeline.commit import Committer, Outputs, log_batch
 from worker.pipeline.counts import Counts
 from worker.pipeline.item import Item
 from worker.pipeline.observe import Committed, Observer
+from worker.pipeline.ports import Provenance, Store
 from worker.pipeline.settle import Settler
 from worker.runtime.boundary import contain
 from worker.runtime.retry import RetryPolicy
@@ -53,7 +52,7 @@ class ScanRun:
         self,
         *,
         store: Store,
-        screening: Any,
+        screening: Provenance,
         worker_host: str,
         limit: int | None = None,
         progress: Progress | None = None,

@@ -20,6 +20,7 @@ from typing import Any
 from worker.errors import TransientError
 from worker.outcome import Outcome
 from worker.pipeline.item import Item
+from worker.pipeline.ports import Store
 from worker.runtime.boundary import contain
 from worker.sinks.filing import move_no_clobber, safe_component, write_error_sidecar
 
@@ -61,7 +62,7 @@ class Folders:
 class Filer:
     """Moves committed files to their recorded destinations (``store`` is told of any change)."""
 
-    def __init__(self, store: Any, folders: Folders, reach: Callable[[str], None] = lambda _point: None):
+    def __init__(self, store: Store, folders: Folders, reach: Callable[[str], None] = lambda _point: None):
         self.store = store
         self.folders = folders
         self.reach = reach  # the chaos harness's crash points (inert by default)
