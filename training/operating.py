@@ -32,21 +32,30 @@ import numpy as np
 RULES = ("wilson", "point")
 MARGIN = 1e-6  # no film of the sample within this of a chosen threshold
 MIN_SPECIFICITY = 0.5
-Z_95 = 1.959963984540054
+Z_95 = 1.959963984540054  # the normal quantile for a two-sided 95% interval
 MAX_FILMS = 1_000_000  # the largest sample ``needs`` looks for
 
 
-def wilson_lower(successes: np.ndarray | float, n: np.ndarray | float, z: float = Z_95) -> np.ndarray:
-    """The lower bound of the Wilson score interval of ``successes / n`` (vectorised; floats allowed
-    for ``successes``, so that a rate can be projected onto a larger sample). 0 where n is 0."""
+def wilson_bounds(
+    successes: np.ndarray | float, n: np.ndarray | float, z: float = Z_95
+) -> tuple[np.ndarray, np.ndarray]:
+    """The Wilson score interval of ``successes / n`` (vectorised; floats allowed for
+    ``successes``, so that a rate can be projected onto a larger sample): 0 and 1 at the edges
+    (no success, all successes), (0, 1) where n is 0."""
     k, m = np.asarray(successes, dtype=float), np.asarray(n, dtype=float)
     with np.errstate(divide="ignore", invalid="ignore"):
         p = np.where(m > 0, k / np.where(m > 0, m, 1), 0.0)
         z2 = z * z
         centre = (p + z2 / (2 * m)) / (1 + z2 / m)
         half = z / (1 + z2 / m) * np.sqrt(p * (1 - p) / m + z2 / (4 * m * m))
-        lo = np.where(m > 0, np.maximum(centre - half, 0.0), 0.0)
-    return np.where(k <= 0, 0.0, lo)
+        lo = np.where((m > 0) & (k > 0), np.maximum(centre - half, 0.0), 0.0)
+        hi = np.where((m > 0) & (k < m), np.minimum(centre + half, 1.0), 1.0)
+    return lo, hi
+
+
+def wilson_lower(successes: np.ndarray | float, n: np.ndarray | float, z: float = Z_95) -> np.ndarray:
+    """The lower bound of the Wilson score interval (``wilson_bounds``): 0 where n is 0."""
+    return wilson_bounds(successes, n, z)[0]
 
 
 def candidates(p_pos: np.ndarray, margin: float = MARGIN) -> np.ndarray:

@@ -13,16 +13,16 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
 
 from training.metrics import Confusion, roc_auc
-from training.operating import MIN_SPECIFICITY, OperatingPoint, choose, needs_words
+from training.operating import MIN_SPECIFICITY, Z_95, OperatingPoint, choose, needs_words, wilson_bounds
 from training.split import patient_id
 from worker.strict_json import finite
 
@@ -31,7 +31,6 @@ RESAMPLES = 2000
 SEED = 0
 LEVEL = 0.95
 ECE_BINS = 10
-Z_95 = 1.959963984540054  # the normal quantile for a two-sided 95% interval
 
 
 # -- statistics ---------------------------------------------------------------------------
@@ -41,18 +40,9 @@ def wilson_interval(successes: int, n: int, level: float = LEVEL) -> tuple[float
     """The Wilson score interval of a proportion ``successes / n`` (NaNs when n is 0)."""
     if n == 0:
         return float("nan"), float("nan")
-    z = Z_95 if level == LEVEL else _normal_quantile(0.5 + level / 2)
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    lo = 0.0 if successes == 0 else max(0.0, centre - half)
-    return lo, 1.0 if successes == n else min(1.0, centre + half)
-
-
-def _normal_quantile(q: float) -> float:
-    from statistics import NormalDist
-
-    return NormalDist().inv_cdf(q)
+    z = Z_95 if level == LEVEL else NormalDist().inv_cdf(0.5 + level / 2)
+    lo, hi = wilson_bounds(successes, n, z)
+    return float(lo), float(hi)
 
 
 def cluster_resamples(
