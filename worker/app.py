@@ -37,6 +37,7 @@ if TYPE_CHECKING:  # what the builders return; each is imported where it is buil
     from worker.metrics.textfile import ScanSummary
     from worker.model.predictor import Predictor
     from worker.pipeline import ports
+    from worker.pipeline.commit import Outputs
     from worker.pipeline.gate import Gate
     from worker.runtime.faults import Faults
     from worker.scan.local import Scanner
@@ -246,6 +247,26 @@ def open_heatmapper(settings: Settings, predictor: Predictor) -> Heatmapper | No
     return Heatmapper(learner_of(predictor.model), explain, device=predictor.device)
 
 
+@dataclasses.dataclass(frozen=True)
+class Sinks:
+    """Where a run's committed results go: ``after`` the commit (``ports.Sink``, called by the
+    runner), and ``queued`` in the result's own transaction (the ``Committer``'s outputs: the
+    outbox, delivered by ``send``)."""
+
+    after: list[ports.Sink]
+    queued: Outputs | None
+
+
+def open_sinks(settings: Settings, store: ports.Store, *, output: ports.Sink | None = None) -> Sinks:
+    """The sinks the settings ask for, for ``watch`` and ``scan`` alike (``output``: a scan's
+    ``--output`` file). A new sink is a module under ``worker/sinks/`` and one line here."""
+    from worker.pipeline.commit import join_outputs
+
+    after = [sink for sink in (output,) if sink is not None]
+    queued = [outputs for outputs in (open_pacs_outputs(settings, store),) if outputs is not None]
+    return Sinks(after, join_outputs(queued))
+
+
 def open_pacs_outputs(settings: Settings, store: ports.Store) -> PacsOutputs | None:
     """The PACS objects queued with each result (None: no ``[[pacs.destinations]]``); a new
     model's report names the report it replaces, as ``store`` knows it."""
@@ -312,7 +333,8 @@ def build_daemon(
         lease_seconds=box.lease_seconds,
         faults=faults,
         heatmapper=open_heatmapper(settings, predictor),
-        outputs=open_pacs_outputs(settings, store),
+        sinks=(sinks := open_sinks(settings, store)).after,
+        outputs=sinks.queued,
         observer=observer,
     )
     if metrics is not None:
@@ -426,7 +448,7 @@ def run_scan(
             worker_host=socket.gethostname(),
             limit=limit,
             progress=progress,
-            on_commit=out.write if out else None,
+            output=out,
             observer=summary,
         )
         if summary is not None:
@@ -486,9 +508,16 @@ def open_scan_engine(stack: ExitStack, settings: Settings) -> tuple[Sequence[str
     size = settings.inference.batch_size
     heatmapper = open_heatmapper(settings, predictor)
 
-    def scanner(**common: Any) -> Scanner:
-        outputs = open_pacs_outputs(settings, common["store"])
-        return Scanner(predictor=predictor, batch_size=size, heatmapper=heatmapper, outputs=outputs, **common)
+    def scanner(*, output: ports.Sink | None, **common: Any) -> Scanner:
+        sinks = open_sinks(settings, common["store"], output=output)
+        return Scanner(
+            predictor=predictor,
+            batch_size=size,
+            heatmapper=heatmapper,
+            sinks=sinks.after,
+            outputs=sinks.queued,
+            **common,
+        )
 
     return predictor.model.vocab, scanner
 
@@ -520,4 +549,6 @@ def _ray_scanner(
         gate=settings.gate,
     )
     screening = RayScreening(model, spec, pool, settings.ray.block_files)
-    return RayScanner(screening=screening, **common)
+    # The actors keep the pixels, which a key image needs: the Ray engine queues no PACS objects.
+    sinks = open_sinks(settings, common["store"], output=common.pop("output"))
+    return RayScanner(screening=screening, sinks=sinks.after, **common)

@@ -23,7 +23,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -31,12 +31,12 @@ from typing import Any
 from worker.errors import TransientError
 from worker.names import for_log
 from worker.outcome import Outcome
-from worker.pipeline.commit import Committer, Outputs, log_batch
+from worker.pipeline.commit import Committer, Outputs
 from worker.pipeline.counts import Counts
 from worker.pipeline.item import Item
-from worker.pipeline.observe import Committed, Observer
-from worker.pipeline.ports import Screening, Store
-from worker.pipeline.settle import Settler
+from worker.pipeline.observe import FaultPoint, Observer
+from worker.pipeline.ports import Screening, Sink, Store
+from worker.pipeline.runner import Runner
 from worker.runtime.boundary import contain
 from worker.runtime.faults import Faults
 from worker.runtime.lease import Heartbeat, beat_interval
@@ -77,6 +77,7 @@ class Daemon:
         lease_seconds: float = 600.0,
         faults: Faults | None = None,
         heatmapper: Any = None,
+        sinks: Sequence[Sink] = (),
         outputs: Outputs | None = None,
         observer: Observer | None = None,
     ):
@@ -112,12 +113,21 @@ class Daemon:
         self.filer = Filer(store, folders, reach=lambda point: self.faults.reach(point))
         # Metrics and notifications (worker/pipeline/observe.py): told of each committed batch.
         self.observer = observer or Observer()
+        self.runner = Runner(
+            screening=predictor,
+            committer=self.committer,
+            source=self,
+            commit_size=self.window,  # one commit per step: its costs paid once for the window
+            sinks=sinks,
+            middleware=[FaultPoint(self.faults, "after-commit"), self.observer],
+            heatmapper=heatmapper,
+            rate=True,
+        )
         self._queue: deque[Claimed] = deque()
         self._internal: dict[str, str] = {}  # claim token -> why its file fails (an internal error)
         self._attempts: dict[str, int] = {}  # claim token -> failed reads in a row
         self._retry: list[Claimed] = []  # this step's files to read again at a later one
         self._stop = threading.Event()
-        self._hashers = ThreadPoolExecutor(predictor.workers, thread_name_prefix="hash")
         self._last_beat = 0.0
         self._next_adoption = 0.0
 
@@ -179,7 +189,7 @@ class Daemon:
             self.notifier.stopping()
             self._heartbeat.stop()
             self.inbox.stop()
-            self._hashers.shutdown()
+            self.runner.close()
             self.work.close()
             log.info("stopped: %s", self.status())
             self.observer.stopped()
@@ -271,9 +281,9 @@ class Daemon:
             self.work.heartbeat()
 
     def process(self, batch: list[Claimed]) -> None:
-        """Hash, settle, screen, commit and file one batch (``worker/pipeline``). Files that
+        """Screen, commit and file one batch: the runner (``worker/pipeline/runner.py``) with
+        this inbox as its source. Files committed before a crash are only filed; files that
         could not be read just now stay claimed, in ``self._queue``, for a later step."""
-        start = time.perf_counter()
         items = [self._item(c) for c in batch]
         plans = self.store.plans_of([i.event_id for i in items])
         for item in items:
@@ -286,35 +296,24 @@ class Daemon:
                 )
                 self._file(item, Path(plan.destination_path))
         todo = [i for i in items if i.event_id not in plans]
-        if not todo:
-            return
-        list(self._hashers.map(Item.hash, [i for i in todo if not i.decided]))  # reads overlap
-        settler = Settler()
-        model = self.predictor.model
-        known = self.store.known_results(settler.unknown(todo), model.sha256)
-        to_screen, decided = settler.settle(todo, known)
-        answers = self.predictor.predict([i.path for i in to_screen])
-        for item, (answer, heatmap) in zip(to_screen, self._annotate(answers), strict=True):
-            decided += settler.decide(item, answer, model.positive_class)
-            item.heatmap_path = heatmap
-        self.work.check()  # files unreadable because the share dropped are not failures to record
-        ready = [i for i in self._still_mine(decided) if not self._try_again_later(i)]
-        committing = time.perf_counter()
-        recorded = self.committer.commit(ready)
-        self.faults.reach("after-commit")
-        self.observer.committed(Committed(recorded, time.perf_counter() - committing))  # before filing
+        if todo:
+            self.runner.run([todo])
+
+    # -- ports.Source: what the runner asks the inbox ----------------------------------
+
+    def admit(self, decided: list[Item]) -> list[Item]:
+        """The decided files to commit now: not those another worker took over, nor those to
+        read again later. ``TransientError`` when the inbox itself is gone (a share that
+        dropped: its files are unreadable, not failed)."""
+        self.work.check()
+        return [i for i in self._still_mine(decided) if not self._try_again_later(i)]
+
+    def finished(self, recorded: Sequence[Item]) -> None:
+        """Committed: each file to its recorded destination, and its claim forgotten."""
         for item in recorded:
             self._file(item, Path(item.destination or ""))
             self._internal.pop(item.source.token, None)
             self._attempts.pop(item.source.token, None)
-        log_batch(recorded, start)
-
-    def _annotate(self, answers: Any) -> Any:
-        """Each answer with its heatmap's path (None: none); maps are computed a window of
-        films at a time, and a film that wants none is not held back for them."""
-        if self.heatmapper is None:
-            return ((answer, None) for answer in answers)
-        return self.heatmapper.annotate(answers, window=self.batch_size)
 
     def _item(self, claimed: Claimed) -> Item:
         item = Item(

@@ -17,6 +17,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 from db_support import ENGINES
+from fakes import CallbackSink
 from sqlalchemy import create_engine, func, select
 
 from worker.answers import Failure, Refusal
@@ -30,7 +31,7 @@ from worker.errors import ConfigError
 from worker.model.predictor import Predictor
 from worker.names import from_stored
 from worker.scan.ray.driver import Pool, RayScanner, RayScreening, size_pool
-from worker.scan.ray.stages import FAILED, KNOWN, READY, REFUSED, Prepare, Screen, StageSpec
+from worker.scan.ray.stages import FAILED, OUT_OF_SCOPE, UNDECIDED, Prepare, Screen, StageSpec
 
 pytest_plugins = ["db_fixtures"]
 EXE = Path(sys.executable).with_name("xray-worker")
@@ -139,14 +140,14 @@ def test_the_stages_label_like_the_local_predictor(shipped_model, mixed_files, t
     for i, path in enumerate(out["path"]):
         expected = local[str(path)]
         if isinstance(expected, Failure):
-            assert (out["status"][i], out["reason"][i]) == (FAILED, expected.reason), path
+            assert (out["outcome"][i], out["reason"][i]) == (FAILED, expected.reason), path
             assert not out["retry"][i]  # a bad file, not a bad moment
             continue
         if isinstance(expected, Refusal):  # the same gate, before or with inference
-            assert (out["status"][i], out["reason"][i]) == (REFUSED, expected.reason), path
+            assert (out["outcome"][i], out["reason"][i]) == (OUT_OF_SCOPE, expected.reason), path
             refused += 1
             continue
-        assert out["status"][i] == READY and out["label"][i] == expected.label, path
+        assert out["outcome"][i] == UNDECIDED and out["label"][i] == expected.label, path
         probs = json.loads(out["probabilities"][i])
         assert probs.keys() == expected.probabilities.keys()
         assert max(abs(probs[k] - expected.probabilities[k]) for k in probs) < 1e-5
@@ -157,7 +158,8 @@ def test_the_stages_label_like_the_local_predictor(shipped_model, mixed_files, t
             expected.decoded.width,
             expected.decoded.height,
         )
-    assert sum(out["status"] == FAILED) == 2 and sum(out["status"] == READY) == len(mixed_files) - 2 - refused
+    assert sum(out["outcome"] == FAILED) == 2
+    assert sum(out["outcome"] == UNDECIDED) == len(mixed_files) - 2 - refused and not any(out["known"])
 
 
 def test_content_already_screened_is_not_decoded_and_settles_as_a_duplicate(
@@ -171,18 +173,26 @@ def test_content_already_screened_is_not_decoded_and_settles_as_a_duplicate(
     shutil.copy(jpegs[1], twin)
     spec = spec_for(shipped_model, db)
     screening = RayScreening(shipped_model, spec, Pool(1, 0, 1, 1), block_files=8)
-    ray_scanner = RayScanner(files=[], screening=screening, store=store, worker_host="test")
+
+    committed: list = []
+    ray_scanner = RayScanner(
+        files=[], screening=screening, store=store, worker_host="test", sinks=[CallbackSink(committed.extend)]
+    )
 
     first = through_stages(spec, [jpegs[0], jpegs[1], twin])
-    jobs, device = ray_scanner._settle(first)
-    assert device == "cpu"
+    ray_scanner.screen([first])  # the runner settles, decides and commits what the actors sent
+    jobs = committed[:]
+    assert screening.device_name == "cpu"
+    assert [j.name for j in jobs] == [str(jpegs[0]), str(jpegs[1]), str(twin)]
     assert [j.outcome for j in jobs] == ["screened", "screened", "duplicate"]
     assert jobs[2].probabilities == jobs[1].probabilities
-    ray_scanner.commit(jobs)
 
     again = through_stages(spec, [jpegs[0], jpegs[2]])
-    assert list(again["status"]) == [KNOWN, READY] and again["facts"][0] == ""
-    jobs, _ = ray_scanner._settle(again)
+    assert list(again["known"]) == [True, False] and again["facts"][0] == ""
+    committed.clear()
+    ray_scanner.screen([again])
+    jobs = committed[:]
+    assert [j.name for j in jobs] == [str(jpegs[0]), str(jpegs[2])]
     assert [j.outcome for j in jobs] == ["duplicate", "screened"]
     assert jobs[0].label == first["label"][0] and jobs[0].positive_probability == pytest.approx(
         first["positive_probability"][0]

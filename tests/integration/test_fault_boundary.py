@@ -212,17 +212,15 @@ def test_an_output_line_that_cannot_be_written_is_logged_and_the_others_are_writ
 ):
     root, store, predictor = archive
     out = ResultsFile(tmp_path / "night.jsonl", predictor.model.vocab)
-    real_write = out.write
+    real_write = out.committed
 
     def write(verdicts):
         if any(named(v.path) for v in verdicts):
             boom()
         real_write(verdicts)
 
-    monkeypatch.setattr(out, "write", write)
-    Scanner(
-        files=walk_files([root]), predictor=predictor, store=store, worker_host="test", on_commit=out.write
-    ).run()
+    monkeypatch.setattr(out, "committed", write)
+    Scanner(files=walk_files([root]), predictor=predictor, store=store, worker_host="test", sinks=[out]).run()
     out.close()
     lines = [json.loads(line) for line in (tmp_path / "night.jsonl").read_text().splitlines()]
     assert sorted(Path(line["path"]).name for line in lines) == sorted(set(FILES) - {VICTIM})

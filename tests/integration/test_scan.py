@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 from db_support import MODEL_A, audit, result, sha
+from fakes import CallbackSink
 from sqlalchemy import create_engine, select
 from sqlalchemy.exc import IntegrityError
 
@@ -252,7 +253,7 @@ def test_a_stopped_scan_commits_what_it_holds_and_the_next_one_finishes(
     def stop_after_the_first_commit(verdicts):
         first.stop()
 
-    first = scanner(root, store, predictor, on_commit=stop_after_the_first_commit)
+    first = scanner(root, store, predictor, sinks=[CallbackSink(stop_after_the_first_commit)])
     done = first.run()
     assert first.stopping and 0 < done.screened < 20
     rest = scanner(root, store, predictor).run()

@@ -99,3 +99,13 @@ class FakePredictor:
         return Prediction(
             path, label, {"NORMAL": 1 - p, "PNEUMONIA": p}, p, decoded, decode_ms=0.0, infer_ms=0.1
         )
+
+
+@dataclass
+class CallbackSink:
+    """A ``ports.Sink`` that hands each committed batch to ``then`` (a test's probe)."""
+
+    then: Any
+
+    def committed(self, items: Any) -> None:
+        self.then(items)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fakes import FakePredictor, MemoryStore, film
+from fakes import CallbackSink, FakePredictor, MemoryStore, film
 
 from worker.answers import Failure, Prediction, Refusal
 from worker.daemon import READ_ATTEMPTS, Daemon
@@ -275,7 +275,7 @@ def test_the_scan_skips_what_it_indexed_and_reads_a_transient_failure_again_next
     (root / "notes.txt").write_bytes(b"hello\n")
     store, predictor = MemoryStore(), FakePredictor()
     written: list[Item] = []
-    counts = scan(root, store, predictor, on_commit=written.extend).run()
+    counts = scan(root, store, predictor, sinks=[CallbackSink(written.extend)]).run()
     assert (counts.screened, counts.duplicates, counts.failed.total()) == (1, 1, 2)
     assert sorted(Path(i.name).name for i in written) == ["a.png", "copy.png", "flaky.png", "notes.txt"]
     indexed = sorted(Path(p).name for p, _ in store.scanned)
@@ -326,7 +326,7 @@ def test_a_file_the_gate_refuses_is_out_of_scope_neither_a_verdict_nor_a_failure
     root.mkdir()
     (root / "knee.dcm").write_bytes(b"MR\nother bytes")
     written: list[Item] = []
-    counts = scan(root, site.store, site.predictor, on_commit=written.extend).run()
+    counts = scan(root, site.store, site.predictor, sinks=[CallbackSink(written.extend)]).run()
     assert counts.out_of_scope == {"Modality MR is not screened": 1} and counts.failed.total() == 0
     assert [i.outcome for i in written] == [Outcome.OUT_OF_SCOPE]
     assert [s.outcome for s in site.store.scanned.values()] == ["out_of_scope"]  # not read again

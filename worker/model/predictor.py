@@ -15,7 +15,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -85,48 +85,40 @@ class Predictor:
 
     def _pipeline(self, pool: ThreadPoolExecutor, paths: Iterator[Path]) -> Iterator[Answer]:
         lookahead = 2 * self.batch_size
-        pending: deque[tuple[Path, Future[tuple[Any, DecodedImage, float]]]] = deque()
+        pending: deque[tuple[Path, Future[Prepared | Answer]]] = deque()
 
         def refill() -> None:
             while len(pending) < lookahead:
                 path = next(paths, None)
                 if path is None:
                     return
-                pending.append((path, pool.submit(self._prepare, path)))
+                pending.append((path, pool.submit(decode_and_gate, self.model, path, self.limits, self.gate)))
 
         refill()
         while pending:
-            batch: list[tuple[Path, Any]] = []
+            batch: list[tuple[Path, Prepared | Answer]] = []
             ready = 0
             while pending and ready < self.batch_size:
                 path, future = pending.popleft()
                 refill()
-                try:
-                    batch.append((path, future.result()))
-                    ready += 1
-                except XrayScreenError as exc:
-                    batch.append((path, exc))
+                batch.append((path, future.result()))
+                ready += isinstance(batch[-1][1], Prepared)
             yield from self._run(batch)
 
-    def _prepare(self, path: Path) -> tuple[Any, DecodedImage, float]:
-        return prepare(self.model, path, self.limits)
-
-    def _run(self, batch: list[tuple[Path, Any]]) -> Iterator[Answer]:
-        """One batch: decoder failures, files the gate refuses before inference, and the rest
-        through the model (whose features the gate scores)."""
+    def _run(self, batch: list[tuple[Path, Prepared | Answer]]) -> Iterator[Answer]:
+        """One batch: decoder failures and files the gate refused before inference as they
+        are, the rest through the model (whose features the gate scores)."""
         answers: list[Answer | None] = []
-        good: list[tuple[int, Path, Any]] = []
+        good: list[tuple[int, Path, Prepared]] = []
         for path, value in batch:
-            if isinstance(value, XrayScreenError):
-                answers.append(Failure(path, value))
-                continue
-            refused = self.gate.before(value[1]) if self.gate is not None else None
-            answers.append(Refusal(path, refused, value[1]) if refused else None)
-            if not refused:
-                good.append((len(answers) - 1, path, value))
+            if isinstance(value, Prepared):
+                good.append((len(answers), path, value))
+                answers.append(None)
+            else:
+                answers.append(value)
         if good:
             start = time.perf_counter()
-            probs, scores, refusals = self.judge([value[0] for _, _, value in good])
+            probs, scores, refusals = self.judge([value.item for _, _, value in good])
             infer_ms = (time.perf_counter() - start) * 1000 / len(good)
             for n, (i, path, (_, decoded, decode_ms)) in enumerate(good):
                 score, refused = scores[n], refusals[n]
@@ -215,6 +207,28 @@ def open_engine(model: Any, settings: InferenceSettings, layers: tuple[str, ...]
     from worker.model.torch_engine import TorchEngine
 
     return TorchEngine(model, settings, layers)
+
+
+class Prepared(NamedTuple):
+    """One file ready for the model: its item (a tensor or an array), the decoded image's
+    facts, and the milliseconds decoding took."""
+
+    item: Any
+    decoded: DecodedImage
+    decode_ms: float
+
+
+def decode_and_gate(model: Any, path: Path, limits: Limits, gate: Any) -> Prepared | Answer:
+    """The stages before inference, for one file (a decode worker's job, local or a Ray
+    actor's): decode and prepare it, then the gate's checks of what the header and the size
+    say. A ``Failure`` (the decoder's error) or a ``Refusal`` (the gate's) when the model
+    must not see it."""
+    try:
+        prepared = Prepared(*prepare(model, path, limits))
+    except XrayScreenError as exc:
+        return Failure(path, exc)
+    refused = gate.before(prepared.decoded) if gate is not None else None
+    return Refusal(path, refused, prepared.decoded) if refused else prepared
 
 
 def prepare(model: Any, path: Path, limits: Limits = DEFAULT_LIMITS) -> tuple[Any, DecodedImage, float]:

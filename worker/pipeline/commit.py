@@ -42,6 +42,13 @@ Outputs = Callable[[Sequence[tuple[Item, ResultRecord]]], Sequence[OutboxItem]]
 NO_RETRY = RetryPolicy(attempts=1)  # the caller's loop waits and retries (the daemon's)
 
 
+def join_outputs(outputs: Sequence[Outputs]) -> Outputs | None:
+    """Several ``Outputs`` as one (None: none): each batch's outbox rows, from each in turn."""
+    if len(outputs) <= 1:
+        return outputs[0] if outputs else None
+    return lambda screened: [row for out in outputs for row in out(screened)]
+
+
 def log_batch(items: Sequence[Item], started: float, *, rate: bool = True) -> None:
     """The one line per batch, once its files are done (committed, and filed where they move):
     ``batch: 64 files (59 screened, 2 duplicates, 1 out of scope, 2 failed) in 0.41 s, 156.1 images/s``.

@@ -1,16 +1,20 @@
-"""The named points of a run that cross-cutting work hooks into: metrics (``worker/metrics``)
-and notifications (``worker/notify``), without the loops knowing either.
+"""The runner's middleware: the named points of a run that cross-cutting work hooks into,
+metrics (``worker/metrics``), notifications (``worker/notify``) and the chaos harness's crash
+points, without the runner or its sources knowing any of them (in the manner of dramatiq's
+middleware: each is a class with a method per point, and the runner calls them in order).
 
-The front ends call one ``Observer``:
+The points:
 
 - ``started()`` once the daemon is ready, ``stopped()`` when it has finished (a scan calls
   neither: it has a summary instead);
-- ``committed(batch)`` once per committed batch, from the thread that committed it, after the
-  transaction and before the inbox's files are filed (``item.path`` is still where the daemon
-  read it). One call per batch, not per file: an observer's cost is paid once per batch.
+- ``committed(batch)`` once per committed batch (``worker/pipeline/runner.py``), from the
+  thread that committed it, after the transaction and before the inbox's files are filed
+  (``item.path`` is still where the daemon read it). One call per batch, not per file: an
+  observer's cost is paid once per batch.
 
-The default ``Observer`` does nothing. ``Observers`` hands each point to several, and is the
-fault boundary: an observer that raises is logged and the others, and the loop, go on; a
+The default ``Observer`` does nothing. ``FaultPoint`` kills the process at ``after-commit``
+when the chaos harness asks (``worker/runtime/faults.py``). ``Observers`` hands each point to
+several, and is the fault boundary: an observer that raises is logged and the others, and the loop, go on; a
 metric or a webhook never stops screening.
 """
 
@@ -45,6 +49,17 @@ class Observer:
 
     def stopped(self) -> None:
         """The daemon has finished its last batch."""
+
+
+class FaultPoint(Observer):
+    """The chaos harness's crash point after a commit (``faults.reach(point)``; inert unless
+    armed). Not behind the fault boundary: the crash it stands for must happen."""
+
+    def __init__(self, faults: Any, point: str):
+        self.faults, self.point = faults, point
+
+    def committed(self, batch: Committed) -> None:
+        self.faults.reach(self.point)
 
 
 class Observers(Observer):

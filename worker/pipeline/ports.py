@@ -4,7 +4,9 @@ Each is a ``typing.Protocol``, so anything with the same members plugs in: the S
 PostgreSQL ``worker.db.store.Store`` and the in-memory ``worker.db.memory.MemoryStore``
 (``Store``); a bundle's ``BundleModel`` and an exported learner's ``LoadedModel``
 (``Model``); the ``Predictor`` (``Screening``) and, for what a result records of what
-screened it, the Ray engine's ``RayScreening`` (``Provenance``). They are
+screened it, the Ray engine's ``RayScreening`` (``Provenance``); the inbox daemon, the
+archive walk and the Ray driver (``Source``); the ``--output`` file and any later sink
+(``Sink``), which ``worker/pipeline/runner.py`` calls after each commit. They are
 ``runtime_checkable``: ``isinstance`` checks the members' names (tests/unit/test_ports.py),
 not their signatures.
 
@@ -33,6 +35,7 @@ from worker.db.store import (
 if TYPE_CHECKING:  # the decoder's types, for annotations only (the pipeline needs no decoder)
     from worker.answers import Answer
     from worker.decode import DecodedImage, Limits
+    from worker.pipeline.item import Item
 
 
 @runtime_checkable
@@ -150,3 +153,32 @@ class Screening(Provenance, Protocol):
     def warm_up(self) -> None: ...
 
     def predict(self, paths: Iterable[Path | str]) -> Iterator[Answer]: ...
+
+
+@runtime_checkable
+class Source(Protocol):
+    """Where the runner's items come from (``worker/pipeline/runner.py``), and what becomes of
+    their files: the inbox daemon (``worker/daemon.py``), the archive walk
+    (``worker/scan/run.py``), the Ray driver. The source makes the items and hands them to
+    ``Runner.run`` in chunks; the runner asks it two things:
+
+    - ``admit(decided)``: which of these decided items to commit now (the runner's thread,
+      before the commit). The inbox keeps back files it lost to another worker and files to
+      read again later; a scan admits them all;
+    - ``finished(recorded)``: they are committed (the commit thread, after the middleware
+      and the sinks). The inbox files them into processed/ or failed/; a scan does nothing.
+    """
+
+    def admit(self, decided: list[Item]) -> list[Item]: ...
+
+    def finished(self, recorded: Sequence[Item]) -> None: ...
+
+
+@runtime_checkable
+class Sink(Protocol):
+    """Something told of every committed batch, after the transaction (the ``--output`` file,
+    ``worker/sinks/results_file.py``; the RIS/EHR messages next). What must be queued in the
+    result's own transaction (the PACS objects) is an ``Outputs`` of the ``Committer``
+    instead. A sink that raises is logged and skipped for that item (``runner.deliver``)."""
+
+    def committed(self, items: Sequence[Item]) -> None: ...

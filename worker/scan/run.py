@@ -1,6 +1,6 @@
-"""What both scan engines share: the pipeline's settling and commit stages, set up for a scan.
+"""What both scan engines share: the archive walk as a source of the runner.
 
-A scan is the pipeline (``worker/pipeline``) with the archive walk as its source and
+A scan is the runner (``worker/pipeline/runner.py``) with the archive walk as its source and
 ``--output`` as its sink: its audit rows name no destination (nothing moves), its commits
 also write the skip index (``scanned_files``), and a database outage is waited out for
 about two minutes (``SCAN_RETRY``) before the run stops with exit 75. The local engine
@@ -13,17 +13,13 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
-from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
-from worker.pipeline.commit import Committer, Outputs, log_batch
+from worker.pipeline.commit import Committer, Outputs
 from worker.pipeline.counts import Counts
 from worker.pipeline.item import Item
-from worker.pipeline.observe import Committed, Observer
-from worker.pipeline.ports import Provenance, Store
-from worker.pipeline.settle import Settler
-from worker.runtime.boundary import contain
+from worker.pipeline.observe import Observer
+from worker.pipeline.ports import Provenance, Sink, Store
 from worker.runtime.retry import RetryPolicy
 from worker.scan.progress import Progress
 from worker.sources.walk import FoundFile
@@ -40,10 +36,11 @@ def scan_item(found: FoundFile) -> Item:
 
 
 class ScanRun:
-    """The settler, the committer and its counts, ``stop()`` and the limit of one scan run.
+    """A scan as a source of the runner (``ports.Source``): its committer and counts, the skip
+    index, ``stop()`` and the limit of one run.
 
     ``screening`` is the ``Predictor`` (local engine) or ``RayScreening`` (Ray engine);
-    ``on_commit`` (``--output``) gets each batch's items once they are committed;
+    ``sinks`` (``--output``) get each batch's items once they are committed;
     ``outputs``: the PACS objects queued with each result (``worker/sinks/pacs.py``);
     ``observer`` is told of each committed batch (metrics: ``worker/pipeline/observe.py``).
     """
@@ -56,7 +53,7 @@ class ScanRun:
         worker_host: str,
         limit: int | None = None,
         progress: Progress | None = None,
-        on_commit: Callable[[Sequence[Item]], None] | None = None,
+        sinks: Sequence[Sink] = (),
         retry: RetryPolicy | None = None,
         outputs: Outputs | None = None,
         observer: Observer | None = None,
@@ -65,7 +62,7 @@ class ScanRun:
         self.observer = observer or Observer()
         self.store = store
         self.progress = progress
-        self.on_commit = on_commit
+        self.sinks = list(sinks)
         self.limit = limit
         self.committer = Committer(
             store=store,
@@ -77,8 +74,6 @@ class ScanRun:
             index=True,
             outputs=outputs,
         )
-        self.settler = Settler()  # touched by the main thread only
-        self._committed: deque[Item] = deque()  # filled by the commit thread, emptied by the main one
         self._planned = 0  # files read this run (the limit counts these)
 
     @property
@@ -99,46 +94,32 @@ class ScanRun:
         """The run read ``limit`` files; more may be left for the next one."""
         return self.limit is not None and self._planned >= self.limit
 
-    def settle(self, items: list[Item]) -> tuple[list[Item], list[Item]]:
-        """(Main thread) ``(to_screen, decided)`` for hashed items (``Settler.settle``), with
-        the database asked about contents not in flight in this run."""
-        self._forget_committed()  # before the lookup: a content is in the settler or in the db
-        new = self.settler.unknown(items)
+    def fresh(self, found: Sequence[FoundFile]) -> list[FoundFile]:
+        """The files of ``found`` to read: not in the skip index for this model with their
+        size and mtime, and (with a limit) no more than it leaves. Counts the skipped ones."""
         model_sha = str(self.committer.screening.model.sha256)
-        known = self.committer.retrying(lambda: self.store.known_results(new, model_sha)) if new else {}
-        return self.settler.settle(items, known)
-
-    def commit(self, items: list[Item]) -> None:
-        """(Commit thread) Commit ``items``, hand them to ``on_commit``, and tell the main
-        thread (which alone touches the settler) which contents the database has now."""
-        started = time.perf_counter()
-        recorded = self.committer.commit(items)
-        self.observer.committed(Committed(recorded, time.perf_counter() - started))
-        log_batch(recorded, started, rate=False)
-        if self.on_commit:
-            self._report(recorded)
-        self._committed.extend(items)
+        paths = [str(f.path) for f in found]
+        stamps = self.committer.retrying(lambda: self.store.scan_index(paths, model_sha))
+        fresh = []
+        for file in found:
+            stamp = stamps.get(str(file.path))
+            if stamp is None or (stamp.size, stamp.mtime_ns) != (file.size, file.mtime_ns):
+                fresh.append(file)
+        self.counts.skipped += len(found) - len(fresh)
+        if self.limit is not None:
+            fresh = fresh[: max(0, self.limit - self._planned)]
+        self._planned += len(fresh)
         if self.progress:
             self.progress.update(self.counts)
+        return fresh
 
-    def _forget_committed(self) -> None:
-        committed = []
-        while self._committed:
-            committed.append(self._committed.popleft())
-        self.settler.forget(committed)
+    # -- ports.Source ------------------------------------------------------------------
 
-    def _report(self, items: list[Item]) -> None:
-        """Hand the committed items to ``on_commit``, one at a time when a batch of them fails:
-        an item that cannot be written is logged, the rest are written."""
-        assert self.on_commit is not None
-        try:
-            self.on_commit(items)
-            return
-        except Exception:
-            if len(items) == 1:
-                raise
-        for item in items:
-            try:
-                self.on_commit([item])
-            except Exception as exc:
-                contain("writing the --output line of", item.name, exc)
+    def admit(self, decided: list[Item]) -> list[Item]:
+        """A scan commits every decided file (nothing is claimed that another could take)."""
+        return decided
+
+    def finished(self, recorded: Sequence[Item]) -> None:
+        """Committed: the files stay where they are (the skip index rows went with them)."""
+        if self.progress:
+            self.progress.update(self.counts)

@@ -53,8 +53,8 @@ class ResultsFile:
             )
         self._fh.flush()
 
-    def write(self, items: Iterable[Item]) -> None:
-        """One line per committed item: its path, outcome, label, probabilities, reason."""
+    def committed(self, items: Iterable[Item]) -> None:
+        """(``ports.Sink``) One line per committed item: its path, outcome, label, probabilities, reason."""
         for v in items:
             if self._csv is not None:
                 probs = v.probabilities or {}

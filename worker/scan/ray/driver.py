@@ -21,10 +21,10 @@ one does; the archive is only read.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,12 +32,14 @@ from typing import Any
 
 import numpy as np
 
-from worker.answers import Prediction
+from worker.answers import Answer, Failure, Prediction
 from worker.db.store import chunks
-from worker.errors import ClusterError
+from worker.errors import ClusterError, TransientError
+from worker.outcome import Outcome
 from worker.pipeline.counts import Counts
 from worker.pipeline.item import Item
-from worker.scan.ray.stages import FAILED, READY, REFUSED, Prepare, Screen, StageSpec, decoded_from_facts
+from worker.pipeline.runner import Runner
+from worker.scan.ray.stages import Batch, Prepare, Screen, StageSpec, decoded_from_facts
 from worker.scan.run import ScanRun, scan_item
 from worker.sources.walk import FoundFile
 
@@ -117,17 +119,63 @@ class RayScreening:
         )
 
 
+class Answered:
+    """The Screen actors' answers as a ``ports.Screening`` for the runner: ``predict(paths)``
+    yields, for each path, the answer its row came back with. A content known when it was
+    prepared but gone from the database since (a reset?) has none: it fails, to be tried
+    again."""
+
+    def __init__(self, screening: RayScreening):
+        self.ray = screening
+        self.batch_size = screening.batch_size
+        self.workers = 1  # the actors hashed every file: the runner has none to hash
+        self.held: dict[Path, Answer] = {}
+
+    @property
+    def model(self) -> Any:
+        return self.ray.model
+
+    @property
+    def threshold(self) -> float:
+        return self.ray.threshold
+
+    @property
+    def device_name(self) -> str:
+        return self.ray.device_name
+
+    def warm_up(self) -> None:
+        """The actors warm their own predictors."""
+
+    def predict(self, paths: Iterable[Path | str]) -> Iterator[Answer]:
+        for path in paths:
+            answer = self.held.pop(Path(path), None)
+            gone = TransientError("its earlier result is no longer in the database")
+            yield answer or Failure(Path(path), gone)
+
+
 class RayScanner(ScanRun):
     """Screens ``files`` into ``store`` on Ray; ``run()`` until done, ``stop()`` from a signal.
 
     The same interface and counts as ``worker.scan.Scanner``, so ``xray-worker scan`` drives
-    either engine.
+    either engine: the driver is a source of the runner (``worker/pipeline/runner.py``) whose
+    chunks are the batches coming back from the actors, already hashed, decoded and judged;
+    the runner settles, decides and commits them as it does the local engine's.
     """
 
     def __init__(self, *, files: Iterable[FoundFile], screening: RayScreening, **run: Any):
         super().__init__(screening=screening, **run)  # store, worker_host, limit, progress, ...
         self.files = iter(files)
         self.screening = screening
+        self.answered = Answered(screening)
+        self.runner = Runner(
+            screening=self.answered,
+            committer=self.committer,
+            source=self,
+            commit_size=screening.batch_size,
+            sinks=self.sinks,
+            middleware=[self.observer],
+            stop=self._stop,
+        )
 
     def run(self) -> Counts:
         model = self.screening.model
@@ -141,33 +189,39 @@ class RayScanner(ScanRun):
         from ray.exceptions import RayError
 
         batches = self.screening.dataset(work).iter_batches(batch_size=None, batch_format="numpy")
-        with ThreadPoolExecutor(1, thread_name_prefix="commit") as commits:
-            committing: Future[None] | None = None
-            try:
-                for batch in batches:
-                    if committing is not None:
-                        committing.result()  # one commit at a time, in order; its error is raised here
-                    items, device = self._settle(batch)
-                    committing = commits.submit(self._commit, items, device)
-                    if self.stopping:
-                        break
-            except RayError as exc:
-                if not self.stopping:
-                    text = str(exc).strip().splitlines() or [repr(exc)]
-                    raise ClusterError(f"the Ray cluster failed: {text[0]}") from exc
-                # else Ctrl-C reached Ray's processes too: what was committed stays
-            finally:
-                close = getattr(batches, "close", None)
-                if close is not None:
-                    close()
-                if committing is not None:
-                    committing.result()
+        try:
+            self.screen(batches)
+        except RayError as exc:
+            if not self.stopping:
+                text = str(exc).strip().splitlines() or [repr(exc)]
+                raise ClusterError(f"the Ray cluster failed: {text[0]}") from exc
+            # else Ctrl-C reached Ray's processes too: what was committed stays
+        finally:
+            self.runner.close()
+            close = getattr(batches, "close", None)
+            if close is not None:
+                close()
         return self.counts
 
-    def _commit(self, items: list[Item], device: str) -> None:
-        """In the commit thread, so the driver waits for the next batch meanwhile."""
-        self.screening.device_name = device  # commits are one at a time: this batch's device
-        self.commit(items)
+    def screen(self, batches: Iterable[Batch]) -> None:
+        """Settle, decide and commit the actors' batches (the runner), until they end or ``stop()``."""
+        self.runner.run(self._chunks(batches))
+
+    def _chunks(self, batches: Iterable[Batch]) -> Iterator[list[Item]]:
+        """Each batch from the Screen actors as items: hashed, decided where a stage decided
+        them, the model's answer held for the rest. When the runner takes the next batch it
+        has taken every answer of this one it needs (the others were duplicates)."""
+        for batch in batches:
+            self.answered.held.clear()
+            rows = [_Row(batch, i) for i in range(len(batch["path"]))]
+            for row in rows:
+                if row.answer is not None:
+                    self.answered.held[row.item.path] = row.answer
+            if rows:
+                self.screening.device_name = str(batch["device"][0])  # which device screened it
+            yield [row.item for row in rows]
+            if self.stopping:
+                return
 
     # -- planning -------------------------------------------------------------------------
 
@@ -190,79 +244,41 @@ class RayScanner(ScanRun):
         return blocks
 
     def _fresh(self) -> Iterator[FoundFile]:
-        model_sha = self.screening.model.sha256
-        for chunk in chunks(self.files, INDEX_CHUNK):
-            if self.stopping:
+        """The walk less what the skip index says is unchanged, up to the limit."""
+        for found in chunks(self.files, INDEX_CHUNK):
+            if self.stopping or self.at_limit:
                 return
-            paths = [str(f.path) for f in chunk]
-            stamps = self.committer.retrying(lambda paths=paths: self.store.scan_index(paths, model_sha))
-            for found in chunk:
-                stamp = stamps.get(str(found.path))
-                if stamp is not None and (stamp.size, stamp.mtime_ns) == (found.size, found.mtime_ns):
-                    self.counts.skipped += 1
-                elif self.at_limit:
-                    return
-                else:
-                    self._planned += 1
-                    yield found
-            if self.progress:
-                self.progress.update(self.counts)
-
-    # -- settling what comes back ---------------------------------------------------------
-
-    def _settle(self, batch: dict[str, np.ndarray]) -> tuple[list[Item], str]:
-        """One batch from the Screen actors -> decided items, in the batch's order, duplicates
-        settled on the way (``ScanRun.settle``: against the database, the contents still in
-        flight, and this batch), and the device that screened it."""
-        rows = {}
-        for i in range(len(batch["path"])):
-            row = _Row(batch, i)
-            rows[row.item] = row
-        to_screen, _ = self.settle(list(rows))
-        positive_class = self.screening.model.positive_class
-        for item in to_screen:
-            row = rows[item]
-            if row.status == READY:
-                self.settler.decide(item, row.prediction(), positive_class)
-                item.finished_at = row.finished_at
-            else:  # known when it was prepared, gone now (the database was reset?)
-                self.settler.fail(item, "its earlier result is no longer in the database", retry=True)
-        device = str(batch["device"][0]) if rows else self.screening.device_name
-        return list(rows), device
+            yield from self.fresh(found)
 
 
 class _Row:
-    """One row of a batch from the Screen actors."""
+    """One row of a batch from the Screen actors: its item, and the model's answer if it has one."""
 
-    def __init__(self, batch: dict[str, np.ndarray], i: int):
-        self.batch, self.i = batch, i
-        self.path = os.fsdecode(batch["path"][i])
-        self.status = str(batch["status"][i])
-        self.finished_at = _utc(batch["finished_at"][i])
-        found = FoundFile(Path(self.path), int(batch["size"][i]), int(batch["mtime_ns"][i]))
-        self.item = scan_item(found)
+    def __init__(self, batch: Batch, i: int):
+        path = Path(os.fsdecode(batch["path"][i]))
+        self.item = scan_item(FoundFile(path, int(batch["size"][i]), int(batch["mtime_ns"][i])))
         self.item.started_at = _utc(batch["started_at"][i])
         self.item.sha256 = str(batch["sha256"][i]) or None
         self.item.size = int(batch["file_size"][i]) if batch["file_size"][i] >= 0 else None
-        if self.status == FAILED:
-            self.item.fail(str(batch["reason"][i]), retry=bool(batch["retry"][i]))
-        elif self.status == REFUSED:
-            self.item.refuse(str(batch["reason"][i]))
-
-    def prediction(self) -> Prediction:
-        import json
-
-        b, i = self.batch, self.i
-        return Prediction(
-            path=Path(self.path),
-            label=str(b["label"][i]),
-            probabilities=json.loads(str(b["probabilities"][i])),
-            positive_probability=float(b["positive_probability"][i]),
-            decoded=decoded_from_facts(str(b["facts"][i])),
-            decode_ms=float(b["decode_ms"][i]),
-            infer_ms=float(b["infer_ms"][i]),
-            gate_score=None if np.isnan(b["gate_score"][i]) else float(b["gate_score"][i]),
-        )
+        outcome, reason = str(batch["outcome"][i]), str(batch["reason"][i])
+        self.answer: Prediction | None = None
+        if outcome == Outcome.FAILED.value:
+            self.item.fail(reason, retry=bool(batch["retry"][i]))
+        elif outcome == Outcome.OUT_OF_SCOPE.value:
+            self.item.refuse(reason)
+        elif not batch["known"][i]:  # judged by the model
+            self.answer = Prediction(
+                path=path,
+                label=str(batch["label"][i]),
+                probabilities=json.loads(str(batch["probabilities"][i])),
+                positive_probability=float(batch["positive_probability"][i]),
+                decoded=decoded_from_facts(str(batch["facts"][i])),
+                decode_ms=float(batch["decode_ms"][i]),
+                infer_ms=float(batch["infer_ms"][i]),
+                gate_score=None if np.isnan(batch["gate_score"][i]) else float(batch["gate_score"][i]),
+            )
+        if outcome:
+            self.item.finished_at = _utc(batch["finished_at"][i])
 
 
 def _utc(seconds: Any) -> datetime:

@@ -1,12 +1,15 @@
 """The two stages of a Ray scan, run in Ray actors: ``Prepare`` on CPUs, ``Screen`` on GPUs.
 
-They are the local engine's own steps, moved: ``Prepare`` hashes each file, asks the
-database whether this model already screened that content (then the file is not decoded
-at all), and decodes the rest through ``worker.model.predictor.prepare`` (the shared decoder and
-the learner's item transforms). ``Screen`` runs batches through a ``Predictor``: the same
-BatchNorm folding, batch transforms, device handling and labelling as ``xray-worker scan``
-on one machine. Every actor loads the model itself and refuses it unless its SHA-256 is the
-one the driver loaded, so a node with another file cannot screen.
+They call the runner's own stages, where Ray puts them: ``Prepare`` hashes each file
+(``Item.hash``), asks the database whether this model already screened that content (then
+the file is not decoded at all: ``known``), and decodes and gates the rest
+(``worker.model.predictor.decode_and_gate``: the shared decoder, the model's item
+transforms, the gate's header checks). ``Screen`` runs batches through a ``Predictor``'s
+``judge`` and ``classify``: the same engine, image gate, calibration and labelling as
+``xray-worker scan`` on one machine. A row's ``outcome`` is an ``Outcome`` value once a
+stage decides it (failed, out of scope), empty while the model is still to judge it.
+Every actor loads the model itself and refuses it unless its SHA-256 is the one the driver
+loaded, so a node with another file cannot screen.
 
 Rows travel as plain columns (strings, numbers, one uint8 tensor); ``facts`` and
 ``probabilities`` are JSON, decoded again on the driver by ``worker.scan.ray.driver``.
@@ -25,11 +28,13 @@ from typing import Any
 
 import numpy as np
 
+from worker.answers import Failure, Refusal
 from worker.config import GateSettings, InferenceSettings
 from worker.decode import DecodedImage, Limits
-from worker.errors import TransientError, XrayScreenError
-from worker.pipeline.hashing import sha256_file
-from worker.runtime.boundary import contain
+from worker.errors import TransientError
+from worker.outcome import Outcome
+from worker.scan.run import scan_item
+from worker.sources.walk import FoundFile
 
 log = logging.getLogger(__name__)
 # fastai's import touches torch.jit.script, deprecated in recent torch: not the operator's
@@ -37,7 +42,8 @@ log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
 
 Batch = dict[str, np.ndarray]
-READY, KNOWN, FAILED, REFUSED = "ready", "known", "failed", "refused"  # a row's status
+UNDECIDED = ""  # a row's outcome until a stage decides it (the model's verdict is the driver's)
+FAILED, OUT_OF_SCOPE = Outcome.FAILED.value, Outcome.OUT_OF_SCOPE.value
 
 
 @dataclass(frozen=True)
@@ -77,50 +83,43 @@ class Prepare:
         self.item_shape = tuple(self.model.blank_item().shape)
 
     def __call__(self, batch: Batch) -> Batch:
-        from worker.model.predictor import prepare
+        from worker.model.predictor import Prepared, decode_and_gate
 
         n = len(batch["path"])
         started = np.full(n, time.time())
-        sha = np.full(n, "", dtype=object)
-        file_size = np.full(n, -1, dtype=np.int64)
-        status = np.full(n, READY, dtype=object)
-        reason = np.full(n, "", dtype=object)
-        retry = np.zeros(n, dtype=bool)
-        items = np.zeros((n, *self.item_shape), dtype=np.uint8)
+        items = [
+            scan_item(FoundFile(Path(os.fsdecode(p)), int(s), int(m))).hash()
+            for p, s, m in zip(batch["path"], batch["size"], batch["mtime_ns"], strict=True)
+        ]
+        outcome = np.array([i.outcome.value if i.outcome else UNDECIDED for i in items], dtype=object)
+        reason = np.array([i.reason or "" for i in items], dtype=object)
+        retry = np.array([i.retry for i in items], dtype=bool)
+        sha = np.array([i.sha256 or "" for i in items], dtype=object)
+        file_size = np.array([-1 if i.size is None else i.size for i in items], dtype=np.int64)
+        known = np.isin(sha, list(self._known(sha[outcome == UNDECIDED])))  # screened before: not decoded
+        tensors = np.zeros((n, *self.item_shape), dtype=np.uint8)
         facts = np.full(n, "", dtype=object)
         decode_ms = np.zeros(n)
-        for i, path in enumerate(batch["path"]):
-            try:
-                sha[i], file_size[i] = sha256_file(Path(os.fsdecode(path)))
-            except OSError as exc:
-                status[i], reason[i], retry[i] = FAILED, f"cannot read file: {exc.strerror or exc}", True
-            except Exception as exc:  # the fault boundary of worker/runtime/boundary.py
-                status[i], reason[i], retry[i] = FAILED, contain("hashing", os.fsdecode(path), exc), True
-        for i in np.flatnonzero(np.isin(sha, list(self._known(sha[status == READY])))):
-            status[i] = KNOWN  # screened before: no need to decode it again
-        for i in np.flatnonzero(status == READY):
-            try:
-                item, decoded, decode_ms[i] = prepare(
-                    self.model, Path(os.fsdecode(batch["path"][i])), self.limits
-                )
-            except XrayScreenError as exc:
-                status[i], reason[i], retry[i] = FAILED, str(exc), isinstance(exc, TransientError)
-                continue
-            refused = self.gate.before(decoded) if self.gate is not None else None
-            if refused:  # before inference: the model never sees it
-                status[i], reason[i] = REFUSED, refused
-                continue
-            items[i] = np.asarray(item)
-            facts[i] = json.dumps(_facts(decoded))
+        for i in np.flatnonzero((outcome == UNDECIDED) & ~known):
+            match decode_and_gate(self.model, items[i].path, self.limits, self.gate):
+                case Prepared() as prepared:
+                    tensors[i] = np.asarray(prepared.item)
+                    facts[i], decode_ms[i] = json.dumps(_facts(prepared.decoded)), prepared.decode_ms
+                case Refusal(out_of_scope=why):  # before inference: the model never sees it
+                    outcome[i], reason[i] = OUT_OF_SCOPE, why
+                case Failure(error=error) as failed:
+                    outcome[i], reason[i] = FAILED, failed.reason
+                    retry[i] = isinstance(error, TransientError)
         return {
             **batch,
             "started_at": started,
             "sha256": sha.astype(str),
             "file_size": file_size,
-            "status": status.astype(str),
+            "outcome": outcome.astype(str),
+            "known": known,
             "reason": reason.astype(str),
             "retry": retry,
-            "item": items,
+            "item": tensors,
             "facts": facts.astype(str),
             "decode_ms": decode_ms,
         }
@@ -161,8 +160,8 @@ class Screen:
         positive = np.full(n, np.nan)
         gate_score = np.full(n, np.nan)
         infer_ms = np.zeros(n)
-        status, reason = batch["status"].astype(object), batch["reason"].astype(object)
-        ready = np.flatnonzero(status == READY)
+        outcome, reason = batch["outcome"].astype(object), batch["reason"].astype(object)
+        ready = np.flatnonzero((outcome == UNDECIDED) & ~batch["known"])
         if len(ready):
             start = time.perf_counter()
             if self.tensor_type is np.ndarray:  # a bundle's items are arrays already
@@ -177,13 +176,13 @@ class Screen:
                 if score is not None:
                     gate_score[i] = score
                 if refused:
-                    status[i], reason[i] = REFUSED, refused
+                    outcome[i], reason[i] = OUT_OF_SCOPE, refused
                     continue
                 label[i], by_class, positive[i] = self.predictor.classify(row)
                 probabilities[i] = json.dumps(by_class)
         return {
             **batch,
-            "status": status.astype(str),
+            "outcome": outcome.astype(str),
             "reason": reason.astype(str),
             "gate_score": gate_score,
             "finished_at": np.full(n, time.time()),
