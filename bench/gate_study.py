@@ -119,6 +119,7 @@ def cost(model_path: Path, rounds: int = 15) -> None:
     from worker.model.gate import ImageGate
     from worker.model.learner import load_model
     from worker.model.predictor import Predictor
+    from worker.model.stages import prepare_file
 
     model = load_model(model_path, trust=True)
     gate = ImageGate.of(model)
@@ -126,7 +127,7 @@ def cost(model_path: Path, rounds: int = 15) -> None:
         raise SystemExit(f"{model_path} has no image gate (xray-train gate)")
     files = sorted((DATA / "chest_xray_224" / "train").rglob("*.jpeg"))
     _, valid_idx = PatientSplitter(0.2, 42)(files)
-    items = [model.decode_and_prepare(files[i])[0] for i in valid_idx[:64]]
+    items = [prepare_file(model, files[i])[0] for i in valid_idx[:64]]
     plain = Predictor(model, InferenceSettings(batch_size=64, device="cpu"))
     gated = Predictor(model, InferenceSettings(batch_size=64, device="cpu"), feature_layers=gate.layer_names)
     forward, with_taps, score = [], [], []

@@ -58,11 +58,12 @@ def cost(args: argparse.Namespace) -> None:
     from worker.explain.overlay import render, write_png
     from worker.model.learner import load_model
     from worker.model.predictor import Predictor
+    from worker.model.stages import prepare_file
 
     torch.set_num_threads(args.threads)
     model = load_model(DEFAULT_LEARNER, trust=True)
     paths = sorted((DATA / "site_sample" / "PNEUMONIA").glob("*.jpeg"))[: args.films]
-    prepared = [model.decode_and_prepare(p) for p in paths]
+    prepared = [prepare_file(model, p) for p in paths]
     items = [item for item, _ in prepared]
     b = args.batch_size
     batches = [items[i : i + b] for i in range(0, len(items) - b + 1, b)] or [items]
@@ -148,11 +149,11 @@ def sanity(films: int) -> None:
     from worker.config import DEFAULT_LEARNER
     from worker.explain.gradcam import GradCam
     from worker.model.learner import load_model
+    from worker.model.stages import prepare_file
 
     model = load_model(DEFAULT_LEARNER, trust=True)
     decoded = [
-        model.decode_and_prepare(p)[1]
-        for p in sorted((DATA / "site_sample" / "NORMAL").glob("*.jpeg"))[:films]
+        prepare_file(model, p)[1] for p in sorted((DATA / "site_sample" / "NORMAL").glob("*.jpeg"))[:films]
     ]
     blobs = {side: [model.to_item(with_blob(d, side)) for d in decoded] for side in LUNGS}
     print(

@@ -27,6 +27,7 @@ import tempfile
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 warnings.filterwarnings("ignore", category=FutureWarning)
@@ -81,6 +82,7 @@ def child(kind: str, model_path: Path, files: list[Path], rounds: int, batch_siz
     from worker.config import InferenceSettings  # imports worker first: as the CLI does
     from worker.model.learner import load_model
     from worker.model.predictor import Predictor
+    from worker.model.stages import prepare_file
 
     model = load_model(model_path, trust=True)
     predictor = Predictor(model, InferenceSettings(batch_size=batch_size, device="cpu"))
@@ -92,7 +94,7 @@ def child(kind: str, model_path: Path, files: list[Path], rounds: int, batch_siz
 
     def decode_only():
         with ThreadPoolExecutor(os.cpu_count()) as pool:
-            items[:] = [item for item, _ in pool.map(model.decode_and_prepare, files)]
+            items[:] = [item for item, _ in pool.map(partial(prepare_file, model), files)]
 
     def model_only():
         for i in range(0, len(items), batch_size):

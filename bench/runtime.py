@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,6 +52,7 @@ def child(runtime: str, files: list[Path]) -> dict:
     from worker.app import open_model
     from worker.config import InferenceSettings, load_settings
     from worker.model.predictor import Predictor
+    from worker.model.stages import prepare_file
 
     settings = load_settings(None, overrides={"model.path": str(RUNTIMES[runtime])})
     model = open_model(settings)
@@ -61,7 +63,7 @@ def child(runtime: str, files: list[Path]) -> dict:
         predictor.engine._autocast = lambda: torch.autocast("cpu", dtype=torch.bfloat16)
     start = time.perf_counter()
     with ThreadPoolExecutor(os.cpu_count()) as pool:
-        items = [item for item, _ in pool.map(model.decode_and_prepare, files)]
+        items = [item for item, _ in pool.map(partial(prepare_file, model), files)]
     decode = len(files) / (time.perf_counter() - start)
     predictor.infer(items[:64])  # warm
     start = time.perf_counter()

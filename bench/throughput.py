@@ -31,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -92,12 +93,13 @@ def row_bounds(files: list[Path], work: Path) -> dict:
     from worker.config import InferenceSettings
     from worker.model.learner import load_model
     from worker.model.predictor import Predictor
+    from worker.model.stages import prepare_file
 
     model = load_model(MODEL, trust=True)
     predictor = Predictor(model, InferenceSettings(batch_size=64, device="cpu"))
     start = time.perf_counter()
     with ThreadPoolExecutor(os.cpu_count()) as pool:
-        items = [item for item, _ in pool.map(model.decode_and_prepare, files)]
+        items = [item for item, _ in pool.map(partial(prepare_file, model), files)]
     decode = time.perf_counter() - start
     start = time.perf_counter()
     for i in range(0, len(items), 64):

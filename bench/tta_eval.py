@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from training.data import labelled_files
 from training.metrics import summarize, threshold_for_sensitivity
 from worker.model.learner import load_model
+from worker.model.stages import prepare_file
 
 
 def report(name, y, p):
@@ -69,7 +70,7 @@ def main_model(model_path, data_dir, out):
     files = labelled_files(Path(data_dir))
     y = np.array([1 if lab == model.positive_class else 0 for _, lab in files])
     t0 = time.perf_counter()
-    items = [model.decode_and_prepare(p)[0] for p, _ in files]
+    items = [prepare_file(model, p)[0] for p, _ in files]
     t_decode = time.perf_counter() - t0
     net = model.learner.model.eval()
     probs, cost = {}, {}

@@ -22,6 +22,7 @@ from worker.config import InferenceSettings
 from worker.errors import XrayScreenError
 from worker.model.gate import ImageGate, fit_gate
 from worker.model.predictor import Predictor
+from worker.model.stages import prepare_file
 
 # Where the gate looks by default: resnet's layer1 (the fastai model's body is child 0; its
 # children 4-7 are layer1-4), each channel's mean on a 3 x 3 grid: where things are on the film.
@@ -46,7 +47,7 @@ def layer_features(
     items, kept = [], []
     for i, path in enumerate(files):
         try:
-            items.append(model.decode_and_prepare(path)[0])
+            items.append(prepare_file(model, path)[0])
             kept.append(i)
         except XrayScreenError:
             continue

@@ -28,6 +28,7 @@ from worker.model.bundle import load_bundle
 from worker.model.gate import ImageGate
 from worker.model.learner import load_model
 from worker.model.predictor import Predictor
+from worker.model.stages import prepare_file
 from worker.pipeline.hashing import sha256_file
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -77,7 +78,7 @@ def test_the_gate_scores_and_refuses_as_on_torch(learner, bundle, mixed_files: l
     scores = []
     for model in (learner, bundle):
         predictor = Predictor(model, CPU, feature_layers=gate.layer_names)
-        items = [model.decode_and_prepare(f)[0] for f in mixed_files]
+        items = [prepare_file(model, f)[0] for f in mixed_files]
         scores.append(gate.scores(predictor.infer_features(items)[1]))
     torch_scores, onnx_scores = scores
     assert np.max(np.abs(onnx_scores - torch_scores) / torch_scores) < 1e-3
@@ -187,8 +188,8 @@ def test_export_writes_a_bundle_that_loads(trained_model: Path, tmp_path: Path) 
     mine = load_bundle(manifest, trust=True)
     assert mine.source_sha256 == model.sha256 and mine.vocab == model.vocab
     files = sorted(SAMPLES.glob("*.jpeg"))
-    torch_p = Predictor(model, CPU).infer([model.decode_and_prepare(f)[0] for f in files])
-    onnx_p = Predictor(mine, CPU).infer([mine.decode_and_prepare(f)[0] for f in files])
+    torch_p = Predictor(model, CPU).infer([prepare_file(model, f)[0] for f in files])
+    onnx_p = Predictor(mine, CPU).infer([prepare_file(mine, f)[0] for f in files])
     assert np.abs(torch_p - onnx_p).max() < 1e-4
     with pytest.raises(ModelError, match="not empty"):
         export_bundle(model, tmp_path / "mine")

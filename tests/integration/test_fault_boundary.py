@@ -17,6 +17,7 @@ from hostile_files import encode, grey
 from sqlalchemy import select
 from test_daemon import Site, make_site
 
+import worker.model.stages as stages_module
 import worker.pipeline.item as item_module
 import worker.sinks.filer as filer_module
 import worker.sources.claim as claim_module
@@ -71,8 +72,7 @@ def inject(stage: str, site: Site, monkeypatch: pytest.MonkeyPatch) -> None:
     elif stage == "hash":
         monkeypatch.setattr(item_module, "sha256_file", for_victim(item_module.sha256_file, named))
     elif stage == "decode":
-        model = site.predictor.model
-        monkeypatch.setattr(model, "decode_and_prepare", for_victim(model.decode_and_prepare, named))
+        monkeypatch.setattr(stages_module, "decode_file", for_victim(stages_module.decode_file, named))
     elif stage == "record":  # the database refuses the victim's result row (not an outage)
         victim_sha = None
 
@@ -166,8 +166,7 @@ def scan_stage(stage: str, store: Store, predictor: Predictor, monkeypatch: pyte
     if stage == "hash":
         monkeypatch.setattr(item_module, "sha256_file", for_victim(item_module.sha256_file, named))
     elif stage == "decode":
-        model = predictor.model
-        monkeypatch.setattr(model, "decode_and_prepare", for_victim(model.decode_and_prepare, named))
+        monkeypatch.setattr(stages_module, "decode_file", for_victim(stages_module.decode_file, named))
     elif stage == "record":
         real = store.record_batch
 

@@ -31,6 +31,7 @@ from worker.decode import DecodedImage
 from worker.explain.gradcam import GradCam
 from worker.explain.overlay import BAND_COLOUR, render
 from worker.model.learner import LoadedModel, load_model
+from worker.model.stages import prepare_file
 
 FILMS = 30  # NORMAL films of site_sample for the opacity check, each with a blob on either side
 # The blob: a Gaussian of sigma 7% of the film's width (full width at half maximum ~16%, a few
@@ -102,7 +103,7 @@ def edges(items: list[torch.Tensor]) -> np.ndarray:
 def test_maps_change_when_the_models_weights_are_randomised(shipped, gradcam, data_dir: Path):
     """Over the films whose map shows something (an empty map shows nothing to compare)."""
     paths = films(data_dir, "NORMAL", 8) + films(data_dir, "PNEUMONIA", 8)
-    items = [shipped.decode_and_prepare(f)[0] for f in paths]
+    items = [prepare_file(shipped, f)[0] for f in paths]
     trained = gradcam(items)
     shown = [i for i, peak in enumerate(trained.peaks) if peak > 0]
     assert len(shown) >= 6, f"only {len(shown)} of {len(items)} films have a map"
@@ -119,7 +120,7 @@ def test_maps_change_when_the_models_weights_are_randomised(shipped, gradcam, da
 def opacity_rates(shipped: LoadedModel, gradcam: GradCam, data_dir: Path) -> dict[str, tuple[float, float]]:
     """For each side: the share of films whose map peaks in the blob's half, and the share whose
     positive log-odds the blob raised."""
-    decoded = [shipped.decode_and_prepare(f)[1] for f in films(data_dir, "NORMAL", FILMS)]
+    decoded = [prepare_file(shipped, f)[1] for f in films(data_dir, "NORMAL", FILMS)]
     plain = gradcam([shipped.to_item(d) for d in decoded]).log_odds
     rates = {}
     for side in LUNGS:
@@ -155,7 +156,7 @@ def test_the_map_peaks_in_the_lung_with_a_synthetic_opacity(rates):
 
 def test_the_overlay_of_a_real_film(shipped, gradcam, data_dir: Path):
     film = films(data_dir, "NORMAL", 1)[0]
-    item, decoded = shipped.decode_and_prepare(film)
+    item, decoded = prepare_file(shipped, film)
     maps = gradcam([item])
     assert maps.peaks[0] > 0  # this film has a map to show
     a = render(decoded.pixels, maps.maps[0], max_side=256)

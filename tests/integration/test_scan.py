@@ -189,6 +189,7 @@ def test_the_learner_and_its_predictor_are_the_pipelines_model_and_screening(loa
     tests/unit/test_ports.py."""
     assert isinstance(loaded_model, ports.Model)
     assert isinstance(predictor, ports.Screening)
+    assert isinstance(predictor.engine, ports.Engine)  # torch; the ONNX one: tests/unit/test_ports.py
 
 
 class Counting:

@@ -22,6 +22,7 @@ from worker.cli.main import cli as worker_cli
 from worker.config import InferenceSettings
 from worker.model.learner import MovedModules, file_sha256, load_model
 from worker.model.predictor import Predictor
+from worker.model.stages import prepare_file
 
 TINY = ["--size", "64", "--epochs", "1", "--batch-size", "16"]
 
@@ -193,7 +194,7 @@ def test_strong_augmentation_label_smoothing_and_mixup(small_train_dir: Path, fi
     # the batch transforms only scale to [0, 1] and normalise (the augmentations are skipped).
     assert model.preprocessing.version.split(";")[:4] == shipped.preprocessing.version.split(";")[:4]
     films = sorted(small_train_dir.rglob("*.jpeg"))[:4]
-    items = torch.stack([model.decode_and_prepare(p)[0] for p in films])
+    items = torch.stack([prepare_file(model, p)[0] for p in films])
     mean, std = (torch.tensor(v).view(1, -1, 1, 1) for v in model.preprocessing.normalize)
     for _ in range(3):  # random transforms would differ from call to call
         assert torch.allclose(model.batch_pipeline(items), (items.float() / 255 - mean) / std, atol=1e-4)

@@ -33,6 +33,7 @@ CLASSES = ("NORMAL", "PNEUMONIA")
 @dataclass(frozen=True)
 class FakePreprocessing:
     version: str = "fake-1"
+    min_side: int | None = None
 
 
 @dataclass
@@ -53,8 +54,8 @@ class FakeModel:
     def blank_item(self) -> np.ndarray:
         return np.zeros((1, 1), np.uint8)
 
-    def decode_and_prepare(self, path: Path, limits: Any = None) -> tuple[np.ndarray, DecodedImage]:
-        return self.blank_item(), DecodedImage(np.zeros((1, 1), np.uint8), "png", 64, 64, None)
+    def to_item(self, decoded: DecodedImage) -> np.ndarray:
+        return self.blank_item()
 
 
 def film(label: str, probability: float, marker: str = "") -> bytes:

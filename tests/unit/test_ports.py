@@ -65,3 +65,38 @@ def test_the_fake_predictor_screens_and_the_ray_engine_records_provenance():
 )
 def test_a_part_without_the_members_is_not_one(part: object, protocol: type):
     assert not isinstance(part, protocol)
+
+
+def test_the_sources_and_sinks_plug_into_the_runner(tmp_path: Path):
+    """The inbox daemon, the archive walk and the Ray driver are sources; the --output file and
+    the tests' probe are sinks; the Ray driver's answers are a screening (tests/unit/test_pipeline.py
+    runs them)."""
+    from fakes import CallbackSink
+
+    from worker.daemon import Daemon
+    from worker.scan.ray.driver import Answered, RayScanner
+    from worker.scan.run import ScanRun
+    from worker.sinks.results_file import ResultsFile
+
+    for source in (Daemon, ScanRun, RayScanner):
+        assert issubclass(source, ports.Source), source  # runtime protocols: members by name
+    out = ResultsFile(tmp_path / "out.csv", ["NORMAL", "PNEUMONIA"])
+    try:
+        assert isinstance(out, ports.Sink) and isinstance(CallbackSink(print), ports.Sink)
+    finally:
+        out.close()
+    spec = SimpleNamespace(inference=InferenceSettings(batch_size=8))
+    ray = RayScreening(bundle_model(), spec, Pool(1, 0.0, 1.0, 1), block_files=64)  # type: ignore[arg-type]
+    assert isinstance(Answered(ray), ports.Screening)
+
+
+def test_the_shipped_bundles_engine_is_an_engine():
+    """The ONNX engine (the lean install's); the torch one: tests/integration/test_scan.py."""
+    from worker.config import DEFAULT_BUNDLE, SHIPPED_BUNDLE_SHA256
+    from worker.model.load import load
+    from worker.model.predictor import Predictor
+
+    bundle = load(DEFAULT_BUNDLE, sha256=SHIPPED_BUNDLE_SHA256)
+    predictor = Predictor(bundle, InferenceSettings(device="cpu"))
+    assert isinstance(predictor.engine, ports.Engine) and predictor.runtime == "onnx"
+    assert isinstance(predictor.model, ports.Model)

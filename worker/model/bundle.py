@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from worker.decode import DEFAULT_LIMITS, DecodedImage, Limits, decode_file
+from worker.decode import DecodedImage
 from worker.errors import ModelError
 from worker.model.pinned import check_pinned
 from worker.model.preprocess import DECODE_VERSION, RESIZE_METHODS, Preprocessing, batch_array, item_array
@@ -90,10 +90,6 @@ class BundleModel:
     def blank_item(self) -> np.ndarray:
         height, width = self.preprocessing.resize or (224, 224)
         return self.to_item(DecodedImage(np.zeros((height, width), dtype=np.uint8), "PNG", width, height))
-
-    def decode_and_prepare(self, path: Path, limits: Limits = DEFAULT_LIMITS) -> tuple[Any, DecodedImage]:
-        decoded = decode_file(path, min_side=self.preprocessing.min_side, limits=limits)
-        return self.to_item(decoded), decoded
 
 
 def load_bundle(

@@ -23,7 +23,7 @@ from fastai.vision.core import PILImage, PILImageBW
 from fasttransform import Pipeline, Transform
 from PIL import Image
 
-from worker.decode import DEFAULT_LIMITS, DecodedImage, Limits, decode_file
+from worker.decode import DecodedImage, decode_file
 from worker.errors import ModelError
 from worker.model.pinned import check_pinned
 from worker.model.preprocess import Preprocessing
@@ -92,10 +92,6 @@ class LoadedModel:
         """A black image at the model's input size, as an item tensor (warm-up, shapes, types)."""
         height, width = self.preprocessing.resize or (224, 224)
         return self.to_item(DecodedImage(np.zeros((height, width), dtype=np.uint8), "PNG", width, height))
-
-    def decode_and_prepare(self, path: Path, limits: Limits = DEFAULT_LIMITS) -> tuple[Any, DecodedImage]:
-        decoded = decode_file(path, min_side=self.preprocessing.min_side, limits=limits)
-        return self.to_item(decoded), decoded
 
 
 # Where this project's classes in a learner (OpenXray, XrayImage, TensorXray) lived when

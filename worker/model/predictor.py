@@ -1,9 +1,9 @@
 """Batched inference: decode in a thread pool while the model runs, keep input order.
 
-The stages: ``decode_file`` and the model's item transforms in worker threads (through the
-model's ``decode_and_prepare``: the learner's own fastai transforms, or a bundle's numpy
-rebuild of them), then the batch through the engine on the chosen device, then the gate,
-the calibration and the threshold.
+The stages (``worker/model/stages.py``): decode, preprocess and the gate's header checks in
+worker threads (``decode_and_gate``), then the batch through the engine on the chosen device
+(``ports.Engine``: logits and the gate's features in one pass), then the calibration, the
+image gate and the threshold.
 """
 
 from __future__ import annotations
@@ -15,17 +15,20 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from worker.answers import Answer, Failure, Prediction, Refusal
+from worker.answers import Answer, Prediction, Refusal
 from worker.config import InferenceSettings
 from worker.decode import DEFAULT_LIMITS, DecodedImage, Limits
-from worker.errors import ConfigError, DecodeError, XrayScreenError
+from worker.errors import ConfigError
 from worker.model.bundle import BundleModel
 from worker.model.calibration import Calibration
-from worker.runtime.boundary import contain
+from worker.model.stages import Prepared, decode_and_gate
+
+if TYPE_CHECKING:
+    from worker.pipeline.ports import Engine
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +187,7 @@ class Predictor:
         )
 
 
-def open_engine(model: Any, settings: InferenceSettings, layers: tuple[str, ...] = ()) -> Any:
+def open_engine(model: Any, settings: InferenceSettings, layers: tuple[str, ...] = ()) -> Engine:
     """The engine for ``[inference] runtime``: "auto" takes the one that fits the model."""
     runtime = settings.runtime
     is_bundle = isinstance(model, BundleModel)
@@ -207,41 +210,3 @@ def open_engine(model: Any, settings: InferenceSettings, layers: tuple[str, ...]
     from worker.model.torch_engine import TorchEngine
 
     return TorchEngine(model, settings, layers)
-
-
-class Prepared(NamedTuple):
-    """One file ready for the model: its item (a tensor or an array), the decoded image's
-    facts, and the milliseconds decoding took."""
-
-    item: Any
-    decoded: DecodedImage
-    decode_ms: float
-
-
-def decode_and_gate(model: Any, path: Path, limits: Limits, gate: Any) -> Prepared | Answer:
-    """The stages before inference, for one file (a decode worker's job, local or a Ray
-    actor's): decode and prepare it, then the gate's checks of what the header and the size
-    say. A ``Failure`` (the decoder's error) or a ``Refusal`` (the gate's) when the model
-    must not see it."""
-    try:
-        prepared = Prepared(*prepare(model, path, limits))
-    except XrayScreenError as exc:
-        return Failure(path, exc)
-    refused = gate.before(prepared.decoded) if gate is not None else None
-    return Refusal(path, refused, prepared.decoded) if refused else prepared
-
-
-def prepare(model: Any, path: Path, limits: Limits = DEFAULT_LIMITS) -> tuple[Any, DecodedImage, float]:
-    """Decode one file and apply the learner's item transforms: (item tensor, decoded image, ms).
-
-    Raises ``XrayScreenError`` only: a decoder bug (even a Rust panic) fails this file alone,
-    as an internal error (``worker/runtime/boundary.py``).
-    """
-    start = time.perf_counter()
-    try:
-        item, decoded = model.decode_and_prepare(path, limits)
-    except (XrayScreenError, KeyboardInterrupt, SystemExit):
-        raise
-    except BaseException as exc:  # a Rust panic is a BaseException
-        raise DecodeError(contain("decoding", str(path), exc)) from exc
-    return item, decoded, (time.perf_counter() - start) * 1000

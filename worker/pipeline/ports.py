@@ -34,7 +34,7 @@ from worker.db.store import (
 
 if TYPE_CHECKING:  # the decoder's types, for annotations only (the pipeline needs no decoder)
     from worker.answers import Answer
-    from worker.decode import DecodedImage, Limits
+    from worker.decode import DecodedImage
     from worker.pipeline.item import Item
 
 
@@ -76,10 +76,14 @@ class Store(Protocol):
 
 
 class Versioned(Protocol):
-    """A model's preprocessing, as a result records it: its ``version`` string."""
+    """A model's preprocessing, as the decode stage and a result use it: the least side a
+    JPEG may be decoded at (None: full size) and its ``version`` string."""
 
     @property
     def version(self) -> str: ...
+
+    @property
+    def min_side(self) -> int | None: ...
 
 
 @runtime_checkable
@@ -114,8 +118,9 @@ class Model(Protocol):
     @property
     def preprocessing(self) -> Versioned: ...
 
-    def decode_and_prepare(self, path: Path, limits: Limits = ...) -> tuple[Any, DecodedImage]:
-        """The file decoded, and as the model's input item."""
+    def to_item(self, decoded: DecodedImage) -> Any:
+        """A decoded image as the model's input item (the preprocess stage,
+        ``worker/model/stages.py``: models never read files)."""
         ...
 
     def blank_item(self) -> Any:
@@ -182,3 +187,24 @@ class Sink(Protocol):
     instead. A sink that raises is logged and skipped for that item (``runner.deliver``)."""
 
     def committed(self, items: Sequence[Item]) -> None: ...
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """The infer stage (``worker/model/predictor.py`` opens one): items -> logits and, when the
+    gate asked for them, its features, in one pass; torch for an exported learner
+    (``worker/model/torch_engine.py``), ONNX Runtime fp32 or int8 for a bundle
+    (``worker/model/onnx_engine.py``)."""
+
+    @property
+    def device(self) -> Any: ...
+
+    @property
+    def device_name(self) -> str: ...
+
+    @property
+    def runtime(self) -> str: ...
+
+    def run(self, items: list[Any]) -> tuple[Any, dict[str, Any] | None]: ...
+
+    def activation(self, logits: Any) -> Any: ...

@@ -3,7 +3,7 @@
 They call the runner's own stages, where Ray puts them: ``Prepare`` hashes each file
 (``Item.hash``), asks the database whether this model already screened that content (then
 the file is not decoded at all: ``known``), and decodes and gates the rest
-(``worker.model.predictor.decode_and_gate``: the shared decoder, the model's item
+(``worker.model.stages.decode_and_gate``: the shared decoder, the model's item
 transforms, the gate's header checks). ``Screen`` runs batches through a ``Predictor``'s
 ``judge`` and ``classify``: the same engine, image gate, calibration and labelling as
 ``xray-worker scan`` on one machine. A row's ``outcome`` is an ``Outcome`` value once a
@@ -83,7 +83,7 @@ class Prepare:
         self.item_shape = tuple(self.model.blank_item().shape)
 
     def __call__(self, batch: Batch) -> Batch:
-        from worker.model.predictor import Prepared, decode_and_gate
+        from worker.model.stages import Prepared, decode_and_gate
 
         n = len(batch["path"])
         started = np.full(n, time.time())
