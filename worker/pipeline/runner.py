@@ -177,11 +177,12 @@ class Runner:
     # -- committing ----------------------------------------------------------------------
 
     def _commit_soon(self) -> None:
-        """Hand the decided items the source admits to the commit thread; the previous
-        commit is awaited first (its error raised here)."""
+        """Hand the decided items the source admits to the commit thread. The previous commit
+        is awaited first (its error raised here), so the source answers ``admit`` knowing
+        everything before is finished."""
         items, self._ready = self._ready, []
-        items = self.source.admit(items) if items else items
         self._wait_for_commit()
+        items = self.source.admit(items) if items else items
         if items:
             self._committing = self._commits.submit(self._commit, items)
 
