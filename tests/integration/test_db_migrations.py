@@ -46,6 +46,8 @@ def test_the_migrated_database_matches_the_models_and_downgrades_to_nothing(db_u
             "audit_events",
             "scanned_files",
             "outbox",
+            "pull_runs",
+            "pull_instances",
         }
         assert set(schema.get_view_names()) == VIEWS
         with engine.connect() as conn:  # every view runs on this backend
@@ -122,7 +124,19 @@ def test_0008_stores_a_heatmap_path_and_its_downgrade_keeps_the_results_and_view
         for view in VIEWS:  # every view still reads the table
             conn.execute(select(literal_column("*")).select_from(table(view))).all()
     migrate.upgrade(store.engine)
-    assert migrate.current_revision(store.engine) == "0008"
+    assert migrate.current_revision(store.engine) == migrate.head_revision()
+
+
+def test_0009_adds_the_pull_tables_and_its_downgrade_drops_only_them(store: Store):
+    populate(store, datetime.now(UTC))
+    migrate.downgrade(store.engine, "0008")
+    tables = set(inspect(store.engine).get_table_names())
+    assert not tables & {"pull_runs", "pull_instances"} and {"results", "outbox"} <= tables
+    with store.engine.connect() as conn:
+        for view in VIEWS:
+            conn.execute(select(literal_column("*")).select_from(table(view))).all()
+    migrate.upgrade(store.engine)
+    assert {"pull_runs", "pull_instances"} <= set(inspect(store.engine).get_table_names())
 
 
 def test_upgrading_twice_changes_nothing(engine: Engine):

@@ -8,13 +8,14 @@ rather than in a table of their own: nothing is ever updated, and an analyst nee
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any, ClassVar
 
 from sqlalchemy import (
     JSON,
     BigInteger,
     CheckConstraint,
+    Date,
     DateTime,
     Dialect,
     Double,
@@ -37,6 +38,9 @@ from worker.outcome import Outcome
 OUTCOMES = tuple(outcome.value for outcome in Outcome)
 # Where an outbox row's delivery stands (worker/db/outbox.py).
 OUTBOX_STATUSES = ("pending", "delivered", "committed", "failed")
+# Where a pulled instance stands, and how a pull run ended (worker/db/pulls.py).
+PULL_STATES = ("found", "retrieved", "known", "failed")
+PULL_RUN_STATUSES = ("running", "done", "failed")
 
 # Deterministic constraint and index names, so that migrations can name what they drop.
 NAMING = {
@@ -251,7 +255,86 @@ class OutboxEntry(Base):
     )
 
 
+class PullRun(Base):
+    """One ``xray-worker pull`` run against one PACS: the dates it asked for and what came of it.
+
+    The last date of the runs whose query completed (``queried_at`` set) is the source's
+    high-water mark: a run given no dates goes on from there.
+    """
+
+    __tablename__ = "pull_runs"
+
+    id: Mapped[int] = mapped_column(RowId, primary_key=True)
+    # A [[pull.sources]] name.
+    source: Mapped[str] = mapped_column(String(64))
+    # The process: host:pid.
+    owner: Mapped[str] = mapped_column(String(200))
+    started_at: Mapped[datetime]
+    # The study dates asked for; NULL: any date (accession numbers).
+    first_date: Mapped[date | None] = mapped_column(Date())
+    last_date: Mapped[date | None] = mapped_column(Date())
+    # When the query completed and what it found was recorded; NULL: it did not.
+    queried_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    status: Mapped[str] = mapped_column(String(16))
+    found: Mapped[int] = mapped_column(Integer())
+    retrieved: Mapped[int] = mapped_column(Integer())
+    failed: Mapped[int] = mapped_column(Integer())
+    reason: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (
+        CheckConstraint("status IN ('running', 'done', 'failed')", name="status"),
+        CheckConstraint("status <> 'failed' OR reason IS NOT NULL", name="failed_has_reason"),
+        Index(None, "source", "queried_at"),
+    )
+
+
+class PullInstance(Base):
+    """One instance a PACS holds that a pull found, and where its retrieval stands.
+
+    ``found`` until it is retrieved into the inbox (``retrieved``), or until a result of the
+    model shows it was screened already (``known``: never retrieved); ``failed`` after
+    ``[pull] max_attempts``, with its reason. A process retrieving it holds a claim
+    (``claimed_by``, until ``claimed_until``): another process takes it over only after that,
+    so two pulls on one database split the work, and one killed mid-retrieve loses nothing.
+    """
+
+    __tablename__ = "pull_instances"
+
+    id: Mapped[int] = mapped_column(RowId, primary_key=True)
+    source: Mapped[str] = mapped_column(String(64))
+    sop_instance_uid: Mapped[str] = mapped_column(String(64))
+    study_instance_uid: Mapped[str] = mapped_column(String(64))
+    series_instance_uid: Mapped[str] = mapped_column(String(64))
+    sop_class_uid: Mapped[str] = mapped_column(String(64))
+    modality: Mapped[str] = mapped_column(String(16))
+    # Only for a Patient Root source, which needs it to retrieve; NULL otherwise.
+    patient_id: Mapped[str | None] = mapped_column(String(64))
+    # The run that found it first.
+    run_id: Mapped[int | None] = mapped_column(RowId, ForeignKey("pull_runs.id"))
+    state: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer())
+    reason: Mapped[str | None] = mapped_column(Text)
+    found_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    retrieved_at: Mapped[datetime | None]
+    claimed_by: Mapped[str | None] = mapped_column(String(200))
+    claimed_until: Mapped[datetime | None]
+
+    __table_args__ = (
+        # Found again by a later run: the same row.
+        UniqueConstraint("source", "sop_instance_uid"),
+        CheckConstraint("state IN ('found', 'retrieved', 'known', 'failed')", name="state"),
+        CheckConstraint("state <> 'failed' OR reason IS NOT NULL", name="failed_has_reason"),
+        CheckConstraint("attempts >= 0", name="attempts"),
+        Index(None, "source", "state", "claimed_until"),
+        Index(None, "run_id"),
+    )
+
+
 results = Result.__table__
 audit_events = AuditEvent.__table__
 scanned_files = ScannedFile.__table__
 outbox = OutboxEntry.__table__
+pull_runs = PullRun.__table__
+pull_instances = PullInstance.__table__
