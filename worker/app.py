@@ -18,7 +18,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import replace
-from datetime import datetime
+from datetime import date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -39,6 +39,7 @@ if TYPE_CHECKING:  # what the builders return; each is imported where it is buil
     from worker.pipeline import ports
     from worker.pipeline.commit import Outputs
     from worker.pipeline.gate import Gate
+    from worker.pull.run import Puller, PullSummary
     from worker.runtime.faults import Faults
     from worker.scan.local import Scanner
     from worker.scan.ray.driver import RayScanner
@@ -552,3 +553,74 @@ def _ray_scanner(
     # The actors keep the pixels, which a key image needs: the Ray engine queues no PACS objects.
     sinks = open_sinks(settings, common["store"], output=common.pop("output"))
     return RayScanner(screening=screening, sinks=sinks.after, **common)
+
+
+# -- pull ------------------------------------------------------------------------------
+
+
+def open_pullers(settings: Settings, names: Sequence[str] = ()) -> list[Puller]:
+    """``pull``: one ``Puller`` per ``[[pull.sources]]`` table (those in ``names``; none: all),
+    writing into [inbox] path with the receiver's writer and recording in the results database
+    (at head; a SQLite file that does not exist yet is created). ``ConfigError`` when there is
+    no source, ``UsageError`` for a name that is not one."""
+    from worker.pull.run import Puller
+    from worker.receive import open_writer, quiet_dicom_logs
+
+    sources = settings.pull.sources
+    if not sources:
+        raise ConfigError(
+            '[pull] has no sources: add a [[pull.sources]] table (README, "Pulling from a PACS")'
+        )
+    unknown = sorted(set(names) - {s.name for s in sources})
+    if unknown:
+        known = ", ".join(s.name for s in sources)
+        raise UsageError(f"--source {', '.join(unknown)}: not in [pull] sources ({known})")
+    engine = open_database(settings.database.url)
+    writer = open_writer(settings)
+    quiet_dicom_logs()
+    sha256 = settings.model.expected_sha256()  # what tells an instance this model screened already
+    chosen = [s for s in sources if not names or s.name in names]
+    return [Puller(s, settings.pull, engine, writer, model_sha256=sha256) for s in chosen]
+
+
+def run_pull(
+    pullers: Sequence[Puller],
+    *,
+    since: date | None = None,
+    days: int | None = None,
+    accessions: Path | None = None,
+    today: date | None = None,
+) -> tuple[list[PullSummary], list[Exception]]:
+    """One run per puller, in turn: the summaries, and the ``PacsError`` of each source that
+    refused or failed (the others still run). The study dates: ``--since``, ``--days``, or each
+    source's high-water mark (``worker/pull/period.py``); with accession numbers and neither
+    flag, any date. ``UsageError`` for flags that do not go together or an unreadable file;
+    ``TransientError`` when the database is down."""
+    from worker.errors import PacsError
+    from worker.pull.identifiers import read_accessions
+    from worker.pull.period import choose_period
+
+    wanted: list[str] = []
+    if accessions is not None:
+        try:
+            wanted = read_accessions(accessions.read_text(encoding="utf-8"), str(accessions))
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"--accessions {accessions}: cannot read it: {exc}") from None
+        if not wanted:
+            raise UsageError(f"--accessions {accessions}: no accession number in it")
+    today = today or date.today()
+    summaries: list[PullSummary] = []
+    errors: list[Exception] = []
+    for puller in pullers:
+        if wanted and since is None and days is None:
+            period = None
+        else:
+            period, origin = choose_period(
+                since=since, days=days, high_water=puller.high_water(), today=today
+            )
+            log.info("%s: study dates from %s", puller.source.name, origin)
+        try:
+            summaries.append(puller.run(period, wanted))
+        except PacsError as exc:
+            errors.append(exc)
+    return summaries, errors

@@ -27,7 +27,7 @@ from sqlalchemy import Engine, make_url, select
 
 from worker.app import open_database, open_store
 from worker.config import PROJECT_ROOT, Settings
-from worker.db import migrate
+from worker.db import migrate, pulls
 from worker.db.engine import make_engine, reader, safe_url, sqlite_file
 from worker.db.errors import database_errors
 from worker.db.render import FORMATS as FORMATS  # the report formats, for the CLI's choices
@@ -43,7 +43,8 @@ from worker.errors import ConfigError, TransientError, UsageError, XrayScreenErr
 
 log = logging.getLogger("worker")
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-REPORTS = {"flagged": flagged, "studies": studies, "deliveries": deliveries}  # report's subcommands
+# report's subcommands
+REPORTS = {"flagged": flagged, "studies": studies, "deliveries": deliveries, "pulls": pulls.report}
 
 
 @contextmanager
@@ -176,7 +177,7 @@ def report_summary(url: str, since: datetime | None, fmt: str, *, brief: bool, i
 
 def report_text(url: str, name: str, since: datetime | None, fmt: str, *, all_columns: bool = False) -> str:
     """A report subcommand's output: ``flagged`` (as a table, the columns that fit a terminal
-    unless ``all_columns``), ``studies`` or ``deliveries``, of the database at head."""
+    unless ``all_columns``), ``studies``, ``deliveries`` or ``pulls``, of the database at head."""
     with database(url, at_head=True) as engine:
         result = REPORTS[name](engine, since)
     if name == "flagged" and fmt == "table" and not all_columns:

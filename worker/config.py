@@ -25,7 +25,7 @@ import os
 import re
 import tomllib
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -337,6 +337,72 @@ class PacsSettings:
     commitment_timeout: float = field(default=3600.0, metadata=_check(minimum=1))
 
 
+QueryModel = Literal["study", "patient"]
+Retrieve = Literal["get", "move"]
+# A daily time window, local time: "20:00-06:00" (past midnight), or empty: any time.
+_WINDOW = r"(([01][0-9]|2[0-3]):[0-5][0-9]-([01][0-9]|2[0-3]):[0-5][0-9])?"
+
+
+@dataclass(frozen=True)
+class PullSource:
+    """One PACS that ``xray-worker pull`` queries (C-FIND) and retrieves from (C-GET or C-MOVE):
+    a ``[[pull.sources]]`` table of the config file (README, "Pulling from a PACS")."""
+
+    # Our name for it: the pull table and `xray-worker report pulls` use it.
+    name: str = field(
+        default="", metadata={"pattern": r"[A-Za-z0-9_.-]{1,64}", "hint": "1-64 letters, digits, _ . -"}
+    )
+    # Its AE title (the called AE title), host and DICOM port.
+    ae_title: str = field(
+        default="", metadata={"pattern": _AE_TITLE, "hint": "a DICOM AE title (1-16 characters)"}
+    )
+    host: str = field(default="", metadata={"pattern": r"\S+", "hint": "a host name or address"})
+    port: int = field(default=104, metadata=_check(minimum=1, maximum=65535))
+    # Our AE title on these associations (the PACS must know it).
+    calling_ae_title: str = field(
+        default="XRAY_SCREEN", metadata={"pattern": _AE_TITLE, "hint": "a DICOM AE title (1-16 characters)"}
+    )
+    # The Query/Retrieve information model: "study" (Study Root) or "patient" (Patient Root).
+    query_model: QueryModel = "study"
+    # "get": C-GET, the instances come back on our association (no inbound port); "move":
+    # C-MOVE to move_destination, our `receive` SCP, which writes them into the inbox.
+    retrieve: Retrieve = "get"
+    move_destination: str = field(
+        default="", metadata={"pattern": f"({_AE_TITLE})?", "hint": "a DICOM AE title (1-16 characters)"}
+    )
+    # Series of these modalities are retrieved (upper case).
+    modalities: tuple[str, ...] = field(
+        default=("CR", "DX"), metadata={"each": r"[A-Z0-9_]{1,16}", "hint": "DICOM modalities, e.g. CR, DX"}
+    )
+    # Instances retrieved per run at most; the rest wait for the next run.
+    max_instances: int = field(default=5000, metadata=_check(minimum=1, maximum=10_000_000))
+    # Associations retrieving at once.
+    max_retrieves: int = field(default=1, metadata=_check(minimum=1, maximum=16))
+    # Retrieve only in this daily window, local time ("20:00-06:00"); empty: any time.
+    window: str = field(default="", metadata={"pattern": _WINDOW, "hint": 'a window "HH:MM-HH:MM", or empty'})
+    # Seconds to wait for the association, for each DIMSE answer, and for the network.
+    association_timeout: float = field(default=30.0, metadata=_check(minimum=1, maximum=3600))
+    dimse_timeout: float = field(default=60.0, metadata=_check(minimum=1, maximum=3600))
+    network_timeout: float = field(default=60.0, metadata=_check(minimum=1, maximum=3600))
+    # Seconds one whole C-FIND may take, its pending answers included.
+    query_timeout: float = field(default=600.0, metadata=_check(minimum=1, maximum=86_400))
+
+
+@dataclass(frozen=True)
+class PullSettings:
+    """``xray-worker pull``: films queried and retrieved from PACS into [inbox] path, for
+    ``watch`` to screen."""
+
+    # Where to pull from; none: `pull` has nothing to do.
+    sources: tuple[PullSource, ...] = ()
+    # Instances one claim takes (one association retrieves them).
+    batch_size: int = field(default=20, metadata=_check(minimum=1, maximum=1000))
+    # Seconds a claim holds; a process that died holding one leaves it to others after this.
+    lease_seconds: int = field(default=600, metadata=_check(minimum=10))
+    # Failed retrieves of one instance before it is left failed (for an operator).
+    max_attempts: int = field(default=5, metadata=_check(minimum=1, maximum=1000))
+
+
 HeatmapsFor = Literal["positives", "all", "none"]
 HEATMAPS_FOR: tuple[str, ...] = typing.get_args(HeatmapsFor)
 
@@ -445,6 +511,7 @@ class Settings:
     gate: GateSettings = field(default_factory=GateSettings)
     receive: ReceiveSettings = field(default_factory=ReceiveSettings)
     pacs: PacsSettings = field(default_factory=PacsSettings)
+    pull: PullSettings = field(default_factory=PullSettings)
     explain: ExplainSettings = field(default_factory=ExplainSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     notify: NotifySettings = field(default_factory=NotifySettings)
@@ -565,23 +632,34 @@ def _build(cls: type, section: str, values: Mapping[str, tuple[Any, str]]) -> An
         if hints[f.name] == tuple[PacsDestination, ...]:
             kwargs[f.name] = _destinations(value, where)
             continue
+        if hints[f.name] == tuple[PullSource, ...]:
+            kwargs[f.name] = _pull_sources(value, where)
+            continue
         label = f"{where}: [{section}] {f.name} = {value!r}"
         kwargs[f.name] = _coerce(hints[f.name], value, label)
         _check_range(f, kwargs[f.name], label)
     return cls(**kwargs)
 
 
+def _tables(value: Any, where: str, name: str, cls: type) -> Iterator[tuple[str, dict[str, Any]]]:
+    """``[[name]]`` tables (``name`` is "section.key"), each with its label ("name #2") and
+    its keys checked against ``cls``."""
+    if not isinstance(value, list) or not all(isinstance(t, dict) for t in value):
+        section, _, key = name.partition(".")
+        raise ConfigError(f"{where}: [{section}] {key} must be [[{name}]] tables in the config file")
+    names = [f.name for f in dataclasses.fields(cls)]
+    for number, table in enumerate(value, 1):
+        for key in table:
+            if key not in names:
+                known = ", ".join(names)
+                raise ConfigError(f"{where}: [{name} #{number}]: unknown key {key}; known: {known}")
+        yield f"{name} #{number}", table
+
+
 def _destinations(value: Any, where: str) -> tuple[PacsDestination, ...]:
     """``[[pacs.destinations]]`` tables, each checked like a section of its own."""
-    if not isinstance(value, list) or not all(isinstance(t, dict) for t in value):
-        raise ConfigError(
-            f"{where}: [pacs] destinations must be [[pacs.destinations]] tables in the config file"
-        )
     built: list[PacsDestination] = []
-    for number, table in enumerate(value, 1):
-        section = f"pacs.destinations #{number}"
-        for key in table:
-            _known_destination_key(key, f"{where}: [{section}]")
+    for section, table in _tables(value, where, "pacs.destinations", PacsDestination):
         needs = (
             ("name", "dicomweb_url") if table.get("dicomweb_url") else ("name", "ae_title", "host", "port")
         )
@@ -613,10 +691,28 @@ def _destinations(value: Any, where: str) -> tuple[PacsDestination, ...]:
     return tuple(built)
 
 
-def _known_destination_key(key: str, where: str) -> None:
-    names = [f.name for f in dataclasses.fields(PacsDestination)]
-    if key not in names:
-        raise ConfigError(f"{where}: unknown key {key}; known: {', '.join(names)}")
+def _pull_sources(value: Any, where: str) -> tuple[PullSource, ...]:
+    """``[[pull.sources]]`` tables, each checked like a section of its own."""
+    built: list[PullSource] = []
+    for section, table in _tables(value, where, "pull.sources", PullSource):
+        missing = [k for k in ("name", "ae_title", "host") if k not in table]
+        if missing:
+            raise ConfigError(f"{where}: [{section}] needs {', '.join(missing)}")
+        source = _build(PullSource, section, {k: (v, where) for k, v in table.items()})
+        label = f"{where}: [{section}] ({source.name})"
+        if source.retrieve == "move" and not source.move_destination:
+            raise ConfigError(
+                f"{label} retrieve = 'move' needs move_destination: the AE title of our "
+                "`xray-worker receive` ([receive] ae_title), known to the PACS as a move destination"
+            )
+        if not source.modalities:
+            raise ConfigError(f"{label} modalities = []: name at least one, e.g. ['CR', 'DX']")
+        if source.window and source.window[:5] == source.window[6:]:
+            raise ConfigError(f"{label} window = {source.window!r}: starts and ends at the same time")
+        if source.name in {s.name for s in built}:
+            raise ConfigError(f"{label} name = {source.name!r}: used by another source")
+        built.append(source)
+    return tuple(built)
 
 
 def _coerce(hint: Any, value: Any, label: str) -> Any:

@@ -4,6 +4,8 @@
 - TransientError: the world is temporarily wrong (database down, share gone); retry later.
 - ConfigError / ModelError: the process cannot start; exit with a clear message.
 - UsageError: the command line is wrong (exit 2).
+- PacsError: a PACS refused or failed what ``pull`` asked (exit 69); PacsUnavailable: it could
+  not be reached or did not answer in time (a TransientError, exit 75).
 """
 
 from __future__ import annotations
@@ -47,3 +49,20 @@ class UsageError(XrayScreenError):
 
 class ModelError(XrayScreenError):
     """The model file cannot be used: missing, untrusted, tampered with, or not a learner."""
+
+
+class PacsError(XrayScreenError):
+    """A PACS refused what was asked (the association, a C-FIND or C-GET failure status) or
+    answered what cannot be used; the run stops, and what it recorded before stands."""
+
+
+class PacsRejected(PacsError):
+    """The PACS rejected the association: is our calling AE title known to it, its AE title right?"""
+
+
+class PacsUnavailable(PacsError, TransientError):
+    """The PACS could not be reached, or did not answer in time: try again later."""
+
+
+class MalformedIdentifier(PacsError):
+    """A C-FIND answer whose identifier lacks a key or holds a value that is not what its VR allows."""

@@ -1,10 +1,13 @@
-"""Build small DICOM files with pydicom for the decoder's reference table."""
+"""Build small DICOM files with pydicom: for the decoder's reference table, and DICOM twins of
+real films for the PACS tests."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
     CTImageStorage,
@@ -39,7 +42,9 @@ def make_dicom(
     sop_class: str = CR_IMAGE_STORAGE,
     syntax: str = ExplicitVRLittleEndian,
     file_meta: bool = True,
+    attributes: Mapping[str, object] | None = None,
 ) -> Path:
+    """A DICOM file of ``pixels``; ``attributes`` (keyword -> value) set over the defaults."""
     ds = Dataset()
     ds.SOPClassUID = sop_class
     ds.SOPInstanceUID = generate_uid()
@@ -47,6 +52,8 @@ def make_dicom(
     ds.SeriesInstanceUID = generate_uid()
     ds.Modality = "CR"
     ds.PatientID = "TEST-ONLY"
+    for keyword, value in (attributes or {}).items():
+        setattr(ds, keyword, value)
     if pixels is not None:
         rows, cols = pixels.shape[-2:]
         ds.Rows, ds.Columns = rows, cols
@@ -82,4 +89,15 @@ def make_dicom(
     return path
 
 
-__all__ = ["BASIC_TEXT_SR", "CR_IMAGE_STORAGE", "CTImageStorage", "gradient", "make_dicom"]
+def dicom_twin(jpeg: Path, path: Path, *, max_side: int = 512, **attributes: object) -> Path:
+    """The DICOM twin of a real film (a JPEG of ../shared/data): its grey pixels, at most
+    ``max_side`` on a side, as an 8-bit MONOCHROME2 CR image with ``attributes`` (keyword ->
+    value: Modality, the UIDs, StudyDate...)."""
+    with Image.open(jpeg) as image:
+        grey = image.convert("L")
+        grey.thumbnail((max_side, max_side))
+        pixels = np.asarray(grey, dtype=np.uint8)
+    return make_dicom(path, pixels, bits_stored=8, attributes=attributes)
+
+
+__all__ = ["BASIC_TEXT_SR", "CR_IMAGE_STORAGE", "CTImageStorage", "dicom_twin", "gradient", "make_dicom"]

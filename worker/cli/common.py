@@ -10,7 +10,7 @@ import click
 
 from worker import exitcodes
 from worker.config import Settings, load_settings
-from worker.errors import ConfigError, ModelError, TransientError, UsageError
+from worker.errors import ConfigError, ModelError, PacsError, TransientError, UsageError
 
 
 class ExitError(click.ClickException):
@@ -27,7 +27,8 @@ class Commands(click.Group):
 
     ``ConfigError``/``ModelError``: 78 (fix the settings or the model); ``UsageError``: 2;
     ``TransientError``:
-    75 (the database or the cluster is unavailable: try again later).
+    75 (the database, the cluster or a PACS is unavailable: try again later); ``PacsError``: 69
+    (a PACS refused what was asked).
     """
 
     def invoke(self, ctx: click.Context) -> Any:
@@ -39,11 +40,24 @@ class Commands(click.Group):
             raise ExitError(str(exc), exitcodes.USAGE) from None
         except TransientError as exc:
             raise ExitError(str(exc), exitcodes.TEMPFAIL) from None
+        except PacsError as exc:
+            raise ExitError(str(exc), exitcodes.PACS) from None
 
 
 def settings_for(ctx: click.Context, **overrides: Any) -> Settings:
     """Load the settings once, with this command's flags as the top layer (``ConfigError``)."""
     return load_settings(ctx.obj["config_path"], overrides=overrides)
+
+
+def set_option(example: str) -> Any:
+    """``--set SECTION.KEY=VALUE`` (repeatable, into ``assignments``), with an example of the command's."""
+    return click.option(
+        "--set",
+        "assignments",
+        multiple=True,
+        metavar="SECTION.KEY=VALUE",
+        help=f"Any other setting, e.g. --set {example} (repeatable).",
+    )
 
 
 def assignments_overrides(assignments: Any) -> dict[str, str]:

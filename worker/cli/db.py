@@ -158,6 +158,7 @@ def report(
       xray-worker report flagged --since 2025-11-01 --format csv > flagged.csv
       xray-worker report studies --since 24h    # one verdict per DICOM study
       xray-worker report deliveries             # what went to the PACS, what waits
+      xray-worker report pulls                  # what was pulled from the PACS, per night
       xray-worker report drift                  # has screening drifted? (exit 3 when it has)
     """
     if ctx.invoked_subcommand is not None:
@@ -231,6 +232,21 @@ def deliveries_command(ctx: click.Context, since: datetime | None, fmt: str, db_
       xray-worker report deliveries --since all --format json
     """
     click.echo(app_db.report_text(database_url(ctx, db_url), "deliveries", since, fmt))
+
+
+@report.command(name="pulls")
+@report_options
+@click.pass_context
+def pulls_command(ctx: click.Context, since: datetime | None, fmt: str, db_url: str | None) -> None:
+    """Show pulls from PACS: per night and PACS, the instances found, retrieved, already
+    screened, failed and still waiting; then the runs, with the dates each asked for.
+
+    \b
+    Example:
+      xray-worker report pulls                  # runs started in the last 7 days
+      xray-worker report pulls --since all --format json
+    """
+    click.echo(app_db.report_text(database_url(ctx, db_url), "pulls", since, fmt))
 
 
 @report.command(name="drift")

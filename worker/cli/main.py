@@ -13,6 +13,7 @@ from worker import __version__, logs
 from worker.app import predict_files
 from worker.cli.common import Commands, model_options, model_overrides, settings_for
 from worker.cli.db import db, report
+from worker.cli.pull import pull
 from worker.cli.receive import receive
 from worker.cli.scan import scan
 from worker.cli.send import send
@@ -110,6 +111,7 @@ cli.add_command(healthcheck)
 cli.add_command(scan)
 cli.add_command(receive)
 cli.add_command(send)
+cli.add_command(pull)
 
 
 def main() -> None:

@@ -22,7 +22,7 @@ from worker.errors import ConfigError
 from worker.receive.scp import Receiver
 from worker.receive.store import InboxWriter
 
-__all__ = ["Receiver", "open_receiver"]
+__all__ = ["Receiver", "open_receiver", "open_writer", "quiet_dicom_logs"]
 
 
 def _one_line(record: logging.LogRecord) -> bool:
@@ -34,20 +34,31 @@ def _one_line(record: logging.LogRecord) -> bool:
     return True
 
 
-def open_receiver(settings: Settings) -> Receiver:
-    """The receiver of the [receive] settings, writing into [inbox] path (with its umask).
-    ``ConfigError`` for settings it cannot use."""
+def open_writer(settings: Settings) -> InboxWriter:
+    """The writer into [inbox] path (with its umask), prepared: what ``receive`` and ``pull``
+    write instances with. ``ConfigError`` when the folder cannot be made."""
     os.umask(int(settings.inbox.umask, 8))
     writer = InboxWriter(settings.inbox.path)
     try:
         writer.prepare()
     except OSError as exc:
         raise ConfigError(f"[inbox] path {settings.inbox.path}: {exc.strerror or exc}") from None
-    # pynetdicom logs every association at INFO; the receiver's own lines say what matters.
-    # pydicom's warnings on odd values would quote them (patient data): store.py checks what
-    # matters (a data set that parses to its end), and watch's decoder judges the rest.
+    return writer
+
+
+def open_receiver(settings: Settings) -> Receiver:
+    """The receiver of the [receive] settings, writing into [inbox] path (with its umask).
+    ``ConfigError`` for settings it cannot use."""
+    writer = open_writer(settings)
+    quiet_dicom_logs()
+    return Receiver(settings.receive, writer)
+
+
+def quiet_dicom_logs() -> None:
+    """pynetdicom logs every association at INFO; ``receive``'s and ``pull``'s own lines say
+    what matters. pydicom's warnings on odd values would quote them (patient data): store.py
+    checks what matters (a data set that parses to its end), and watch's decoder judges the rest."""
     pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
     logging.getLogger("pynetdicom").setLevel(max(logging.WARNING, logging.getLogger().level))
     for name in [n for n in logging.root.manager.loggerDict if n.startswith("pynetdicom")]:
         logging.getLogger(name).addFilter(_one_line)
-    return Receiver(settings.receive, writer)

@@ -33,6 +33,7 @@ import pydicom
 from pydicom.dataelem import RawDataElement
 
 from worker.malformed import MALFORMED
+from worker.runtime.lease import process_alive
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ class InboxWriter:
         host = socket.gethostname()
         for leftover in self.folder.glob(f"{TEMP_PREFIX}{host}-*{TEMP_SUFFIX}"):
             pid = leftover.name[len(TEMP_PREFIX) + len(host) + 1 :].split("-", 1)[0]
-            if pid.isdigit() and not _alive(int(pid)):
+            if pid.isdigit() and not process_alive(int(pid)):
                 leftover.unlink(missing_ok=True)
                 log.info("removed %s, left by a receiver that stopped mid-write", leftover.name)
 
@@ -174,13 +175,3 @@ def _os_reason(exc: OSError) -> str:
         return "the inbox's disk is full"
     name = errno.errorcode.get(exc.errno or 0, "error")
     return f"cannot write into the inbox: {name} {exc.strerror or exc}"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -10,6 +10,7 @@ worker look dead; live workers look for dead ones at the same cadence.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Callable
 
@@ -20,6 +21,17 @@ log = logging.getLogger(__name__)
 # Beats per lease: a worker must miss this many in a row before it is presumed dead.
 BEATS_PER_LEASE = 4
 MAX_INTERVAL = 30.0
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` of this host is running (one of another user counts as running)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def beat_interval(lease_seconds: float) -> float:
