@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, case, func, literal, select, type_coerce, update
+from sqlalchemy import Connection, Table, case, func, literal, select, type_coerce, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from worker.db.schema import UTCDateTime, outbox
@@ -99,13 +99,17 @@ def enqueue(conn: Connection, items: Iterable[OutboxItem], *, now: datetime | No
         }
         for item in {(i.sop_instance_uid, i.destination): i for i in items}.values()
     ]
+    return insert_new(conn, outbox, rows, ["sop_instance_uid", "destination"])
+
+
+def insert_new(conn: Connection, table: Table, rows: Sequence[dict[str, Any]], keys: Sequence[str]) -> int:
+    """Insert ``rows`` into ``table``, leaving alone each one whose ``keys`` (a unique
+    constraint) a row already holds. Returns how many were added."""
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
     added = 0
     for start in range(0, len(rows), CHUNK):
-        stmt = dialect.insert(outbox).on_conflict_do_nothing(
-            index_elements=["sop_instance_uid", "destination"]
-        )
-        added += len(conn.execute(stmt.returning(outbox.c.id), rows[start : start + CHUNK]).all())
+        stmt = dialect.insert(table).on_conflict_do_nothing(index_elements=list(keys))
+        added += len(conn.execute(stmt.returning(table.c.id), rows[start : start + CHUNK]).all())
     return added
 
 

@@ -22,10 +22,10 @@ from datetime import date, datetime, timedelta
 from typing import Any, Protocol
 
 from sqlalchemy import Connection, Engine, case, exists, func, or_, select, true, update
-from sqlalchemy.dialects import postgresql, sqlite
 
 from worker.db.engine import reader
 from worker.db.errors import database_errors
+from worker.db.outbox import insert_new
 from worker.db.outbox import utcnow as utcnow  # the clock the callers default to
 from worker.db.report import Report, Section, hour_bucket
 from worker.db.schema import pull_instances, pull_runs, results
@@ -127,14 +127,7 @@ def record_found(
         }
         for i in {i.sop_instance_uid: i for i in instances}.values()
     ]
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    added = 0
-    for start in range(0, len(rows), CHUNK):
-        stmt = dialect.insert(pull_instances).on_conflict_do_nothing(
-            index_elements=["source", "sop_instance_uid"]
-        )
-        added += len(conn.execute(stmt.returning(pull_instances.c.id), rows[start : start + CHUNK]).all())
-    return added
+    return insert_new(conn, pull_instances, rows, ["source", "sop_instance_uid"])
 
 
 def mark_known(conn: Connection, source: str, model_sha256: str, *, now: datetime) -> int:
