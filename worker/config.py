@@ -261,6 +261,11 @@ class ReceiveSettings:
     max_instance_bytes: int = field(default=268_435_456, metadata=_check(minimum=1024))
     # Associations served at once (each may hold up to max_instance_bytes in memory).
     max_associations: int = field(default=8, metadata=_check(minimum=1, maximum=256))
+    # Seconds a new connection has to deliver its association request (TLS handshake included);
+    # then it is closed. Separate from association_timeout (docs/receiving.md, "Under attack").
+    request_timeout: float = field(default=5.0, metadata=_check(minimum=1, maximum=60))
+    # Connections open at once from one IP address; more from it are closed at once.
+    max_connections_per_peer: int = field(default=4, metadata=_check(minimum=1, maximum=256))
     # Also accept Secondary Capture Image Storage (scanned films, screenshots).
     secondary_capture: bool = False
     # TLS: our certificate and key (PEM); both or neither. With tls_ca, peers must present a

@@ -22,6 +22,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pydicom
@@ -51,14 +52,14 @@ SC = "1.2.840.10008.5.1.4.1.1.7"
 # -- helpers ---------------------------------------------------------------------------
 
 
-@pytest.fixture
-def make_receiver(tmp_path: Path) -> Iterator[Callable[..., Receiver]]:
-    """Start a receiver on a free port of 127.0.0.1 (``port=0``); all are stopped at the end."""
+@contextmanager
+def receivers(base: ReceiveSettings, folder: Path) -> Iterator[Callable[..., Receiver]]:
+    """Start receivers with ``base`` and the settings given, into ``folder`` unless told; all
+    are stopped at the end."""
     running: list[tuple[Receiver, threading.Thread]] = []
 
     def make(inbox: Path | None = None, **settings: object) -> Receiver:
-        base = ReceiveSettings(port=0, secondary_capture=True, association_timeout=5, idle_timeout=5)
-        writer = InboxWriter(inbox or tmp_path / "inbox")
+        writer = InboxWriter(inbox or folder)
         writer.prepare()
         receiver = Receiver(dataclasses.replace(base, **settings), writer)
         receiver.start()
@@ -67,11 +68,21 @@ def make_receiver(tmp_path: Path) -> Iterator[Callable[..., Receiver]]:
         running.append((receiver, thread))
         return receiver
 
-    yield make
-    for receiver, thread in running:
-        receiver.stop()
-        thread.join(30)
-        assert not thread.is_alive()
+    try:
+        yield make
+    finally:
+        for receiver, thread in running:
+            receiver.stop()
+            thread.join(30)
+            assert not thread.is_alive()
+
+
+@pytest.fixture
+def make_receiver(tmp_path: Path) -> Iterator[Callable[..., Receiver]]:
+    """Start a receiver on a free port of 127.0.0.1 (``port=0``); all are stopped at the end."""
+    base = ReceiveSettings(port=0, secondary_capture=True, association_timeout=5, idle_timeout=5)
+    with receivers(base, tmp_path / "inbox") as make:
+        yield make
 
 
 def sender(title: str = "TEST_SCU", contexts: list[tuple[str, list[str]]] | None = None) -> AE:

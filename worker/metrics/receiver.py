@@ -4,7 +4,8 @@
   ``refused`` with the DIMSE status's name as ``reason``;
 - ``xray_screen_receive_bytes_total``: bytes of the instances stored;
 - ``xray_screen_receive_associations_total{ending}``: connections ended, by how
-  (``released``, ``aborted``, ``rejected``, ``lost``, ``not_requested``);
+  (``released``, ``aborted``, ``rejected``, ``lost``, ``not_requested``, ``turned_away``: over
+  ``max_connections_per_peer``, closed in the accept loop);
 - ``xray_screen_receive_associations_active``: connections open now.
 """
 
@@ -23,6 +24,7 @@ ENDINGS = {
     "rejected": "rejected",
     "connection lost or timed out": "lost",
     "closed before an association request": "not_requested",
+    "turned away": "turned_away",
 }
 
 

@@ -7,7 +7,8 @@ starts in a second and keeps running while ``watch`` restarts.
 - ``scp.py``: the associations, the SOP classes and transfer syntaxes, the log lines;
 - ``store.py``: one instance -> one durable ``<SOPInstanceUID>.dcm`` in the inbox;
 - ``limits.py``: what one association may cost in memory and time;
-- ``peers.py``: who may send (AE titles, addresses, TLS).
+- ``peers.py``: who may send (AE titles, addresses, TLS);
+- ``admission.py``: who gets a connection and a slot, and for how long (silent peers hold none).
 """
 
 from __future__ import annotations

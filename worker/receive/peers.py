@@ -12,7 +12,6 @@ import ssl
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from worker.config import ReceiveSettings
 from worker.errors import ConfigError
@@ -52,10 +51,11 @@ class AllowedPeers:
         if title not in self.entries:
             return False
         addresses = self.entries[title]
-        return not addresses or _normal(address) in addresses
+        return not addresses or normal_address(address) in addresses
 
 
-def _normal(address: str) -> str:
+def normal_address(address: str) -> str:
+    """An IP address as written in ``allowed_aets`` (IPv4-mapped IPv6 as IPv4)."""
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:
@@ -64,26 +64,16 @@ def _normal(address: str) -> str:
     return str(mapped or ip)
 
 
-class _HandshakeTimeout(ssl.SSLContext):
-    """pynetdicom runs the TLS handshake in its accept loop: a client that connects and
-    stays silent would hold every other connection back. The handshake gets a time limit."""
-
-    handshake_timeout: float = 30.0
-
-    def wrap_socket(self, sock: Any, *args: Any, **kwargs: Any) -> Any:
-        sock.settimeout(self.handshake_timeout)
-        return super().wrap_socket(sock, *args, **kwargs)
-
-
 def tls_context(settings: ReceiveSettings) -> ssl.SSLContext | None:
-    """A TLS server context from [receive] tls_*, or None for plain TCP. ``ConfigError``."""
+    """A TLS server context from [receive] tls_*, or None for plain TCP. ``ConfigError``.
+    The handshake is done in each connection's thread, within its request_timeout
+    (``worker/receive/admission.py``)."""
     cert, key, ca = settings.tls_cert, settings.tls_key, settings.tls_ca
     if not (cert or key or ca):
         return None
     if not (cert and key):
         raise ConfigError("[receive] tls_cert and tls_key: TLS needs both (or neither, and no tls_ca)")
-    context = _HandshakeTimeout(ssl.PROTOCOL_TLS_SERVER)
-    context.handshake_timeout = settings.association_timeout
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     try:
         context.load_cert_chain(Path(cert), Path(key))

@@ -6,12 +6,17 @@ classes and syntaxes get no accepted presentation context. Each instance is hand
 ``InboxWriter.store`` (worker/receive/store.py) and answered Success only once it is on disk
 for good; ``watch`` then screens it like any other file in the inbox.
 
+Who gets a connection and a slot, and for how long, is ``Admission``'s (worker/receive/
+admission.py): connections that never send a request do not hold a legitimate sender's slot.
+
 A log line per association (calling AE, address, instances stored and refused, seconds, how
-it ended) and per refused instance; never a patient attribute.
+it ended) and per refused instance; never a patient attribute. Connections that never became
+an association are counted per address instead (``Offenders``), not logged one by one.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -43,10 +48,10 @@ from pydicom.uid import (
 )
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import Verification
-from pynetdicom.transport import ThreadedAssociationServer
 
 from worker.config import ReceiveSettings
 from worker.errors import ConfigError
+from worker.receive.admission import MAX_WAITING, Admission, AdmittingServer, Connection
 from worker.receive.limits import BoundedBuffer, bound_data_set, bound_socket
 from worker.receive.peers import AllowedPeers, tls_context
 from worker.receive.store import OUT_OF_RESOURCES, SUCCESS, InboxWriter, Refused, file_name
@@ -80,6 +85,8 @@ XRAY_STORAGE: tuple[UID, ...] = (
 )
 # A PDU may be longer than max_pdu only for the association request (many contexts).
 MIN_PDU_LIMIT = 1 << 20
+# The ending of a connection closed in the accept loop (over max_connections_per_peer).
+TURNED_AWAY = "turned away"
 
 
 def storage_classes(settings: ReceiveSettings) -> tuple[UID, ...]:
@@ -91,6 +98,7 @@ class _Association:
     """What one connection did, for its log line."""
 
     address: str
+    connection: Connection | None = None
     started: float = field(default_factory=time.monotonic)
     title: str = ""
     stored: int = 0
@@ -130,8 +138,9 @@ class Receiver:
         self.peers = AllowedPeers.parse(settings.allowed_aets)
         self.ssl_context = tls_context(settings)
         self.grace = settings.association_timeout
+        self.admission = Admission(settings, turned_away=lambda: self.observer.closed(TURNED_AWAY))
         self._stop = threading.Event()
-        self._server: ThreadedAssociationServer | None = None
+        self._server: AdmittingServer | None = None
         self._open: dict[Any, _Association] = {}
         self._lock = threading.Lock()
         self.ae = self._application_entity()
@@ -140,10 +149,12 @@ class Receiver:
         s = self.settings
         ae = AE(ae_title=s.ae_title)
         ae.maximum_pdu_size = s.max_pdu
-        ae.acse_timeout = s.association_timeout
+        ae.acse_timeout = s.request_timeout  # for the request; association_timeout once it came
         ae.network_timeout = s.idle_timeout
         ae.dimse_timeout = s.idle_timeout
-        ae.maximum_associations = s.max_associations
+        # pynetdicom counts every connection open (requested or not) against this: a backstop
+        # above Admission's counts, which hold the real limit (max_associations).
+        ae.maximum_associations = s.max_associations + MAX_WAITING
         ae.add_supported_context(Verification)
         for sop_class in storage_classes(s):
             ae.add_supported_context(sop_class, list(TRANSFER_SYNTAXES))
@@ -154,6 +165,7 @@ class Receiver:
     def start(self) -> None:
         handlers = [
             (evt.EVT_CONN_OPEN, self._on_open),
+            (evt.EVT_FSM_TRANSITION, self._on_transition),
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_ACCEPTED, self._on_accepted),
             (evt.EVT_C_ECHO, self._on_echo),
@@ -161,12 +173,20 @@ class Receiver:
         ]
         address = (self.settings.host, self.settings.port)
         try:
-            self._server = self.ae.start_server(
-                address, block=False, evt_handlers=handlers, ssl_context=self.ssl_context
+            server = self.ae.make_server(
+                address,
+                evt_handlers=handlers,
+                ssl_context=self.ssl_context,
+                server_class=AdmittingServer,
+                admission=self.admission,
             )
         except OSError as exc:
             where = f"{address[0]}:{address[1]}"
             raise ConfigError(f"[receive] cannot listen on {where}: {exc.strerror or exc}") from None
+        self.ae._servers.append(server)  # as AE.start_server does: server.shutdown() removes it
+        self.admission.start()
+        threading.Thread(target=server.serve_forever, name="receive-accept", daemon=True).start()
+        self._server = server
         log.info(
             "receiving as %s on %s:%d%s into %s (%s)",
             self.settings.ae_title,
@@ -207,6 +227,7 @@ class Receiver:
             assoc.join(max(0.0, deadline - time.monotonic()))
             if assoc.is_alive():
                 assoc.abort()
+        self.admission.stop()
         log.info("stopped receiving")
 
     # -- association events -------------------------------------------------------
@@ -214,14 +235,17 @@ class Receiver:
     def _on_open(self, event: Any) -> None:
         assoc = event.assoc
         host, port = event.address[:2]
-        stats = _Association(address=f"{host}:{port}")
+        conn = self.admission.connection(assoc.dul.socket.socket)
+        conn.end = functools.partial(_stop_waiting, assoc)  # when the watchdog shuts it
+        stats = _Association(address=f"{host}:{port}", connection=conn)
         with self._lock:
             self._open[assoc] = stats
-        bound_socket(assoc, max(self.settings.max_pdu, MIN_PDU_LIMIT) + 6, self.settings.idle_timeout)
+        # Until the request comes, a read waits request_timeout at most (_on_requested).
+        bound_socket(assoc, max(self.settings.max_pdu, MIN_PDU_LIMIT) + 6, self.settings.request_timeout)
         bound_data_set(assoc, self.settings.max_instance_bytes)
         run = assoc.run
 
-        def run_then_log() -> None:  # the thread's end: exactly one line per connection
+        def run_then_log() -> None:  # the thread's end: its line, or its count (_closed)
             try:
                 run()
             finally:
@@ -229,14 +253,30 @@ class Receiver:
 
         assoc.run = run_then_log
 
+    def _on_transition(self, event: Any) -> None:
+        # Sta2: waiting for the request. Leaving it for anything but Sta3 (the request came):
+        # the peer closed, or sent something else. pynetdicom would wait request_timeout still.
+        if event.current_state == "Sta2" and event.next_state != "Sta3":
+            _stop_waiting(event.assoc)
+
     def _on_requested(self, event: Any) -> None:
         assoc = event.assoc
         stats = self._stats(assoc)
         stats.title = str(assoc.requestor.primitive.calling_ae_title).strip()
-        address = stats.address.rsplit(":", 1)[0]
-        if not self.peers.allows(stats.title, address):
+        conn = stats.connection
+        if conn is None or not self.admission.requested(conn):  # the watchdog closed it meanwhile
+            assoc.acse.send_abort(0x02)  # marks it aborted: pynetdicom negotiates no further
+            assoc.kill()
+            return
+        assoc.acse_timeout = self.settings.association_timeout
+        assoc.dul.socket.socket.settimeout(self.settings.idle_timeout)
+        if not self.peers.allows(stats.title, conn.host):
             stats.note = "calling AE title not allowed from this address"
             assoc.acse.send_reject(0x01, 0x01, 0x03)  # permanent, by the user: calling AE not recognised
+            assoc.kill()
+        elif not self.admission.take_slot(conn):
+            stats.note = f"max_associations ({self.settings.max_associations}) in progress"
+            assoc.acse.send_reject(0x02, 0x03, 0x02)  # transient, by the provider: local limit exceeded
             assoc.kill()
 
     def _on_accepted(self, event: Any) -> None:
@@ -313,11 +353,23 @@ class Receiver:
         else:
             ending = "connection lost or timed out"
         self.observer.closed(ending)
+        conn = stats.connection
+        if conn is not None:
+            rejected = f"rejected: {stats.note}, as {stats.title!r}" if assoc.is_rejected else ""
+            self.admission.closed(conn, rejected)
+            if conn.waiting or conn.overdue or rejected:  # no association: counted per address
+                return
         note = f"; {stats.note}" if stats.note else ""
         line = "association from %s at %s: %d stored, %d refused, %.1f s, %s%s"
         args = (stats.title or "?", stats.address, stats.stored, stats.refused, seconds, ending, note)
         level = logging.INFO if ending == "released" and not stats.refused and not note else logging.WARNING
         log.log(level, line, *args)
+
+
+def _stop_waiting(assoc: Any) -> None:
+    """The association stops waiting for its request at once: None is what pynetdicom's
+    wait (``receive_pdu``) returns when it times out, and the association then ends."""
+    assoc.dul.to_user_queue.put(None)
 
 
 def _encoded_file_meta(file_meta: Any) -> bytes:
