@@ -1,0 +1,1 @@
+"""Results for the RIS and the EHR (issue 28): the HL7 v2 ORU^R01 of a result (``oru``)."""
