@@ -77,6 +77,8 @@ def test_every_service_is_checked():
         "xray-screen-receive.service",
         "xray-screen-send.service",
         "xray-screen-drift.service",
+        "xray-screen-scan.service",
+        "xray-screen-pull.service",
     }
 
 
@@ -158,3 +160,29 @@ def test_sender_unit_settings():
     ]:
         assert line in text, line
     assert "DeviceAllow=" not in text and "ReadWritePaths=/srv/xray/inbox" not in text
+
+
+def test_pull_unit_settings(tmp_path: Path):
+    """The nightly PACS pull: a oneshot of its evening timer, writing only the inbox, no GPU, no
+    JIT, exposure at most 2 (issue 27)."""
+    text = (ROOT / "systemd" / "xray-screen-pull.service").read_text()
+    for line in [
+        "Type=oneshot",
+        "ExecStart=/opt/xray-screen/.venv/bin/xray-worker pull\n",
+        "User=xray-screen",
+        "ProtectSystem=strict",
+        "ReadWritePaths=/srv/xray/inbox\n",  # the inbox only: not processed/ or failed/
+        "PrivateDevices=yes",
+        "MemoryDenyWriteExecute=yes",
+        "CapabilityBoundingSet=\n",
+        "MemoryMax=",
+    ]:
+        assert line in text, line
+    assert "DeviceAllow=" not in text and "[Install]" not in text  # started by its timer only
+    timer = (ROOT / "systemd" / "xray-screen-pull.timer").read_text()
+    assert "OnCalendar=*-*-* 20:00:00" in timer and "Persistent=true" in timer
+    unit = installed_copy(ROOT / "systemd" / "xray-screen-pull.service", tmp_path)
+    proc = subprocess.run(
+        ["systemd-analyze", "security", "--offline=yes", unit], capture_output=True, text=True, check=False
+    )
+    assert float(re.search(r"Overall exposure level for \S+: ([\d.]+)", proc.stdout).group(1)) <= 2.0
