@@ -5,8 +5,9 @@ films of an older date.
 
 A pull retrieves exactly the CR and DX instances of the period into the inbox, each once; a
 rerun retrieves nothing; pulls SIGKILLed mid-run and rerun end with every instance retrieved
-exactly once; a PACS that rejects the association, and a port nobody listens on, give a typed
-error, a clear line and a non-zero exit, with nothing recorded as retrieved.
+exactly once; with C-MOVE, the same instances come through our own ``receive``; a PACS that
+rejects the association, and a port nobody listens on, give a typed error, a clear line and a
+non-zero exit, with nothing recorded as retrieved.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from dicom_factory import dicom_twin, gradient, make_dicom
 from orthanc import OUR_AET, Orthanc, free_port, wait_for
 from pydicom.uid import CTImageStorage, MRImageStorage, generate_uid
 from sqlalchemy import Engine, func, select
+from test_receive_e2e import Receiver
 
 from worker.db import migrate
 from worker.db.engine import make_engine
@@ -251,6 +253,21 @@ def test_pulls_killed_mid_run_and_rerun_retrieve_every_instance_exactly_once(tmp
     assert inbox_uids(inbox) == sorted(loaded.wanted)  # each once: no <uid>-1.dcm
     assert not [p for p in inbox.iterdir() if p.name.startswith(".")]  # no temporary file left
     assert states(engine) == {"retrieved": len(loaded.wanted)}
+
+
+def test_a_pull_by_c_move_brings_the_same_instances_through_our_receiver(tmp_path: Path, loaded: Loaded):
+    config, inbox, engine = setup(tmp_path, loaded.orthanc, retrieve="move", move_destination=OUR_AET)
+    receiver = Receiver(inbox, tmp_path / "receive.log")
+    loaded.orthanc.set_modality("xray", OUR_AET, receiver.port)  # our receive, as its move destination
+    try:
+        result = pull(config, "--days", "7")
+        assert result.returncode == 0, result.stderr + receiver.log()
+        assert f"{len(loaded.wanted)} retrieved, 0 failed" in result.stdout
+        assert inbox_uids(inbox) == sorted(loaded.wanted)
+        assert states(engine) == {"retrieved": len(loaded.wanted)}
+    finally:
+        receiver.stop()
+        loaded.orthanc.set_modality("xray", OUR_AET, 104)
 
 
 @pytest.mark.parametrize(

@@ -143,3 +143,12 @@ class Orthanc:
         )
         with urllib.request.urlopen(request, timeout=30) as reply:  # noqa: S310
             return json.load(reply)["ID"]
+
+    def set_modality(self, name: str, aet: str, port: int) -> None:
+        """Declare (or change) a DICOM modality while Orthanc runs: a C-MOVE destination."""
+        body = json.dumps({"AET": aet, "Host": "127.0.0.1", "Port": port}).encode()
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.http_port}/modalities/{name}", data=body, method="PUT"
+        )
+        with urllib.request.urlopen(request, timeout=30):  # noqa: S310
+            pass
