@@ -16,7 +16,7 @@ so two processes never wait on, nor take, the same rows; SQLite takes its write 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any, Protocol
@@ -171,15 +171,23 @@ def take_over(conn: Connection, source: str, owners: Sequence[str], *, now: date
 
 
 def claim(
-    conn: Connection, source: str, owner: str, limit: int, *, lease_seconds: float, now: datetime
+    conn: Connection,
+    source: str,
+    owner: str,
+    limit: int,
+    *,
+    lease_seconds: float,
+    now: datetime,
+    exclude: Collection[int] = (),
 ) -> list[Claim]:
-    """Up to ``limit`` ``found`` rows of ``source`` nobody holds now, oldest first, held by
-    ``owner`` for ``lease_seconds``."""
+    """Up to ``limit`` ``found`` rows of ``source`` nobody holds now, oldest first, but those in
+    ``exclude`` (a run's failed ones: tried again by the next run), held by ``owner`` for
+    ``lease_seconds``."""
     p = pull_instances.c
     free = or_(p.claimed_until.is_(None), p.claimed_until < now)
     pick = (
         select(p.id)
-        .where(p.source == source, p.state == "found", free)
+        .where(p.source == source, p.state == "found", free, p.id.not_in(list(exclude)))
         .order_by(p.id)
         .limit(limit)
         .with_for_update(skip_locked=True)

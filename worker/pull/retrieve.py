@@ -171,5 +171,5 @@ def _why_not(final: Answer | None, refusal: str | None, get: bool) -> str:
     if final is None:
         return f"{what} ended without a final status"
     if final.category in (FAILURE, CANCEL):
-        return f"{what} answered {final.describe()}"
-    return f"{what} answered {final.describe()} with {final.counts()}, and the instance did not come"
+        return f"{what} answered {final.describe()} ({final.counts()})"
+    return f"{what} answered {final.describe()} ({final.counts()}), and the instance did not come"

@@ -195,6 +195,7 @@ class Puller:
 
     def _retrieve_all(self, summary: PullSummary) -> None:
         self._budget = self.max_instances
+        self._failed: set[int] = set()
         beat = Heartbeat(self._renew, beat_interval(self.settings.lease_seconds))
         beat.start()
         try:
@@ -232,6 +233,7 @@ class Puller:
                     take,
                     lease_seconds=self.settings.lease_seconds,
                     now=self.now(),
+                    exclude=self._failed,
                 )
             self._reserve(give_back=take - len(claims))
             if not claims:
@@ -254,6 +256,7 @@ class Puller:
         with self._lock:
             summary.retrieved += retrieved
             summary.failed += failed
+            self._failed.update(outcome.failed)  # tried again by the next run, not this one
 
     def _finish(self, run_id: int, summary: PullSummary, started: float, reason: str | None) -> None:
         summary.seconds = time.monotonic() - started
