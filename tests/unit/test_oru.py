@@ -9,45 +9,37 @@ from datetime import UTC, datetime
 import hl7
 import pytest
 from pydicom.dataset import Dataset
+from screenings import MODEL_SHA as SHA
+from screenings import header as make_header
+from screenings import screening as make_screening
 
 from worker.ris.oru import Endpoint, build_oru, escape
 
-SHA = "ab" * 32
 WHEN = datetime(2026, 12, 7, 22, 5, 9, tzinfo=UTC)
 
 
+HEADER = {
+    "PatientID": "P|12^3",
+    "IssuerOfPatientID": "HOSP&1",
+    "PatientName": "O'Brien|Müller^Zoë~Ann^^Dr^III",  # a DICOM value holds no backslash
+    "PatientBirthDate": "19700101",
+    "PatientSex": "F",
+    "AccessionNumber": "ACC|42",
+    "StudyDate": "20261207",
+    "StudyTime": "101500.123",
+    "StudyDescription": "XR CHEST & RIBS\nPA/LAT",
+    "StudyInstanceUID": "1.2.3",
+    "SOPInstanceUID": "1.2.3.4",
+}
+
+
 def header(**values: object) -> Dataset:
-    ds = Dataset()
-    ds.PatientID = "P|12^3"
-    ds.IssuerOfPatientID = "HOSP&1"
-    ds.PatientName = "O'Brien|Müller^Zoë~Ann^^Dr^III"  # (a DICOM value holds no backslash)
-    ds.PatientBirthDate = "19700101"
-    ds.PatientSex = "F"
-    ds.AccessionNumber = "ACC|42"
-    ds.StudyDate = "20261207"
-    ds.StudyTime = "101500.123"
-    ds.StudyDescription = "XR CHEST & RIBS\nPA/LAT"
-    ds.StudyInstanceUID = "1.2.3"
-    ds.SOPInstanceUID = "1.2.3.4"
-    for key, value in values.items():
-        setattr(ds, key, value)
-    return ds
+    return make_header(HEADER, **values)
 
 
 def screening(positive: bool = True, **kw):
-    from worker.pacs.objects import Screening
-
-    values = dict(
-        positive=positive,
-        probability=0.8731 if positive else 0.02,
-        threshold=0.1439,
-        model_name="pneumonia-resnet18",
-        model_version="2026.12",
-        model_sha256=SHA,
-        site_profile="adult|NIH\\v2",
-    )
-    values.update(kw)
-    return Screening(**values)
+    """A result whose site profile holds an HL7 delimiter and a backslash."""
+    return make_screening(positive, **{"site_profile": "adult|NIH\\v2", **kw})
 
 
 def oru(source: Dataset | None = None, result=None, priority: str = "urgent") -> str:
