@@ -5,7 +5,8 @@ films of an older date.
 
 A pull retrieves exactly the CR and DX instances of the period into the inbox, each once; a
 rerun retrieves nothing; pulls SIGKILLed mid-run and rerun end with every instance retrieved
-exactly once; with C-MOVE, the same instances come through our own ``receive``; a PACS that
+exactly once; two pulls at once on one PostgreSQL retrieve each instance once between them;
+with C-MOVE, the same instances come through our own ``receive``; a PACS that
 rejects the association, and a port nobody listens on, give a typed error, a clear line and a
 non-zero exit, with nothing recorded as retrieved.
 """
@@ -28,7 +29,7 @@ from daemon_harness import EXE
 from dicom_factory import dicom_twin, gradient, make_dicom
 from orthanc import OUR_AET, Orthanc, free_port, wait_for
 from pydicom.uid import CTImageStorage, MRImageStorage, generate_uid
-from sqlalchemy import Engine, func, select
+from sqlalchemy import URL, Engine, func, select
 from test_receive_e2e import Receiver
 
 from worker.db import migrate
@@ -36,6 +37,7 @@ from worker.db.engine import make_engine
 from worker.db.schema import pull_instances, pull_runs
 
 pytestmark = pytest.mark.slow
+pytest_plugins = ["db_fixtures"]
 
 TODAY = date.today()
 RECENT = (TODAY - timedelta(days=1)).strftime("%Y%m%d")
@@ -141,9 +143,10 @@ def loaded(tmp_path_factory: pytest.TempPathFactory, data_dir: Path, dicom_dir: 
         server.stop()
 
 
-def setup(tmp_path: Path, orthanc: Orthanc, **source: object) -> tuple[Path, Path, Engine]:
-    """A config with one source (``source`` over the defaults), its database and inbox."""
-    url = f"sqlite:///{tmp_path / 'results.db'}"
+def setup(tmp_path: Path, orthanc: Orthanc, url: str = "", **source: object) -> tuple[Path, Path, Engine]:
+    """A config with one source (``source`` over the defaults), its database (``url``, by
+    default a SQLite file) and inbox."""
+    url = url or f"sqlite:///{tmp_path / 'results.db'}"
     engine = make_engine(url, create=True)
     migrate.upgrade(engine)
     inbox = tmp_path / "inbox"
@@ -268,6 +271,24 @@ def test_a_pull_by_c_move_brings_the_same_instances_through_our_receiver(tmp_pat
     finally:
         receiver.stop()
         loaded.orthanc.set_modality("xray", OUR_AET, 104)
+
+
+@pytest.mark.postgres
+def test_two_pulls_at_once_on_postgres_split_the_work(tmp_path: Path, loaded: Loaded, postgres_schema: URL):
+    url = postgres_schema.render_as_string(hide_password=False)
+    config, inbox, engine = setup(tmp_path, loaded.orthanc, url, max_retrieves=2)
+    args = [EXE, "--config", str(config), "pull", "--days", "7", "--set", "pull.batch_size=2"]
+    procs = [
+        subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)
+    ]
+    outputs = [proc.communicate(timeout=300) for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0], outputs
+    assert inbox_uids(inbox) == sorted(loaded.wanted)  # each once: no instance retrieved by both
+    assert states(engine) == {"retrieved": len(loaded.wanted)}
+    with engine.connect() as conn:
+        done = conn.execute(select(pull_runs.c.retrieved)).scalars().all()
+    assert sum(done) == len(loaded.wanted) and len(done) == 2
+    engine.dispose()
 
 
 @pytest.mark.parametrize(
