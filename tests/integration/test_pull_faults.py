@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from datetime import date
+from datetime import time as dt_time
 from pathlib import Path
 from typing import Any
 
@@ -192,3 +193,18 @@ def test_failed_sub_operations_are_a_failed_attempt_with_their_counts(
     assert not list((tmp_path / "inbox").iterdir())
     summary = puller(fake, engine, tmp_path).run(PERIOD)  # left failed: not tried again
     assert (summary.retrieved, summary.failed, summary.waiting) == (0, 0, 0)
+
+
+def test_outside_its_window_a_pull_queries_but_retrieves_nothing(
+    fake: FakeQueryRetrieve, engine: Engine, tmp_path: Path
+):
+    night_only = puller(fake, engine, tmp_path, window="20:00-06:00")
+    night_only.local_time = lambda: dt_time(12, 0)
+    summary = night_only.run(PERIOD)
+    assert (summary.found, summary.retrieved, summary.failed, summary.waiting) == (1, 0, 0, 1)
+    assert (
+        summary.stopped == "outside the window 20:00-06:00"
+        and "stopped: outside the window" in summary.line()
+    )
+    night_only.local_time = lambda: dt_time(23, 0)
+    assert night_only.run(PERIOD).failed == 1  # in the window: tried (and the fake's C-GET fails)
