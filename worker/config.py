@@ -342,6 +342,91 @@ class PacsSettings:
     commitment_timeout: float = field(default=3600.0, metadata=_check(minimum=1))
 
 
+_ENV_NAME = {"pattern": r"([A-Za-z_][A-Za-z0-9_]*)?", "hint": "an environment variable name"}
+_APP_NAME = {"pattern": r"[^|^~\\&\r\n]{0,180}", "hint": "text without | ^ ~ \\ & or line breaks"}
+
+
+@dataclass(frozen=True)
+class Hl7Destination:
+    """One RIS (or interface engine) that ``xray-worker send`` delivers each result's HL7 v2
+    ORU^R01 to over MLLP: a ``[[hl7.destinations]]`` table (README, "Telling the RIS and the EHR")."""
+
+    # Our name for it: outbox rows and `xray-worker report deliveries` use it (unique across
+    # [[pacs.destinations]], [[hl7.destinations]] and [[fhir.destinations]]).
+    name: str = field(
+        default="", metadata={"pattern": r"[A-Za-z0-9_.-]{1,64}", "hint": "1-64 letters, digits, _ . -"}
+    )
+    # Its MLLP listener.
+    host: str = field(default="", metadata={"pattern": r"\S+", "hint": "a host name or address"})
+    port: int = field(default=2575, metadata=_check(minimum=1, maximum=65535))
+    # MSH-3/4 (us) and MSH-5/6 (it), as its interface engine routes them.
+    sending_application: str = field(default="XRAY_SCREEN", metadata=_APP_NAME)
+    sending_facility: str = field(default="", metadata=_APP_NAME)
+    receiving_application: str = field(default="", metadata=_APP_NAME)
+    receiving_facility: str = field(default="", metadata=_APP_NAME)
+    # Seconds to wait for the connection, and for each message's ACK (none by then: sent again).
+    timeout: float = field(default=30.0, metadata=_check(minimum=0.1, maximum=3600))
+    # MLLP over TLS, the server's certificate checked against tls_ca (empty: the system's CAs);
+    # tls_cert and tls_key: our client certificate, when the listener asks for one (absolute PEM paths).
+    tls: bool = False
+    tls_ca: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
+
+
+@dataclass(frozen=True)
+class Hl7Settings:
+    """``[hl7]``: where each result's ORU^R01 goes (docs/hl7-fhir.md). Retries, backoff and
+    ``max_attempts`` are [pacs]'s: one sender delivers every destination."""
+
+    destinations: tuple[Hl7Destination, ...] = ()
+
+
+FhirAuth = Literal["none", "bearer", "basic"]
+
+
+@dataclass(frozen=True)
+class FhirDestination:
+    """One FHIR R4 server that ``xray-worker send`` POSTs each result's transaction Bundle to: a
+    ``[[fhir.destinations]]`` table (README, "Telling the RIS and the EHR")."""
+
+    # Our name for it, unique across every destination (see Hl7Destination.name).
+    name: str = field(
+        default="", metadata={"pattern": r"[A-Za-z0-9_.-]{1,64}", "hint": "1-64 letters, digits, _ . -"}
+    )
+    # The server's base URL: the Bundle is POSTed to it as it is.
+    base_url: str = field(
+        default="",
+        metadata={"pattern": r"https?://[^\s/@]+(/\S*)?", "hint": "an http:// or https:// URL, no user@"},
+    )
+    # "none", "bearer" (Authorization: Bearer <the secret>) or "basic" (username and the secret).
+    auth: FhirAuth = "none"
+    username: str = ""
+    # The NAME of the environment variable that holds the token or password (never the secret).
+    secret_env: str = field(default="", metadata=_ENV_NAME)
+    # Seconds to wait for the answer.
+    timeout: float = field(default=60.0, metadata=_check(minimum=0.1, maximum=3600))
+
+
+@dataclass(frozen=True)
+class FhirSettings:
+    """``[fhir]``: where each result's FHIR Bundle goes (docs/hl7-fhir.md); needs the ``ehr`` extra."""
+
+    destinations: tuple[FhirDestination, ...] = ()
+
+
+Priority = Literal["urgent", "routine"]
+
+
+@dataclass(frozen=True)
+class WorklistSettings:
+    """``[worklist]``: the reading priority a result asks for, in the ORU (OBR-27, TQ1) and the
+    FHIR DiagnosticReport."""
+
+    priority_positive: Priority = "urgent"
+    priority_negative: Priority = "routine"
+
+
 QueryModel = Literal["study", "patient"]
 Retrieve = Literal["get", "move"]
 # A daily time window, local time: "20:00-06:00" (past midnight), or empty: any time.
@@ -517,6 +602,9 @@ class Settings:
     receive: ReceiveSettings = field(default_factory=ReceiveSettings)
     pacs: PacsSettings = field(default_factory=PacsSettings)
     pull: PullSettings = field(default_factory=PullSettings)
+    hl7: Hl7Settings = field(default_factory=Hl7Settings)
+    fhir: FhirSettings = field(default_factory=FhirSettings)
+    worklist: WorklistSettings = field(default_factory=WorklistSettings)
     explain: ExplainSettings = field(default_factory=ExplainSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     notify: NotifySettings = field(default_factory=NotifySettings)
@@ -559,7 +647,21 @@ def load_settings(
         raw[section][key] = (value, "the command line")
 
     sections = {name: _build(cls, name, raw[name]) for name, cls in SECTIONS.items()}
+    _names_unique(sections, str(config_path))
     return Settings(**sections, source=config_path)
+
+
+def _names_unique(sections: Mapping[str, Any], where: str) -> None:
+    """The outbox keys its rows by destination name: one name, one destination, whatever its kind."""
+    seen: dict[str, str] = {}
+    for section in ("pacs", "hl7", "fhir"):
+        for destination in sections[section].destinations:
+            if destination.name in seen:
+                raise ConfigError(
+                    f"{where}: [[{section}.destinations]] name = {destination.name!r}: used by a "
+                    f"[[{seen[destination.name]}.destinations]] destination too; names are unique across them"
+                )
+            seen[destination.name] = section
 
 
 def _layer_file(raw: dict[str, dict[str, tuple[Any, str]]], path: Path) -> None:
@@ -640,6 +742,9 @@ def _build(cls: type, section: str, values: Mapping[str, tuple[Any, str]]) -> An
         if hints[f.name] == tuple[PullSource, ...]:
             kwargs[f.name] = _pull_sources(value, where)
             continue
+        if hints[f.name] in (tuple[Hl7Destination, ...], tuple[FhirDestination, ...]):
+            kwargs[f.name] = _ris_destinations(value, where, section, typing.get_args(hints[f.name])[0])
+            continue
         label = f"{where}: [{section}] {f.name} = {value!r}"
         kwargs[f.name] = _coerce(hints[f.name], value, label)
         _check_range(f, kwargs[f.name], label)
@@ -692,6 +797,33 @@ def _destinations(value: Any, where: str) -> tuple[PacsDestination, ...]:
             raise ConfigError(
                 f"{where}: [{section}] name = {destination.name!r}: used by another destination"
             )
+        built.append(destination)
+    return tuple(built)
+
+
+def _ris_destinations(value: Any, where: str, section: str, cls: type) -> tuple[Any, ...]:
+    """``[[hl7.destinations]]`` or ``[[fhir.destinations]]`` tables, each checked like a section."""
+    built: list[Any] = []
+    needs = ("name", "host", "port") if cls is Hl7Destination else ("name", "base_url")
+    for label, table in _tables(value, where, f"{section}.destinations", cls):
+        missing = [k for k in needs if k not in table]
+        if missing:
+            raise ConfigError(f"{where}: [{label}] needs {', '.join(missing)}")
+        destination = _build(cls, label, {k: (v, where) for k, v in table.items()})
+        named = f"{where}: [{label}] ({destination.name})"
+        if cls is FhirDestination and (destination.auth == "none") != (not destination.secret_env):
+            raise ConfigError(
+                f"{named} auth = {destination.auth!r}: secret_env names the variable holding the "
+                "token or password for bearer and basic, and only for them"
+            )
+        if cls is FhirDestination and (destination.auth == "basic") != bool(destination.username):
+            raise ConfigError(f"{named} username: needed with auth = 'basic', and only with it")
+        if cls is Hl7Destination and not destination.tls and (destination.tls_ca or destination.tls_cert):
+            raise ConfigError(f"{named} tls_ca, tls_cert: only with tls = true")
+        if cls is Hl7Destination and bool(destination.tls_cert) != bool(destination.tls_key):
+            raise ConfigError(f"{named} tls_cert and tls_key go together: set both or neither")
+        if destination.name in {d.name for d in built}:
+            raise ConfigError(f"{named} name = {destination.name!r}: used by another destination")
         built.append(destination)
     return tuple(built)
 

@@ -267,3 +267,84 @@ def test_a_dicomweb_destination_needs_no_ae_title_host_or_port(tmp_path: Path):
         "PACS_WEB_PASSWORD",
         10.0,
     )
+
+
+def test_hl7_and_fhir_destinations_come_from_tables_of_the_config_file(tmp_path: Path):
+    path = write(
+        tmp_path,
+        "[worklist]\npriority_negative = 'urgent'\n"
+        "[[hl7.destinations]]\nname = 'ris'\nhost = '10.0.0.30'\nport = 2575\n"
+        "receiving_application = 'RIS'\nreceiving_facility = 'HOSP'\ntimeout = 5\n"
+        "[[fhir.destinations]]\nname = 'ehr'\nbase_url = 'https://fhir.example.org/r4'\n"
+        "auth = 'basic'\nusername = 'xray'\nsecret_env = 'EHR_PW'\n",
+    )
+    s = load_settings(path, environ={})
+    [ris], [ehr] = s.hl7.destinations, s.fhir.destinations
+    assert (ris.name, ris.host, ris.port, ris.sending_application, ris.receiving_application) == (
+        "ris",
+        "10.0.0.30",
+        2575,
+        "XRAY_SCREEN",
+        "RIS",
+    )
+    assert (ris.receiving_facility, ris.timeout, ris.tls) == ("HOSP", 5.0, False)
+    assert (ehr.base_url, ehr.auth, ehr.username, ehr.secret_env) == (
+        "https://fhir.example.org/r4",
+        "basic",
+        "xray",
+        "EHR_PW",
+    )
+    assert (s.worklist.priority_positive, s.worklist.priority_negative) == ("urgent", "urgent")
+    shipped = load_settings(ROOT_CONFIG, environ={})
+    assert (shipped.hl7.destinations, shipped.fhir.destinations) == ((), ())
+    assert shipped.worklist.priority_negative == "routine"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[[hl7.destinations]]\nname = 'ris'\nport = 2575\n", r"\[hl7.destinations #1\] needs host"),
+        (
+            "[[hl7.destinations]]\nname = 'ris'\nhost = 'h'\nport = 70000\n",
+            r"\[hl7.destinations #1\] port = 70000: must be at most 65535",
+        ),
+        (
+            "[[hl7.destinations]]\nname = 'ris'\nhost = 'h'\nport = 1\nreceiving_application = 'A|B'\n",
+            r"\[hl7.destinations #1\] receiving_application = 'A\|B': must be text without",
+        ),
+        (
+            "[[hl7.destinations]]\nname = 'ris'\nhost = 'h'\nport = 1\ntls_ca = '/ca.pem'\n",
+            r"\[hl7.destinations #1\] \(ris\) tls_ca, tls_cert: only with tls = true",
+        ),
+        ("[[hl7.destinations]]\nname = 'r'\nhost = 'h'\nport = 1\nack = 1\n", r"unknown key ack"),
+        ("[[fhir.destinations]]\nname = 'ehr'\n", r"\[fhir.destinations #1\] needs base_url"),
+        (
+            "[[fhir.destinations]]\nname = 'ehr'\nbase_url = 'ftp://x'\n",
+            r"\[fhir.destinations #1\] base_url = 'ftp://x': must be an http:// or https:// URL",
+        ),
+        (
+            "[[fhir.destinations]]\nname = 'ehr'\nbase_url = 'http://x'\nauth = 'bearer'\n",
+            r"\[fhir.destinations #1\] \(ehr\) auth = 'bearer': secret_env names the variable",
+        ),
+        (
+            "[[fhir.destinations]]\nname = 'ehr'\nbase_url = 'http://x'\nauth = 'oauth'\n",
+            r"\[fhir.destinations #1\] auth = 'oauth': must be one of none, bearer, basic",
+        ),
+        (
+            "[[fhir.destinations]]\nname = 'ehr'\nbase_url = 'http://x'\nauth = 'basic'\nsecret_env = 'P'\n",
+            r"\(ehr\) username: needed with auth = 'basic'",
+        ),
+        (
+            "[[pacs.destinations]]\nname = 'main'\nae_title = 'A'\nhost = 'h'\nport = 1\n"
+            "[[fhir.destinations]]\nname = 'main'\nbase_url = 'http://x'\n",
+            r"\[\[fhir.destinations\]\] name = 'main': used by a \[\[pacs.destinations\]\] destination too",
+        ),
+        (
+            "[worklist]\npriority_positive = 'stat'\n",
+            r"\[worklist\] priority_positive = 'stat': must be one of",
+        ),
+    ],
+)
+def test_bad_hl7_and_fhir_settings_name_the_key_and_the_destination(tmp_path: Path, text: str, message: str):
+    with pytest.raises(ConfigError, match=message):
+        load_settings(write(tmp_path, text), environ={})
