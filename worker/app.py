@@ -46,6 +46,7 @@ if TYPE_CHECKING:  # what the builders return; each is imported where it is buil
     from worker.scan.run import ScanRun
     from worker.sinks.pacs import PacsOutputs
     from worker.sinks.results_file import ResultsFile
+    from worker.sinks.ris import RisOutputs
     from worker.sources.walk import FoundFile
 
 log = logging.getLogger(__name__)
@@ -264,7 +265,8 @@ def open_sinks(settings: Settings, store: ports.Store, *, output: ports.Sink | N
     from worker.pipeline.commit import join_outputs
 
     after = [sink for sink in (output,) if sink is not None]
-    queued = [outputs for outputs in (open_pacs_outputs(settings, store),) if outputs is not None]
+    opened = (open_pacs_outputs(settings, store), open_ris_outputs(settings))
+    queued = [outputs for outputs in opened if outputs is not None]
     return Sinks(after, join_outputs(queued))
 
 
@@ -281,6 +283,16 @@ def open_pacs_outputs(settings: Settings, store: ports.Store) -> PacsOutputs | N
         reported=store.reported_by_other_models,
     )
     return outputs or None
+
+
+def open_ris_outputs(settings: Settings) -> RisOutputs | None:
+    """The RIS/EHR messages queued with each result (None: no hl7 or fhir destinations);
+    ``ConfigError`` for a FHIR destination without the ``ehr`` extra."""
+    if not (settings.hl7.destinations or settings.fhir.destinations):
+        return None
+    from worker.sinks.ris import RisOutputs
+
+    return RisOutputs(settings.hl7.destinations, settings.fhir.destinations, settings.worklist)
 
 
 def build_daemon(

@@ -18,6 +18,9 @@ in, the Bundle (JSON, as a dict) out. Built and validated with fhir.resources, R
 Every resource has an identifier derived from (source instance, model), and each entry is a
 conditional create (``ifNoneExist``) on it: a resend makes no second report. ``fullUrl``s are
 ``urn:uuid:``s derived the same way, so the same inputs give the same Bundle.
+
+fhir.resources is imported lazily (``bundle_model``): the lean install has no FHIR, and a
+FHIR destination configured without the ``ehr`` extra is refused with what to install.
 """
 
 from __future__ import annotations
@@ -26,9 +29,9 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from fhir.resources.R4B.bundle import Bundle
 from pydicom.dataset import Dataset
 
+from worker.errors import ConfigError
 from worker.pacs.objects import NOT_A_DIAGNOSIS, Screening
 
 SNOMED = "http://snomed.info/sct"
@@ -41,6 +44,19 @@ PRIORITY_SYSTEM = "urn:xray-screen:priority"
 LOCAL_SYSTEM = "urn:xray-screen:code"
 PRIORITIES = ("urgent", "routine")
 NAMESPACE = uuid.UUID("2f0c5b8e-7a51-4f2e-9a57-9d0a3c6f1e21")  # our fullUrls' UUID namespace
+
+
+def bundle_model() -> Any:
+    """fhir.resources' R4B ``Bundle``, imported only here and only when a Bundle is built: it is
+    the ``ehr`` extra, not in the lean install. ``ConfigError`` saying what to install."""
+    try:
+        from fhir.resources.R4B.bundle import Bundle
+    except ImportError:
+        raise ConfigError(
+            "[[fhir.destinations]] needs fhir.resources, which this install lacks: "
+            "pip install 'xray-screen[lean,ehr]'"
+        ) from None
+    return Bundle
 
 
 def build_bundle(
@@ -140,7 +156,7 @@ def build_bundle(
             for url, resource, condition in entries
         ],
     }
-    return Bundle.model_validate(bundle).model_dump(mode="json", exclude_none=True)  # type: ignore[no-any-return]
+    return bundle_model().model_validate(bundle).model_dump(mode="json", exclude_none=True)  # type: ignore[no-any-return]
 
 
 def _urn(kind: str, key: str) -> str:

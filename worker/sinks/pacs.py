@@ -67,6 +67,31 @@ def read_header(path: Path) -> Dataset:
         raise TransientError(f"cannot read the header of {path}: {exc.strerror or exc}") from exc
 
 
+def contained(
+    screened: Sequence[tuple[Any, ResultRecord]],
+    build: Callable[[Any, ResultRecord], list[OutboxItem]],
+    what: str,
+) -> list[OutboxItem]:
+    """``build``'s rows for each screened item; one it fails on (an error of ours, not a
+    ``TransientError``) is logged and keeps its result without ``what``."""
+    rows: list[OutboxItem] = []
+    for item, result in screened:
+        try:
+            rows += build(item, result)
+        except TransientError:
+            raise
+        except Exception as exc:
+            log.error(
+                "%s: its %s cannot be built (%s: %s); its result is recorded without them",
+                item.name,
+                what,
+                type(exc).__name__,
+                exc,
+                exc_info=exc,
+            )
+    return rows
+
+
 class PacsOutputs:
     """The outbox rows of a batch's screened results, for ``destinations``.
 
@@ -102,21 +127,11 @@ class PacsOutputs:
         if self.reported is not None:
             model = wanted[0][1].model_sha256
             replaced = self.reported([result.content_sha256 for _, result in wanted], model)
-        rows: list[OutboxItem] = []
-        for item, result in wanted:
-            try:
-                rows += self.objects(item, result, replaced.get(result.content_sha256))
-            except TransientError:
-                raise
-            except Exception as exc:
-                log.error(
-                    "%s: its PACS objects cannot be built (%s: %s); its result is recorded without them",
-                    item.name,
-                    type(exc).__name__,
-                    exc,
-                    exc_info=exc,
-                )
-        return rows
+        return contained(
+            wanted,
+            lambda item, result: self.objects(item, result, replaced.get(result.content_sha256)),
+            "PACS objects",
+        )
 
     def wants(self, result: ResultRecord) -> bool:
         """A DICOM input's result that some destination takes an object of."""
