@@ -491,6 +491,11 @@ class PullSettings:
     lease_seconds: int = field(default=600, metadata=_check(minimum=10))
     # Failed retrieves of one instance before it is left failed (for an operator).
     max_attempts: int = field(default=5, metadata=_check(minimum=1, maximum=1000))
+    # A PACS unreachable, busy or silent (not one that refuses): tried this many times in a run,
+    # the first included, backoff_base seconds apart, doubling up to backoff_cap; then the run stops.
+    connection_attempts: int = field(default=3, metadata=_check(minimum=1, maximum=100))
+    backoff_base: float = field(default=30.0, metadata=_check(minimum=0, maximum=3600))
+    backoff_cap: float = field(default=600.0, metadata=_check(minimum=0, maximum=86_400))
 
 
 HeatmapsFor = Literal["positives", "all", "none"]

@@ -152,7 +152,15 @@ def setup(tmp_path: Path, orthanc: Orthanc, url: str = "", **source: object) -> 
     inbox = tmp_path / "inbox"
     keys = {"name": "orthanc", "ae_title": "ORTHANC", "host": "127.0.0.1", "port": orthanc.dicom_port}
     keys |= {"association_timeout": 5, "dimse_timeout": 10, "network_timeout": 10} | source
-    lines = ["[database]", f'url = "{url}"', "[inbox]", f'path = "{inbox}"', "[pull]", "batch_size = 3"]
+    lines = [
+        "[database]",
+        f'url = "{url}"',
+        "[inbox]",
+        f'path = "{inbox}"',
+        "[pull]",
+        "batch_size = 3",
+        "connection_attempts = 1",
+    ]
     lines += ["[[pull.sources]]", *(f"{key} = {json.dumps(value)}" for key, value in keys.items())]
     config = tmp_path / "config.toml"
     config.write_text("\n".join(lines) + "\n")

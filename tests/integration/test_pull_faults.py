@@ -49,6 +49,7 @@ class FakeQueryRetrieve:
 
     def __init__(self) -> None:
         self.find: dict[str, str] = {}
+        self.silent_once_done = False
         self.get = "ct"  # C-GET sends a CT image, which the pull did not propose: the sub-operation fails
         self.ae = AE(ae_title="FAKEPACS")
         self.ae.add_supported_context(StudyRootQueryRetrieveInformationModelFind)
@@ -68,7 +69,8 @@ class FakeQueryRetrieve:
         if mode == "failure":
             yield 0xA700, None
             return
-        if mode == "silent":
+        if mode == "silent" or (mode == "silent-once" and not self.silent_once_done):
+            self.silent_once_done = True
             time.sleep(4)
         if mode == "forever":
             while not event.is_cancelled:
@@ -124,12 +126,19 @@ def engine(tmp_path: Path) -> Iterator[Engine]:
     engine.dispose()
 
 
-def puller(fake: FakeQueryRetrieve, engine: Engine, tmp_path: Path, **source: Any) -> Puller:
+def puller(
+    fake: FakeQueryRetrieve,
+    engine: Engine,
+    tmp_path: Path,
+    settings: PullSettings | None = None,
+    **source: Any,
+) -> Puller:
     keys = {"name": "fake", "ae_title": "FAKEPACS", "host": "127.0.0.1", "port": fake.port}
     keys |= {"association_timeout": 2.0, "dimse_timeout": 2.0, "network_timeout": 2.0, "query_timeout": 2.0}
     writer = InboxWriter(tmp_path / "inbox")
     writer.prepare()
-    return Puller(PullSource(**(keys | source)), PullSettings(max_attempts=2), engine, writer)
+    settings = settings or PullSettings(max_attempts=2, connection_attempts=1)
+    return Puller(PullSource(**(keys | source)), settings, engine, writer)
 
 
 def the_run(engine: Engine) -> Any:
@@ -208,3 +217,15 @@ def test_outside_its_window_a_pull_queries_but_retrieves_nothing(
     )
     night_only.local_time = lambda: dt_time(23, 0)
     assert night_only.run(PERIOD).failed == 1  # in the window: tried (and the fake's C-GET fails)
+
+
+def test_a_pacs_silent_once_is_tried_again_after_a_backoff(
+    fake: FakeQueryRetrieve, engine: Engine, tmp_path: Path
+):
+    fake.find["IMAGE"] = "silent-once"
+    patient = PullSettings(max_attempts=2, connection_attempts=2, backoff_base=0.1)
+    summary = puller(fake, engine, tmp_path, patient).run(PERIOD)
+    assert summary.found == 1 and the_run(engine).status == "done"
+    fake.silent_once_done = False
+    with pytest.raises(PacsUnavailable, match="no answer within 2 s"):  # once is all it may try
+        puller(fake, engine, tmp_path, PullSettings(connection_attempts=1)).run(PERIOD)

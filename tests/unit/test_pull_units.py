@@ -38,6 +38,7 @@ def test_pull_sources_come_from_tables_of_the_config_file(tmp_path: Path):
     )
     s = load_settings(path, environ={"XRAY_SCREEN_PULL_MAX_ATTEMPTS": "3"})
     assert (s.pull.batch_size, s.pull.lease_seconds, s.pull.max_attempts) == (10, 120, 3)
+    assert (s.pull.connection_attempts, s.pull.backoff_base, s.pull.backoff_cap) == (3, 30.0, 600.0)
     main, old = s.pull.sources
     assert (main.name, main.ae_title, main.host, main.port, main.calling_ae_title) == (
         "main",

@@ -13,6 +13,9 @@ Each step is recorded before the next begins:
    ``stop()``; a heartbeat renews the claims meanwhile;
 5. the run row: ``done``, or ``failed`` with the reason.
 
+A PACS unreachable, busy or silent (``PacsUnavailable``) is tried again, in the query and in
+the retrieve, ``[pull] connection_attempts`` times with backoff; one that refuses is not.
+
 Crash safety: SIGKILL at any point leaves the found rows found, claimed until the lease runs
 out (or until the next run on this host); an instance written into the inbox before the kill
 is found there by name and not asked for again. Nothing is recorded retrieved that is not in
@@ -46,6 +49,7 @@ from worker.pull.period import Period, Window
 from worker.pull.retrieve import Outcome, Retriever
 from worker.receive.store import InboxWriter
 from worker.runtime.lease import Heartbeat, beat_interval, process_alive
+from worker.runtime.retry import Backoff, RetryPolicy, Stopped, retrying, wait
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +120,12 @@ class Puller:
         self._lock = threading.Lock()
         self.max_instances = source.max_instances
         self._budget = source.max_instances
+        # A PACS unreachable, busy or silent is tried again; one that refuses is not (PacsRejected
+        # and failure statuses are no TransientError: the policy gives up on them at once).
+        self.policy = RetryPolicy(
+            initial=settings.backoff_base, maximum=settings.backoff_cap, attempts=settings.connection_attempts
+        )
+        self._backoff = Backoff(self.policy)
 
     def stop(self) -> None:
         self._stop.set()
@@ -145,7 +155,7 @@ class Puller:
             self._query(run_id, period, accessions, summary)
             self._take_over_dead()
             self._retrieve_all(summary)
-        except PacsError as exc:
+        except (PacsError, Stopped) as exc:
             self._finish(run_id, summary, started, str(exc))
             raise
         self._finish(run_id, summary, started, None)
@@ -163,7 +173,7 @@ class Puller:
         log.info(
             "%s: asking for %s, modalities %s", where(self.source), asked, "/".join(self.source.modalities)
         )
-        found = query.find(self.source, period, accessions)
+        found = retrying(lambda: query.find(self.source, period, accessions), self.policy, self._stop)
         summary.found, summary.other_series, summary.malformed = (
             len(found.instances),
             found.other_series,
@@ -241,9 +251,18 @@ class Puller:
             batch = [(c.id, _instance(c)) for c in claims]
             outcome = self.retriever.retrieve(batch, self._stop)
             self._record(outcome, summary)
-            if outcome.error is not None:
+            if outcome.error is None:
+                with self._lock:
+                    self._backoff.reset()
+                continue
+            with self._lock:
+                delay = self._backoff.next_delay(outcome.error)
+            if delay is None:
                 self._stop.set()  # the other threads finish their batch, and stop
                 raise outcome.error
+            log.warning("%s; trying again in %.1f s", outcome.error, delay)
+            if wait(self._stop, delay):
+                return
 
     def _record(self, outcome: Outcome, summary: PullSummary) -> None:
         with database_errors(), self.engine.begin() as conn:
