@@ -4,6 +4,9 @@
 - TransientError: the world is temporarily wrong (database down, share gone); retry later.
 - ConfigError / ModelError: the process cannot start; exit with a clear message.
 - UsageError: the command line is wrong (exit 2).
+- NotDelivered: a RIS or EHR did not take a message (no connection, no or a bad answer, an
+  error it says may pass): the outbox row is sent again with backoff. Refused: it refused the
+  message for good (HL7 AR, an HTTP 4xx): the row is failed.
 - PacsError: a PACS refused or failed what ``pull`` asked (exit 69); PacsUnavailable: it could
   not be reached or did not answer in time (a TransientError, exit 75).
 """
@@ -66,3 +69,22 @@ class PacsUnavailable(PacsError, TransientError):
 
 class MalformedIdentifier(PacsError):
     """A C-FIND answer whose identifier lacks a key or holds a value that is not what its VR allows."""
+
+
+class _Kind:
+    """An error whose ``reason`` starts with its class's name: what kind of failure it was."""
+
+    @property
+    def reason(self) -> str:
+        return f"{type(self).__name__}: {self}"
+
+
+class NotDelivered(_Kind, TransientError):
+    """A RIS or EHR did not take a message: no connection, no answer in time, an answer that is
+    not one, or an error it says may pass. The outbox row is sent again, with backoff, its
+    ``last_error`` the ``reason``."""
+
+
+class Refused(_Kind, PermanentError):
+    """A RIS or EHR refused a message for good (HL7 AR, an HTTP 4xx): the outbox row is failed,
+    with the ``reason``, and waits for an operator."""

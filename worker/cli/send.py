@@ -1,4 +1,5 @@
-"""``xray-worker send``: deliver the PACS outbox (worker/pacs/sender.py), its own process."""
+"""``xray-worker send``: deliver the outbox to the PACS, the RIS and the EHR (worker/pacs/sender.py),
+its own process."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from worker.cli.common import assignments_overrides, serve, settings_for
     "names",
     multiple=True,
     metavar="NAME",
-    help="Only this [[pacs.destinations]] name (repeatable). Default: every destination.",
+    help="Only this destination of [[pacs.destinations]], [[hl7.destinations]] or [[fhir.destinations]]"
+    " (repeatable). Default: every destination.",
 )
 @click.option("--once", is_flag=True, help="Send what is due now, then exit (no waiting, no retries).")
 @click.option("--batch-size", type=int, help="Objects per association. Default: [pacs] batch_size (50).")
@@ -38,11 +40,12 @@ def send(
     db_url: str | None,
     assignments: tuple[str, ...],
 ) -> None:
-    """Deliver the results' DICOM objects (reports, key images) to the PACS, until stopped.
+    """Deliver the results' DICOM objects to the PACS, ORUs to the RIS and Bundles to the EHR, until stopped.
 
-    Objects wait in the database's outbox, queued with their results; each destination of
-    [pacs] gets them in batches, one association per batch, with retries and backoff while it
-    is down. SIGTERM finishes the batch in hand; a second one exits at once (what was not yet
+    Objects and messages wait in the database's outbox, queued with their results; each
+    destination of [pacs], [hl7] and [fhir] gets them in batches (one association or MLLP
+    connection per batch, an HTTP POST per FHIR Bundle), with retries and backoff while it is
+    down. SIGTERM finishes the batch in hand; a second one exits at once (what was not yet
     answered is sent again at the next start).
 
     \b
@@ -54,12 +57,14 @@ def send(
     overrides: dict[str, Any] = {"pacs.batch_size": batch_size, "database.url": db_url}
     overrides.update(assignments_overrides(assignments))
     settings = settings_for(ctx, **overrides)
+    every = [*settings.pacs.destinations, *settings.hl7.destinations, *settings.fhir.destinations]
     if names:
-        known = {d.name for d in settings.pacs.destinations}
+        known = {d.name for d in every}
         unknown = sorted(set(names) - known)
         if unknown:
             raise click.BadParameter(
-                f"{', '.join(unknown)}: not in [pacs] destinations ({', '.join(sorted(known)) or 'none'})",
+                f"{', '.join(unknown)}: not in the [pacs], [hl7] or [fhir] destinations "
+                f"({', '.join(sorted(known)) or 'none'})",
                 param_hint="--destination",
             )
 
@@ -71,11 +76,11 @@ def send(
         return
     with ExitStack() as stack:  # [metrics] endpoint, closed at the end
         monitoring = open_monitoring(stack, settings, notify=False)
-        chosen = [d.name for d in settings.pacs.destinations if not names or d.name in names]
+        chosen = [d.name for d in every if not names or d.name in names]
         observer = monitoring.sender(chosen, lambda: sender.backlog())
         sender = open_sender(settings, only=names, observer=observer)
         serve(
-            f"sending as {settings.pacs.ae_title} to {len(sender.settings.destinations)} destinations",
+            f"sending as {settings.pacs.ae_title} to {len(sender.destinations)} destinations",
             sender.run,
             sender.stop,
             finishing="finishing the batch in hand, then stopping",

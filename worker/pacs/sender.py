@@ -26,6 +26,12 @@ A destination with a ``dicomweb_url`` gets each batch as one STOW-RS request ins
 (stow.py): ``delivered`` only what the answer lists as stored; a refused object is retried, or
 ``failed`` at once when its failure reason says no retry can help; no answer, or an HTTP error:
 the whole batch is retried, with the same backoff.
+
+The RIS and the EHR are destinations of the same loop, with the same retries, backoff and
+``max_attempts``: an ``[[hl7.destinations]]`` gets its ORUs over MLLP (``worker/ris/mllp.py``,
+one connection per batch, each message waiting for its ACK), an ``[[fhir.destinations]]`` its
+Bundles by HTTP POST (``worker/ris/fhir_client.py``). Their answers are ``NotDelivered``
+(retried) or ``Refused`` (failed at once), recorded like a C-STORE's.
 """
 
 from __future__ import annotations
@@ -52,14 +58,15 @@ from pynetdicom.sop_class import StorageCommitmentPushModel, StorageCommitmentPu
 from pynetdicom.status import code_to_category
 from sqlalchemy import Engine
 
-from worker.config import PacsDestination, PacsSettings, Settings
+from worker.config import FhirDestination, Hl7Destination, PacsDestination, PacsSettings, Settings
 from worker.db import outbox
 from worker.db.engine import make_engine
 from worker.db.errors import database_errors
 from worker.db.migrate import require_head
-from worker.errors import ConfigError, TransientError
+from worker.errors import ConfigError, NotDelivered, Refused, TransientError
 from worker.pacs import stow
 from worker.pacs.commitment import CommitmentListener, ReportHandler, request
+from worker.ris import fhir_client, mllp
 from worker.runtime.retry import Backoff, RetryPolicy, wait
 
 log = logging.getLogger(__name__)
@@ -67,13 +74,14 @@ log = logging.getLogger(__name__)
 # Success, and the Storage Service's warnings: coerced, elements discarded, not validated.
 STORED = frozenset({0x0000, 0xB000, 0xB006, 0xB007})
 UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+Destination = PacsDestination | Hl7Destination | FhirDestination
 
 
 @dataclass
 class Batch:
     """What one association did with its rows."""
 
-    destination: PacsDestination
+    destination: Destination
     stored: list[outbox.Due] = field(default_factory=list)
     errors: dict[int, str] = field(default_factory=dict)  # row id -> reason, to retry
     broken: dict[int, str] = field(default_factory=dict)  # row id -> reason, never retried
@@ -94,7 +102,8 @@ class Sender:
     ``step()`` sends one batch per destination and returns how many rows it handled (the
     tests call it); ``run()`` repeats it until ``stop()``, waiting ``poll_interval`` when
     nothing was due. ``stop()`` only sets an event: the batch in hand is finished and recorded.
-    ``passwords`` maps a DICOMweb destination's name to its HTTP basic auth password.
+    ``passwords`` maps a DICOMweb or FHIR destination's name to its password or token; ``ris``:
+    the HL7 and FHIR destinations, delivered after the PACS ones in each step.
     """
 
     def __init__(
@@ -106,8 +115,10 @@ class Sender:
         rng: random.Random | None = None,
         passwords: Mapping[str, str] | None = None,
         observer: SenderObserver | None = None,
+        ris: Sequence[Hl7Destination | FhirDestination] = (),
     ):
         self.settings = settings
+        self.destinations: tuple[Destination, ...] = (*settings.destinations, *ris)
         self.observer = observer or SenderObserver()
         self.passwords = dict(passwords or {})
         self.engine = engine
@@ -127,7 +138,7 @@ class Sender:
         log.info(
             "sending as %s to %s",
             self.settings.ae_title,
-            ", ".join(f"{d.name} ({where(d)})" for d in self.settings.destinations),
+            ", ".join(f"{d.name} ({where(d)})" for d in self.destinations),
         )
         outage = Backoff(RetryPolicy(initial=1.0, maximum=60.0))
         try:
@@ -152,7 +163,7 @@ class Sender:
     def step(self) -> int:
         """One batch per destination; the number of rows handled."""
         handled = 0
-        for destination in self.settings.destinations:
+        for destination in self.destinations:
             if self._stop.is_set():
                 break
             handled += self.deliver(destination)
@@ -170,11 +181,12 @@ class Sender:
 
     # -- one batch ----------------------------------------------------------------
 
-    def deliver(self, destination: PacsDestination) -> int:
-        """Send the due rows of ``destination`` (one batch, one association) and record the answers."""
+    def deliver(self, destination: Destination) -> int:
+        """Send the due rows of ``destination`` (one batch, one association or connection) and
+        record the answers."""
         now = self.clock()
         with database_errors(), self.engine.begin() as conn:
-            if destination.storage_commitment:
+            if isinstance(destination, PacsDestination) and destination.storage_commitment:
                 older = now - timedelta(seconds=self.settings.commitment_timeout)
                 expired = outbox.expire_commitments(conn, destination.name, older)
                 if expired:
@@ -188,11 +200,16 @@ class Sender:
             return 0
         started = time.monotonic()
         batch = Batch(destination)
-        datasets = self._read(rows, batch)
-        if datasets and destination.dicomweb_url:
-            self._send_stow(datasets, batch)
-        elif datasets:
-            self._send(datasets, batch)
+        if isinstance(destination, Hl7Destination):
+            self._send_hl7(rows, batch)
+        elif isinstance(destination, FhirDestination):
+            self._send_fhir(rows, batch)
+        else:
+            datasets = self._read(rows, batch)
+            if datasets and destination.dicomweb_url:
+                self._send_stow(datasets, batch)
+            elif datasets:
+                self._send(datasets, batch)
         self._record(batch, [r for r in rows if r.id not in batch.broken])
         seconds = time.monotonic() - started
         gave_up = sum(
@@ -222,6 +239,29 @@ class Sender:
             f"; {first_error}" if first_error else "",
         )
         return len(rows)
+
+    def _send_hl7(self, rows: Sequence[outbox.Due], batch: Batch) -> None:
+        """The batch's ORUs over one MLLP connection; the rows after a broken exchange stay untried."""
+        assert isinstance(batch.destination, Hl7Destination)
+        try:
+            answers = mllp.deliver(batch.destination, [row.payload for row in rows])
+        except NotDelivered as exc:  # no connection: every row tried once
+            batch.errors.update({row.id: exc.reason for row in rows})
+            return
+        for row, answer in zip(rows, answers, strict=False):
+            _note(batch, row, answer)
+
+    def _send_fhir(self, rows: Sequence[outbox.Due], batch: Batch) -> None:
+        """Each Bundle in a POST of its own."""
+        d = batch.destination
+        assert isinstance(d, FhirDestination)
+        for row in rows:
+            try:
+                fhir_client.post(d, row.payload, secret=self.passwords.get(d.name, ""))
+            except (NotDelivered, Refused) as exc:
+                _note(batch, row, exc)
+            else:
+                _note(batch, row, None)
 
     def _read(self, rows: Sequence[outbox.Due], batch: Batch) -> list[tuple[outbox.Due, Dataset]]:
         """The rows' payloads as data sets; one that is not DICOM can never be sent."""
@@ -378,26 +418,45 @@ class Sender:
                 outbox.mark_failed(conn, batch.broken, now=now)
 
 
-def where(destination: PacsDestination) -> str:
-    """A destination as the logs name it: its DICOMweb URL, or AE title, host and port."""
+def _note(batch: Batch, row: outbox.Due, answer: NotDelivered | Refused | None) -> None:
+    """A RIS or EHR's answer to one row: delivered (None), to retry, or failed."""
+    if answer is None:
+        batch.stored.append(row)
+    elif isinstance(answer, Refused):
+        batch.broken[row.id] = answer.reason
+    else:
+        batch.errors[row.id] = answer.reason
+
+
+def where(destination: Destination) -> str:
+    """A destination as the logs name it: its URL, or AE title, host and port."""
+    if isinstance(destination, Hl7Destination):
+        return mllp.where(destination)
+    if isinstance(destination, FhirDestination):
+        return destination.base_url
     if destination.dicomweb_url:
         return destination.dicomweb_url
     return f"{destination.ae_title}@{destination.host}:{destination.port}"
 
 
-def passwords(destinations: Sequence[PacsDestination], environ: Mapping[str, str]) -> dict[str, str]:
-    """Each DICOMweb destination's password, from the environment variable its ``password_env``
-    names; ``ConfigError`` naming the variable when it is not set."""
+def passwords(
+    destinations: Sequence[PacsDestination | FhirDestination], environ: Mapping[str, str]
+) -> dict[str, str]:
+    """Each DICOMweb destination's password and each FHIR destination's token or password, from
+    the environment variable its ``password_env`` or ``secret_env`` names; ``ConfigError`` naming
+    the variable when it is not set."""
     found = {}
     for d in destinations:
-        if not d.password_env:
+        section, key = ("fhir", "secret_env") if isinstance(d, FhirDestination) else ("pacs", "password_env")
+        variable = getattr(d, key)
+        if not variable:
             continue
-        if d.password_env not in environ:
+        if variable not in environ:
             raise ConfigError(
-                f"[pacs.destinations] {d.name}: password_env = {d.password_env!r}, "
-                f"but the environment variable {d.password_env} is not set"
+                f"[{section}.destinations] {d.name}: {key} = {variable!r}, "
+                f"but the environment variable {variable} is not set"
             )
-        found[d.name] = environ[d.password_env]
+        found[d.name] = environ[variable]
     return found
 
 
@@ -424,21 +483,26 @@ def open_sender(
     environ: Mapping[str, str] | None = None,
     observer: SenderObserver | None = None,
 ) -> Sender:
-    """The sender of the [pacs] settings on the [database] outbox, for the destinations named
-    in ``only`` (none: all), with DICOMweb passwords from ``environ`` (default: this process's),
+    """The sender of the [pacs], [hl7] and [fhir] destinations on the [database] outbox, for
+    those named in ``only`` (none: all), with DICOMweb and FHIR secrets from ``environ`` (default:
+    this process's),
     reporting each batch to ``observer`` (its metrics).
     ``ConfigError`` for a database not at head, nothing to send to or a password variable not
     set, ``TransientError`` when the database is down."""
     pacs = settings.pacs
+    ris = (*settings.hl7.destinations, *settings.fhir.destinations)
     if only:
         pacs = dataclasses.replace(pacs, destinations=tuple(d for d in pacs.destinations if d.name in only))
-    if not pacs.destinations:
+        ris = tuple(d for d in ris if d.name in only)
+    if not (pacs.destinations or ris):
         raise ConfigError(
-            "[pacs] has no destinations: add a [[pacs.destinations]] table (docs/pacs-delivery.md)"
+            "nothing to send to: add a [[pacs.destinations]] (docs/pacs-delivery.md), "
+            "[[hl7.destinations]] or [[fhir.destinations]] table (docs/hl7-fhir.md)"
         )
-    secrets = passwords(pacs.destinations, os.environ if environ is None else environ)
+    fhir = [d for d in ris if isinstance(d, FhirDestination)]
+    secrets = passwords([*pacs.destinations, *fhir], os.environ if environ is None else environ)
     engine = make_engine(settings.database.url)
     with database_errors():
         require_head(engine)
     logging.getLogger("pynetdicom").setLevel(max(logging.WARNING, logging.getLogger().level))
-    return Sender(pacs, engine, passwords=secrets, observer=observer)
+    return Sender(pacs, engine, passwords=secrets, observer=observer, ris=ris)
