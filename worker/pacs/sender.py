@@ -86,6 +86,7 @@ class Batch:
     errors: dict[int, str] = field(default_factory=dict)  # row id -> reason, to retry
     broken: dict[int, str] = field(default_factory=dict)  # row id -> reason, never retried
     committing: str | None = None  # the commitment request's Transaction UID
+    recorded: bool = False  # each answer already recorded as it came (MLLP)
 
 
 class SenderObserver:
@@ -210,7 +211,8 @@ class Sender:
                 self._send_stow(datasets, batch)
             elif datasets:
                 self._send(datasets, batch)
-        self._record(batch, [r for r in rows if r.id not in batch.broken])
+        if not batch.recorded:
+            self._record(batch, [r for r in rows if r.id not in batch.broken])
         seconds = time.monotonic() - started
         gave_up = sum(
             1 for r in rows if r.id in batch.errors and r.attempts + 1 >= self.settings.max_attempts
@@ -241,15 +243,22 @@ class Sender:
         return len(rows)
 
     def _send_hl7(self, rows: Sequence[outbox.Due], batch: Batch) -> None:
-        """The batch's ORUs over one MLLP connection; the rows after a broken exchange stay untried."""
+        """The batch's ORUs over one MLLP connection, each ACK recorded as it comes (a crash sends
+        again at most the message in flight); the rows after a broken exchange stay untried."""
         assert isinstance(batch.destination, Hl7Destination)
+
+        def answered(index: int, answer: NotDelivered | Refused | None) -> None:
+            one = Batch(batch.destination)
+            _note(one, rows[index], answer)
+            self._record(one, [rows[index]])
+            _note(batch, rows[index], answer)
+
         try:
-            answers = mllp.deliver(batch.destination, [row.payload for row in rows])
+            mllp.deliver(batch.destination, [row.payload for row in rows], answered)
         except NotDelivered as exc:  # no connection: every row tried once
             batch.errors.update({row.id: exc.reason for row in rows})
             return
-        for row, answer in zip(rows, answers, strict=False):
-            _note(batch, row, answer)
+        batch.recorded = True
 
     def _send_fhir(self, rows: Sequence[outbox.Due], batch: Batch) -> None:
         """Each Bundle in a POST of its own."""

@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import hl7
 from hl7.mllp import InvalidBlockError, open_hl7_connection
@@ -75,15 +75,24 @@ def tls_context(destination: Hl7Destination) -> ssl.SSLContext | None:
     return context
 
 
-def deliver(destination: Hl7Destination, messages: Sequence[bytes]) -> list[Answer]:
+def deliver(
+    destination: Hl7Destination,
+    messages: Sequence[bytes],
+    answered: Callable[[int, Answer], None] = lambda index, answer: None,
+) -> list[Answer]:
     """Send ``messages`` (ORUs, UTF-8) over one connection; an answer per message tried, in
     order: fewer than ``messages`` when the connection broke (the rest was not sent).
+    ``answered(index, answer)`` is called with each answer before the next message is sent (the
+    sender records it there, so a crash re-sends at most the message in flight).
     ``NoConnection`` when no connection could be made."""
-    return asyncio.run(_deliver(destination, messages, tls_context(destination)))
+    return asyncio.run(_deliver(destination, messages, tls_context(destination), answered))
 
 
 async def _deliver(
-    d: Hl7Destination, messages: Sequence[bytes], context: ssl.SSLContext | None
+    d: Hl7Destination,
+    messages: Sequence[bytes],
+    context: ssl.SSLContext | None,
+    answered: Callable[[int, Answer], None],
 ) -> list[Answer]:
     try:
         reader, writer = await asyncio.wait_for(
@@ -96,9 +105,10 @@ async def _deliver(
         raise NoConnection(f"no connection to {where(d)}: {exc.strerror or exc}") from None
     answers: list[Answer] = []
     try:
-        for payload in messages:
+        for index, payload in enumerate(messages):
             answer = await _exchange(d, reader, writer, payload)
             answers.append(answer)
+            answered(index, answer)
             if isinstance(answer, NoAck | BadAck | WrongAck):
                 break
     finally:
