@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import json
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import hl7
 import pytest
-from ris_endpoints import FhirEndpoint, MllpListener, free_port
+from ris_endpoints import FhirEndpoint, MllpListener, free_port, self_signed
 from screenings import header, screening
 from sqlalchemy import Engine, select
 from test_sender import T0, Clock
@@ -149,6 +150,7 @@ def test_ae_is_retried_and_aa_then_delivers_it_once(engine: Engine):
         ("garbage", "pending", "BadAck: not an HL7 ACK: 'HELLO, THIS IS NOT HL7'"),
         ("wrong", "pending", "WrongAck: ACK for control id 'SOMEONE-ELSE', not ours 'CTRL0'"),
         ("silent", "pending", "NoAck: no ACK from mllp://127.0.0.1:"),
+        ("close", "pending", "NoAck: mllp://127.0.0.1:"),
     ],
 )
 def test_what_each_bad_answer_does_to_the_row(engine: Engine, reply: str, status: str, error: str):
@@ -164,6 +166,22 @@ def test_what_each_bad_answer_does_to_the_row(engine: Engine, reply: str, status
     else:  # the stream cannot be trusted: the rest stays untried, pending as it was
         assert len(listener.received) == 1
         assert [(r.status, r.attempts, r.last_error) for r in rest] == [("pending", 0, None)] * 2
+
+
+def test_mllp_over_tls_checks_the_listener_s_certificate(engine: Engine, tmp_path: Path):
+    [control] = queue_oru(engine, "ris")
+    cert, context = self_signed(tmp_path)
+    with MllpListener(tls=context) as listener:
+        sender(engine, ris(listener.port, tls=True)).step()  # the system's CAs do not know it
+        [row] = rows(engine)
+        assert (row.status, row.last_error.split(":")[0]) == ("pending", "NoConnection")
+        assert "CERTIFICATE_VERIFY_FAILED" in row.last_error
+        with engine.begin() as conn:
+            conn.execute(outbox_table.update().values(next_attempt_at=T0))
+        sender(engine, ris(listener.port, tls=True, tls_ca=str(cert))).step()
+    [row] = rows(engine)
+    assert row.status == "delivered"
+    assert listener.acked == {control: 1}
 
 
 def test_fhir_201_delivers_and_a_resend_creates_nothing_new(engine: Engine):

@@ -8,10 +8,13 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import ssl
+import subprocess
 import threading
 from collections import Counter
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import hl7
@@ -19,7 +22,8 @@ from fhir.resources.R4B.bundle import Bundle
 from hl7.mllp import start_hl7_server
 
 # What the listener answers a message: an MSA-1 code ("AA", "AE", "AR"), "garbage" (an MLLP
-# block that is not HL7), "wrong" (AA for another control id), "silent" (no answer).
+# block that is not HL7), "wrong" (AA for another control id), "silent" (no answer), "close"
+# (the connection closed instead of an answer).
 Reply = str
 
 
@@ -33,9 +37,15 @@ class MllpListener:
     """python-hl7's MLLP server on ``port``: parses every message with python-hl7, keeps it, and
     answers what ``reply(message)`` says; ``acked`` counts the AAs sent per control id."""
 
-    def __init__(self, port: int | None = None, reply: Callable[[hl7.Message], Reply] = lambda m: "AA"):
+    def __init__(
+        self,
+        port: int | None = None,
+        reply: Callable[[hl7.Message], Reply] = lambda m: "AA",
+        tls: ssl.SSLContext | None = None,
+    ):
         self.port = port or free_port()
         self.reply = reply
+        self.tls = tls
         self.received: list[hl7.Message] = []
         self.acked: Counter[str] = Counter()
         self._loop = asyncio.new_event_loop()
@@ -46,7 +56,7 @@ class MllpListener:
     def __enter__(self) -> MllpListener:
         self._thread.start()
         future = asyncio.run_coroutine_threadsafe(
-            start_hl7_server(self._client, "127.0.0.1", self.port, encoding="utf-8"), self._loop
+            start_hl7_server(self._client, "127.0.0.1", self.port, encoding="utf-8", ssl=self.tls), self._loop
         )
         self._server = future.result(10)
         return self
@@ -75,6 +85,8 @@ class MllpListener:
                 control = str(message.segment("MSH")[10])
                 if reply == "silent":
                     continue
+                if reply == "close":
+                    break
                 if reply == "garbage":
                     writer.writeblock(b"HELLO, THIS IS NOT HL7")
                 elif reply == "wrong":
@@ -98,6 +110,36 @@ def _ack(message: hl7.Message, code: str, *, acked: str) -> hl7.Message:
     if code != "AA":
         ack.segment("MSA").append(f"the test said {code}")
     return hl7.parse(str(ack))
+
+
+def self_signed(folder: Path) -> tuple[Path, ssl.SSLContext]:
+    """A certificate for 127.0.0.1 made with openssl, and a server context holding it."""
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    return cert, context
 
 
 class FhirEndpoint:
