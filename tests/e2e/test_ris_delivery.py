@@ -7,6 +7,7 @@ the result rows. ``send`` SIGKILLed mid-delivery, round after round, loses nothi
 
 from __future__ import annotations
 
+import json
 import random
 import shutil
 import signal
@@ -74,12 +75,13 @@ def database(root: Path) -> str:
     return url
 
 
-def xray(config: Path, *args: str, timeout: float = 300) -> str:
+def xray(config: Path, *args: str, stderr: bool = True) -> str:
+    """Run an ``xray-worker`` command; its output (with its log lines unless ``stderr`` is off)."""
     done = subprocess.run(
-        [EXE, "--config", str(config), *args], capture_output=True, text=True, timeout=timeout, check=False
+        [EXE, "--config", str(config), *args], capture_output=True, text=True, timeout=300, check=False
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    return done.stdout + done.stderr
+    return done.stdout + (done.stderr if stderr else "")
 
 
 def films(root: Path, full_res_dir: Path) -> Path:
@@ -141,6 +143,11 @@ def test_scan_queues_an_oru_and_a_bundle_per_result_and_send_delivers_them(
         assert counts(engine) == {("hl7", "delivered"): len(dicoms), ("fhir", "delivered"): len(dicoms)}
         assert len(listener.received) == len(dicoms) and set(listener.acked.values()) == {1}
         assert ehr.created["DiagnosticReport"] == len(dicoms) and ehr.created["Device"] == 1
+        report = json.loads(
+            xray(config, "report", "deliveries", "--since", "all", "--format", "json", stderr=False)
+        )
+        counted = {(r["destination"], r["status"]): r["objects"] for r in report["deliveries"]}
+        assert counted == {("ehr", "delivered"): len(dicoms), ("ris", "delivered"): len(dicoms)}
 
         headers = {}  # patient id -> the film's SOP Instance UID and name
         for path in archive.glob("*.dcm"):
