@@ -224,7 +224,7 @@ def studies_command(ctx: click.Context, since: datetime | None, fmt: str, db_url
 @report_options
 @click.pass_context
 def deliveries_command(ctx: click.Context, since: datetime | None, fmt: str, db_url: str | None) -> None:
-    """Show PACS deliveries: objects per destination and status, last errors, the backlog.
+    """Show deliveries to the PACS, RIS and EHR: rows per destination and status, last errors, the backlog.
 
     \b
     Example:

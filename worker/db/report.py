@@ -316,9 +316,9 @@ def studies(engine: Engine, since: datetime | None, *, now: datetime | None = No
 
 
 def deliveries(engine: Engine, since: datetime | None, *, now: datetime | None = None) -> Report:
-    """PACS deliveries (``xray-worker send``): objects queued in the window per destination and
-    status, with the oldest and the last error; then every destination's backlog, whatever
-    the window."""
+    """Deliveries to the PACS, RIS and EHR (``xray-worker send``): objects and messages queued in
+    the window per destination and status, with the oldest and the last error; then every
+    destination's backlog, whatever the window."""
     o = outbox.c
     now = now or datetime.now(UTC)
     in_window = o.created_at >= since if since else true()
@@ -339,7 +339,7 @@ def deliveries(engine: Engine, since: datetime | None, *, now: datetime | None =
             ).scalar()
             rows.append((destination, status, n, _utc(oldest), _utc(last_attempt), error))
         left = backlog(conn, now)
-    report = Report("xray-screen PACS deliveries", since, now)
+    report = Report("xray-screen deliveries (PACS, RIS, EHR)", since, now)
     report.sections.append(
         Section(
             "deliveries",
