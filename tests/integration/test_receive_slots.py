@@ -171,11 +171,11 @@ def test_silent_connections_do_not_take_the_senders_slots(receiver_with, small_d
     with Attacker(receiver, ATTACKERS, count=6) as attacker:
         _wait(lambda: receiver.active >= 8, 5)  # 4 per address held, more than the 2 slots
         started, served = time.monotonic(), 0
-        while time.monotonic() - started < 4:  # 4 request timeouts
+        # For at least 4 request timeouts, and at least 5 rounds however slow a loaded machine is.
+        while time.monotonic() - started < 4 or served < 5:
             assert echo(receiver) == 0
             assert store_all(receiver, [small_dicom]) == [0]
             served += 1
-    assert served >= 5
     assert (receiver.writer.folder / f"{small_dicom.SOPInstanceUID}.dcm").exists()
     for source in ATTACKERS:
         lifetimes = attacker.lifetimes[source]
