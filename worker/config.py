@@ -234,6 +234,12 @@ class GateSettings:
 
 # A DICOM AE title: 1-16 printable ASCII characters, no backslash, no leading or trailing space.
 _AE_TITLE = r"[!-\[\]-~]([ -\[\]-~]{0,14}[!-\[\]-~])?"
+# Field metadata several tables share: an AE title, a destination's or source's name (the outbox
+# and the pull table key rows by it), a host, a TCP port.
+_AE = {"pattern": _AE_TITLE, "hint": "a DICOM AE title (1-16 characters)"}
+_NAME = {"pattern": r"[A-Za-z0-9_.-]{1,64}", "hint": "1-64 letters, digits, _ . -"}
+_HOST = {"pattern": r"\S+", "hint": "a host name or address"}
+_PORT = _check(minimum=1, maximum=65535)
 
 
 @dataclass(frozen=True)
@@ -243,11 +249,9 @@ class ReceiveSettings:
 
     # Address and TCP port to listen on (0.0.0.0 or :: for every interface).
     host: str = "127.0.0.1"
-    port: int = field(default=11112, metadata=_check(minimum=1, maximum=65535))
+    port: int = field(default=11112, metadata=_PORT)
     # Our own AE title, the one modalities and PACS call.
-    ae_title: str = field(
-        default="XRAY_SCREEN", metadata={"pattern": _AE_TITLE, "hint": "a DICOM AE title (1-16 characters)"}
-    )
+    ae_title: str = field(default="XRAY_SCREEN", metadata=_AE)
     # Calling AE titles allowed to send, each optionally bound to its IP address
     # ("MODALITY1@10.0.0.5"); empty: any.
     allowed_aets: tuple[str, ...] = ()
@@ -284,15 +288,11 @@ class PacsDestination:
     ``[[pacs.destinations]]`` table of the config file."""
 
     # Our name for it: outbox rows and `xray-worker report deliveries` use it.
-    name: str = field(
-        default="", metadata={"pattern": r"[A-Za-z0-9_.-]{1,64}", "hint": "1-64 letters, digits, _ . -"}
-    )
+    name: str = field(default="", metadata=_NAME)
     # Its AE title, host and DICOM port.
-    ae_title: str = field(
-        default="", metadata={"pattern": _AE_TITLE, "hint": "a DICOM AE title (1-16 characters)"}
-    )
-    host: str = field(default="", metadata={"pattern": r"\S+", "hint": "a host name or address"})
-    port: int = field(default=104, metadata=_check(minimum=1, maximum=65535))
+    ae_title: str = field(default="", metadata=_AE)
+    host: str = field(default="", metadata=_HOST)
+    port: int = field(default=104, metadata=_PORT)
     # What it receives: "sr" (a structured report per DICOM input), "sc" (a key image per positive).
     outputs: tuple[str, ...] = PACS_OUTPUTS
     # Ask it to commit to keeping what it stored (N-ACTION, Storage Commitment Push Model).
@@ -320,9 +320,7 @@ class PacsSettings:
     # Where to send; none: nothing is queued or sent.
     destinations: tuple[PacsDestination, ...] = ()
     # Our AE title, the calling AE title of every association (configure it on the PACS).
-    ae_title: str = field(
-        default="XRAY_SCREEN", metadata={"pattern": _AE_TITLE, "hint": "a DICOM AE title (1-16 characters)"}
-    )
+    ae_title: str = field(default="XRAY_SCREEN", metadata=_AE)
     # Objects per association.
     batch_size: int = field(default=50, metadata=_check(minimum=1, maximum=10_000))
     # Failed attempts of one object before it is marked failed (and left for an operator).
@@ -353,12 +351,10 @@ class Hl7Destination:
 
     # Our name for it: outbox rows and `xray-worker report deliveries` use it (unique across
     # [[pacs.destinations]], [[hl7.destinations]] and [[fhir.destinations]]).
-    name: str = field(
-        default="", metadata={"pattern": r"[A-Za-z0-9_.-]{1,64}", "hint": "1-64 letters, digits, _ . -"}
-    )
+    name: str = field(default="", metadata=_NAME)
     # Its MLLP listener.
-    host: str = field(default="", metadata={"pattern": r"\S+", "hint": "a host name or address"})
-    port: int = field(default=2575, metadata=_check(minimum=1, maximum=65535))
+    host: str = field(default="", metadata=_HOST)
+    port: int = field(default=2575, metadata=_PORT)
     # MSH-3/4 (us) and MSH-5/6 (it), as its interface engine routes them.
     sending_application: str = field(default="XRAY_SCREEN", metadata=_APP_NAME)
     sending_facility: str = field(default="", metadata=_APP_NAME)
@@ -391,9 +387,7 @@ class FhirDestination:
     ``[[fhir.destinations]]`` table (README, "Telling the RIS and the EHR")."""
 
     # Our name for it, unique across every destination (see Hl7Destination.name).
-    name: str = field(
-        default="", metadata={"pattern": r"[A-Za-z0-9_.-]{1,64}", "hint": "1-64 letters, digits, _ . -"}
-    )
+    name: str = field(default="", metadata=_NAME)
     # The server's base URL: the Bundle is POSTed to it as it is.
     base_url: str = field(
         default="",
@@ -439,19 +433,13 @@ class PullSource:
     a ``[[pull.sources]]`` table of the config file (README, "Pulling from a PACS")."""
 
     # Our name for it: the pull table and `xray-worker report pulls` use it.
-    name: str = field(
-        default="", metadata={"pattern": r"[A-Za-z0-9_.-]{1,64}", "hint": "1-64 letters, digits, _ . -"}
-    )
+    name: str = field(default="", metadata=_NAME)
     # Its AE title (the called AE title), host and DICOM port.
-    ae_title: str = field(
-        default="", metadata={"pattern": _AE_TITLE, "hint": "a DICOM AE title (1-16 characters)"}
-    )
-    host: str = field(default="", metadata={"pattern": r"\S+", "hint": "a host name or address"})
-    port: int = field(default=104, metadata=_check(minimum=1, maximum=65535))
+    ae_title: str = field(default="", metadata=_AE)
+    host: str = field(default="", metadata=_HOST)
+    port: int = field(default=104, metadata=_PORT)
     # Our AE title on these associations (the PACS must know it).
-    calling_ae_title: str = field(
-        default="XRAY_SCREEN", metadata={"pattern": _AE_TITLE, "hint": "a DICOM AE title (1-16 characters)"}
-    )
+    calling_ae_title: str = field(default="XRAY_SCREEN", metadata=_AE)
     # The Query/Retrieve information model: "study" (Study Root) or "patient" (Patient Root).
     query_model: QueryModel = "study"
     # "get": C-GET, the instances come back on our association (no inbound port); "move":
