@@ -98,9 +98,7 @@ class Daemon:
         self._heartbeat = Heartbeat(work.heartbeat, self.beat_interval)
         self.faults = faults or Faults()  # crash points for bench/chaos.py; inert by default
         self.backoff = Backoff()
-        # After screening: a heatmap for the films [explain] names (worker/explain/heatmaps.py);
-        # with the commit: the PACS objects of each result (worker/sinks/pacs.py).
-        self.heatmapper = heatmapper
+        # With the commit: the outbox rows of each result (PACS, RIS, EHR: app.open_sinks).
         self.committer = Committer(
             store=store,
             screening=predictor,
@@ -120,7 +118,7 @@ class Daemon:
             commit_size=self.window,  # one commit per step: its costs paid once for the window
             sinks=sinks,
             middleware=[FaultPoint(self.faults, "after-commit"), self.observer],
-            heatmapper=heatmapper,
+            heatmapper=heatmapper,  # a heatmap for the films [explain] names, after screening
             rate=True,
         )
         self._queue: deque[Claimed] = deque()
