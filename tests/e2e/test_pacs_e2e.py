@@ -10,7 +10,6 @@ training folder written as CR DICOMs (negatives: a report, no key image).
 
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
 import time
@@ -124,14 +123,7 @@ def send_once(config: Path) -> None:
 
 def study_objects(orthanc: Orthanc, study_uid: str) -> list[Dataset]:
     """Every instance Orthanc holds in one study, as datasets."""
-    query = json.dumps({"Level": "Study", "Query": {"StudyInstanceUID": study_uid}}).encode()
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{orthanc.http_port}/tools/find",
-        data=query,
-        headers={"Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(request, timeout=30) as reply:  # noqa: S310
-        ids = json.load(reply)
+    ids = orthanc.study_ids(study_uid)
     if not ids:
         return []
     [study_id] = ids

@@ -122,8 +122,8 @@ class Orthanc:
         """Every instance Orthanc holds, by SOP Instance UID (REST /instances?expand)."""
         return Counter(i["MainDicomTags"]["SOPInstanceUID"] for i in self.get("/instances?expand"))
 
-    def study_instances(self, study_uid: str) -> list[str]:
-        """The SOP Instance UIDs of one study, found with /tools/find, then /studies/{id}/instances."""
+    def study_ids(self, study_uid: str) -> list[str]:
+        """Orthanc's ids of the studies with this Study Instance UID (/tools/find): none or one."""
         query = json.dumps({"Level": "Study", "Query": {"StudyInstanceUID": study_uid}}).encode()
         request = urllib.request.Request(
             f"http://127.0.0.1:{self.http_port}/tools/find",
@@ -131,7 +131,11 @@ class Orthanc:
             headers={"Content-Type": "application/json"},
         )
         with urllib.request.urlopen(request, timeout=30) as reply:  # noqa: S310
-            [study_id] = json.load(reply)
+            return list(json.load(reply))
+
+    def study_instances(self, study_uid: str) -> list[str]:
+        """The SOP Instance UIDs of one study, found with /tools/find, then /studies/{id}/instances."""
+        [study_id] = self.study_ids(study_uid)
         return [i["MainDicomTags"]["SOPInstanceUID"] for i in self.get(f"/studies/{study_id}/instances")]
 
     def upload(self, payload: bytes) -> str:
